@@ -1,0 +1,180 @@
+"""Kafka adapters: the event source (a consumer group over the trace and assessment topics) and
+the dead-letter sink (``<topic>.dlq``). Kafka client settings live here.
+
+Offsets are committed only by ``commit()``, which the worker calls after the store transaction
+has committed (auto-commit is off). ``CommitFailedError`` after a rebalance returns False: the
+records will be redelivered, and the store's idempotent upserts make that harmless. Because the
+worker commits every batch before it polls again, a partition revoked during ``poll()`` never has
+uncommitted work in hand.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kafka.errors as kafka_errors
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from consumers.errors import TransientError
+from consumers.events import DeadLetter, RawRecord
+
+logger = logging.getLogger(__name__)
+
+DLQ_SUFFIX = ".dlq"
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaClientConfig:
+    bootstrap_servers: str
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    reconnect_backoff_max_ms: int = 5_000
+
+    def common(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "security_protocol": self.security_protocol,
+            "reconnect_backoff_max_ms": self.reconnect_backoff_max_ms,
+        }
+        if self.sasl_mechanism:
+            cfg.update(sasl_mechanism=self.sasl_mechanism,
+                       sasl_plain_username=self.sasl_username,
+                       sasl_plain_password=self.sasl_password)
+        return cfg
+
+
+class KafkaSource:
+    """An ``EventSource`` over a Kafka consumer group."""
+
+    def __init__(self, client: KafkaClientConfig, topics: Iterable[str], group_id: str, *,
+                 session_timeout_ms: int = 10_000, heartbeat_interval_ms: int = 3_000,
+                 max_poll_interval_ms: int = 300_000, max_poll_records: int = 5_000) -> None:
+        self.topics = list(topics)
+        self._consumer = KafkaConsumer(
+            *self.topics, group_id=group_id, enable_auto_commit=False,
+            auto_offset_reset="earliest", session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=heartbeat_interval_ms,
+            max_poll_interval_ms=max_poll_interval_ms, max_poll_records=max_poll_records,
+            fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
+            **client.common())
+
+    @property
+    def name(self) -> str:
+        return "kafka"
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
+        try:
+            polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except kafka_errors.KafkaError as exc:
+            raise TransientError(f"kafka poll failed: {exc!r}") from exc
+        out: list[RawRecord] = []
+        for tp_records in polled.values():
+            for r in tp_records:
+                out.append(RawRecord(r.topic, r.partition, r.offset, r.key, r.value,
+                                     r.timestamp or 0))
+        return out
+
+    def commit(self, next_offsets: Mapping[tuple[str, int], int]) -> bool:
+        """Commit ``next_offsets`` (last processed + 1). False means "will be redelivered"."""
+        if not next_offsets:
+            return True
+        offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                   for (t, p), o in next_offsets.items()}
+        try:
+            self._consumer.commit(offsets)
+            return True
+        except (kafka_errors.CommitFailedError, kafka_errors.RebalanceInProgressError,
+                kafka_errors.IllegalStateError) as exc:
+            logger.warning("offset commit failed, records will be redelivered error=%r", exc)
+            return False
+        except kafka_errors.KafkaError as exc:
+            logger.warning("offset commit failed, records will be redelivered error=%r", exc)
+            return False
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Per assigned partition: highwater - committed (see FACTS.md: end_offsets is wrong)."""
+        out: dict[tuple[str, int], int] = {}
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is None:
+                continue
+            committed = self._consumer.committed(tp) or 0
+            out[(tp.topic, tp.partition)] = max(0, high - committed)
+        return out
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+class KafkaDeadLetterSink:
+    """Publishes dead letters to ``<origin topic>.dlq`` with their provenance in headers.
+
+    The idempotent producer fails for good after a broker restart (FACTS.md), so this one is
+    not idempotent and is re-created after a fatal error. Duplicates on the DLQ topic after a
+    crash are possible (at-least-once); the ``dead_letters`` table holds each origin once.
+    """
+
+    def __init__(self, client: KafkaClientConfig, *, max_payload_bytes: int) -> None:
+        self._client = client
+        self._max_request_bytes = max_payload_bytes + 256 * 1024
+        self._producer: KafkaProducer | None = None
+        self._pending: list[Any] = []
+
+    def _get(self) -> KafkaProducer:
+        if self._producer is None:
+            self._producer = KafkaProducer(
+                enable_idempotence=False, acks="all", linger_ms=5, retries=3,
+                max_request_size=self._max_request_bytes, **self._client.common())
+        return self._producer
+
+    def publish(self, letters: Iterable[DeadLetter]) -> None:
+        for d in letters:
+            p = d.provenance
+            headers = [
+                ("origin_topic", p.topic.encode()),
+                ("origin_partition", str(p.partition).encode()),
+                ("origin_offset", str(p.offset).encode()),
+                ("error_type", d.error_type.encode()),
+                ("error", d.error.encode("utf-8", "replace")[:4000]),
+                ("payload_size_bytes", str(d.payload_size_bytes).encode()),
+                ("truncated", b"true" if len(d.payload) < d.payload_size_bytes else b"false"),
+            ]
+            try:
+                fut = self._get().send(p.topic + DLQ_SUFFIX, key=d.key, value=d.payload,
+                                       headers=headers)
+            except kafka_errors.KafkaError as exc:
+                self._reset()
+                raise TransientError(f"dead-letter publish failed: {exc!r}") from exc
+            self._pending.append(fut)
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Block until every published dead letter is acknowledged, or raise TransientError."""
+        if not self._pending:
+            return
+        try:
+            self._get().flush(timeout=timeout_s)
+            for fut in self._pending:
+                fut.get(timeout=timeout_s)
+        except kafka_errors.KafkaError as exc:
+            self._reset()
+            raise TransientError(f"dead-letter flush failed: {exc!r}") from exc
+        self._pending.clear()
+
+    def _reset(self) -> None:
+        self._pending.clear()
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=1)
+            finally:
+                self._producer = None
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=5)
+            self._producer = None

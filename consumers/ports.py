@@ -1,0 +1,37 @@
+"""Ports: what the worker needs from a source of events and from a dead-letter sink.
+
+The Kafka adapters (``kafka_source``), the MLflow polling source and the in-memory test fakes
+implement the same Protocols, so unit tests need no mocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+from consumers.events import DeadLetter, RawRecord
+
+
+class EventSource(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
+        """Up to ``max_records`` records, waiting at most ``timeout_ms``. Raises TransientError."""
+        ...
+
+    def commit(self, next_offsets: Mapping[tuple[str, int], int]) -> bool:
+        """Record progress; False means the records will be redelivered (harmless)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class DeadLetterSink(Protocol):
+    def publish(self, letters: Iterable[DeadLetter]) -> None: ...
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Block until published letters are durable. Raises TransientError."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,113 @@
+"""SQLAlchemy models: the schema that Alembic migrations create (``store/migrations``).
+
+Natural ids are primary keys (``trace_id``, ``assessment_id``), so every write is an idempotent
+upsert. ``traces.completeness`` orders versions of one trace (finished beats IN_PROGRESS, more
+spans beat fewer); a row only changes for a strictly more complete version. ``assessments``
+keep the newest version (``version``: update time, then invalid over valid). Dead letters are
+unique by origin (topic, partition, offset), so a redelivered poison record is recorded once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Trace(Base):
+    __tablename__ = "traces"
+
+    trace_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    experiment_id: Mapped[str | None] = mapped_column(String(256))
+    name: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    timestamp_ms: Mapped[int] = mapped_column(BigInteger)
+    execution_time_ms: Mapped[int | None] = mapped_column(BigInteger)
+    request: Mapped[str | None] = mapped_column(Text)
+    response: Mapped[str | None] = mapped_column(Text)
+    tags: Mapped[dict[str, str]] = mapped_column(JSON)
+    trace_metadata: Mapped[dict[str, str]] = mapped_column(JSON)
+    input_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    output_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    total_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    # {span_type: {"count": n, "total_ms": x, "max_ms": y}}
+    span_summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+    span_count: Mapped[int] = mapped_column(Integer)
+    completeness: Mapped[int] = mapped_column(BigInteger)
+    source_format: Mapped[str] = mapped_column(String(16))
+    src_topic: Mapped[str] = mapped_column(Text)
+    src_partition: Mapped[int] = mapped_column(Integer)
+    src_offset: Mapped[int] = mapped_column(BigInteger)
+    ingested_ms: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_traces_timestamp_ms", "timestamp_ms"),)
+
+
+class Assessment(Base):
+    __tablename__ = "assessments"
+
+    assessment_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    trace_id: Mapped[str] = mapped_column(String(256))
+    name: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16))
+    value: Mapped[Any] = mapped_column(JSON)
+    numeric_value: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    rationale: Mapped[str | None] = mapped_column(Text)
+    source_type: Mapped[str | None] = mapped_column(Text)
+    source_id: Mapped[str | None] = mapped_column(Text)
+    valid: Mapped[bool] = mapped_column(Boolean)
+    overrides: Mapped[str | None] = mapped_column(String(256))
+    span_id: Mapped[str | None] = mapped_column(Text)
+    create_time_ms: Mapped[int] = mapped_column(BigInteger)
+    last_update_time_ms: Mapped[int] = mapped_column(BigInteger)
+    # Orders versions: newer last_update_time_ms wins; at equal times an invalid version wins
+    # (MLflow marks an overridden assessment valid=false without changing its update time).
+    version: Mapped[int] = mapped_column(BigInteger)
+    assessment_metadata: Mapped[dict[str, str]] = mapped_column(JSON)
+    src_topic: Mapped[str] = mapped_column(Text)
+    src_partition: Mapped[int] = mapped_column(Integer)
+    src_offset: Mapped[int] = mapped_column(BigInteger)
+    ingested_ms: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        Index("ix_assessments_trace_id", "trace_id"),
+        Index("ix_assessments_overrides", "overrides"),
+    )
+
+
+class DeadLetter(Base):
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    topic: Mapped[str] = mapped_column(Text)
+    partition: Mapped[int] = mapped_column(Integer)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    payload_size_bytes: Mapped[int] = mapped_column(BigInteger)
+    error_type: Mapped[str] = mapped_column(String(128))
+    error: Mapped[str] = mapped_column(Text)
+    traceback: Mapped[str | None] = mapped_column(Text)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        UniqueConstraint("topic", "partition", "offset", name="uq_dead_letters_origin"),
+    )

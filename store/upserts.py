@@ -1,0 +1,157 @@
+"""Idempotent batch writes: one call, one transaction, exactly-once effect.
+
+``apply_batch`` writes a decoded batch inside the caller's transaction:
+  1. pre-aggregate: per trace_id keep the most complete version, per assessment_id the newest;
+  2. upsert traces: a row changes only for a strictly more complete version;
+  3. upsert assessments: a row changes only for a strictly newer version (update time, then
+     invalid over valid);
+  4. invalidate overridden assessments (order-independent: the override may arrive first);
+  5. insert dead letters, once per origin (topic, partition, offset).
+Applying the same batch again, or any redelivered subset, changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Table, and_, exists, select, update
+from sqlalchemy.orm import aliased
+
+from consumers.events import AssessmentEvent, DeadLetter, TraceEvent
+from store import dialect
+from store.models import Assessment, Trace
+from store.models import DeadLetter as DeadLetterRow
+
+TRACES: Table = Trace.__table__  # type: ignore[assignment]
+ASSESSMENTS: Table = Assessment.__table__  # type: ignore[assignment]
+DEAD_LETTERS: Table = DeadLetterRow.__table__  # type: ignore[assignment]
+
+
+@dataclass(slots=True)
+class Batch:
+    traces: list[TraceEvent] = field(default_factory=list)
+    assessments: list[AssessmentEvent] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    dlq_flushed: bool = False  # the dead letters are already on the DLQ topic
+
+    def __len__(self) -> int:
+        return len(self.traces) + len(self.assessments) + len(self.dead_letters)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    traces_written: int
+    assessments_written: int
+    dead_letters_written: int
+
+
+def latest_traces(events: Iterable[TraceEvent]) -> list[TraceEvent]:
+    """Per trace_id, the most complete version; among equals the first seen (as the store does)."""
+    best: dict[str, TraceEvent] = {}
+    for e in events:
+        cur = best.get(e.trace_id)
+        if cur is None or e.completeness > cur.completeness:
+            best[e.trace_id] = e
+    return list(best.values())
+
+
+def latest_assessments(events: Iterable[AssessmentEvent]) -> list[AssessmentEvent]:
+    best: dict[str, AssessmentEvent] = {}
+    for e in events:
+        cur = best.get(e.assessment_id)
+        if cur is None or assessment_version(e) > assessment_version(cur):
+            best[e.assessment_id] = e
+    return list(best.values())
+
+
+def assessment_version(e: AssessmentEvent) -> int:
+    """Newer update time wins; at an equal time, invalid beats valid (invalidity is final)."""
+    return e.last_update_time_ms * 2 + (0 if e.valid else 1)
+
+
+def span_summary(e: TraceEvent) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for s in e.spans:
+        agg = out.get(s.span_type)
+        if agg is None:
+            out[s.span_type] = {"count": 1, "total_ms": s.duration_ms, "max_ms": s.duration_ms}
+        else:
+            agg["count"] += 1
+            agg["total_ms"] += s.duration_ms
+            if s.duration_ms > agg["max_ms"]:
+                agg["max_ms"] = s.duration_ms
+    return out
+
+
+def trace_row(e: TraceEvent, now_ms: int) -> dict[str, Any]:
+    p = e.provenance
+    return {
+        "trace_id": e.trace_id, "experiment_id": e.experiment_id, "name": e.name,
+        "status": e.status, "timestamp_ms": e.timestamp_ms,
+        "execution_time_ms": e.execution_time_ms, "request": e.request, "response": e.response,
+        "tags": dict(e.tags), "trace_metadata": dict(e.metadata),
+        "input_tokens": e.input_tokens, "output_tokens": e.output_tokens,
+        "total_tokens": e.total_tokens, "span_summary": span_summary(e),
+        "span_count": len(e.spans), "completeness": e.completeness,
+        "source_format": e.source_format, "src_topic": p.topic, "src_partition": p.partition,
+        "src_offset": p.offset, "ingested_ms": now_ms,
+    }
+
+
+def assessment_row(e: AssessmentEvent, now_ms: int) -> dict[str, Any]:
+    p = e.provenance
+    return {
+        "assessment_id": e.assessment_id, "trace_id": e.trace_id, "name": e.name,
+        "kind": e.kind, "value": e.value, "numeric_value": e.numeric_value, "error": e.error,
+        "rationale": e.rationale, "source_type": e.source_type, "source_id": e.source_id,
+        "valid": e.valid, "overrides": e.overrides, "span_id": e.span_id,
+        "create_time_ms": e.create_time_ms, "last_update_time_ms": e.last_update_time_ms,
+        "version": assessment_version(e),
+        "assessment_metadata": dict(e.metadata), "src_topic": p.topic,
+        "src_partition": p.partition, "src_offset": p.offset, "ingested_ms": now_ms,
+    }
+
+
+def dead_letter_row(d: DeadLetter) -> dict[str, Any]:
+    p = d.provenance
+    return {
+        "topic": p.topic, "partition": p.partition, "offset": p.offset, "key": d.key,
+        "payload": d.payload, "payload_size_bytes": d.payload_size_bytes,
+        "error_type": d.error_type, "error": d.error, "traceback": d.traceback,
+        "created_ms": d.created_ms,
+    }
+
+
+def _invalidate_overridden(conn: Connection, events: Sequence[AssessmentEvent]) -> None:
+    """An assessment is invalid once any stored assessment overrides it, whichever came first."""
+    a = ASSESSMENTS
+    targets = sorted({e.overrides for e in events if e.overrides})
+    if targets:
+        conn.execute(update(a).where(a.c.assessment_id.in_(targets), a.c.valid.is_(True))
+                     .values(valid=False))
+    ids = [e.assessment_id for e in events if e.valid]
+    if ids:
+        other = aliased(Assessment)
+        overridden = exists(select(other.assessment_id).where(
+            other.overrides == a.c.assessment_id))
+        conn.execute(update(a).where(and_(a.c.assessment_id.in_(ids), a.c.valid.is_(True),
+                                          overridden)).values(valid=False))
+
+
+def apply_batch(conn: Connection, batch: Batch, now_ms: int) -> BatchResult:
+    """Write one decoded batch in the caller's transaction. See the module docstring for order."""
+    traces = latest_traces(batch.traces)
+    assessments = latest_assessments(batch.assessments)
+    dialect.upsert_newer(conn, TRACES, "trace_id", "completeness",
+                  [trace_row(e, now_ms) for e in traces])
+    dialect.upsert_newer(conn, ASSESSMENTS, "assessment_id", "version",
+                  [assessment_row(e, now_ms) for e in assessments])
+    if assessments:
+        _invalidate_overridden(conn, assessments)
+    if batch.dead_letters:
+        stmt = dialect.insert(conn, DEAD_LETTERS).on_conflict_do_nothing(
+            index_elements=["topic", "partition", "offset"])
+        conn.execute(stmt, [dead_letter_row(d) for d in batch.dead_letters])
+    return BatchResult(len(traces), len(assessments), len(batch.dead_letters))

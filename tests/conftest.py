@@ -1,0 +1,166 @@
+"""Shared fixtures: the real services (tansu broker, PostgreSQL) and factories.
+
+A missing service is a skip on a laptop and a failure in CI (``CI=true``). Every test gets fresh
+topics and consumer-group names (uuid4), and a fresh store: a SQLite file, or a new PostgreSQL
+database created for the test and dropped after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from consumers.embedded_broker import EmbeddedBroker
+from consumers.producer import make_producer
+from store import schema
+from store.engine import make_engine
+from worker.settings import Settings
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+PG_ADMIN_DSN = os.environ.get("TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+# Consumer-group timings for a fast test broker (FACTS.md): a join takes ~session_timeout/2.
+FAST_KAFKA = {"kafka_session_timeout_ms": 2000, "kafka_heartbeat_interval_ms": 500,
+              "kafka_reconnect_backoff_max_ms": 1000, "poll_timeout_ms": 200}
+
+
+def service_missing(message: str) -> None:
+    if IN_CI:
+        pytest.fail(f"required service missing in CI: {message}")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    try:
+        b = EmbeddedBroker().start()
+    except Exception as exc:  # the binary is missing or cannot run
+        service_missing(f"tansu broker unavailable: {exc}")
+        raise
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_available() -> str:
+    try:
+        with psycopg.connect(PG_ADMIN_DSN, connect_timeout=3):
+            pass
+    except psycopg.OperationalError as exc:
+        service_missing(f"PostgreSQL at {PG_ADMIN_DSN} unavailable: {exc}")
+    return PG_ADMIN_DSN
+
+
+@contextlib.contextmanager
+def fresh_pg_database(admin_dsn: str) -> Iterator[str]:
+    name = "tc_" + uuid.uuid4().hex[:16]
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin_dsn.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """A fresh, migrated store on each backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/store.db"
+        engine = make_engine(url)
+        schema.upgrade(engine)
+        engine.dispose()
+        yield url
+        return
+    admin = request.getfixturevalue("pg_available")
+    with fresh_pg_database(admin) as url:
+        engine = make_engine(url)
+        schema.upgrade(engine)
+        engine.dispose()
+        yield url
+
+
+@pytest.fixture
+def topic_factory(broker: EmbeddedBroker) -> Iterator[Callable[..., str]]:
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+
+    def make(prefix: str = "t", partitions: int = 3) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        admin.create_topics([NewTopic(name, partitions, 1)])
+        return name
+
+    yield make
+    admin.close()
+
+
+@pytest.fixture
+def settings_factory(broker: EmbeddedBroker, store_url: str,
+                     topic_factory: Callable[..., str]) -> Callable[..., Settings]:
+    """Settings for one test: fresh topics and group, the test's store, fast group timings."""
+    base = {
+        "store_url": store_url, "kafka_bootstrap_servers": broker.bootstrap_servers,
+        "trace_topic": topic_factory("traces"), "assessment_topic": topic_factory("assess"),
+        "group_id": "g-" + uuid.uuid4().hex[:12], **FAST_KAFKA,
+    }
+
+    def make(**overrides: Any) -> Settings:
+        return Settings(**{**base, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def producer(broker: EmbeddedBroker) -> Iterator[Any]:
+    p = make_producer(broker.bootstrap_servers, max_request_size=16 * 1024 * 1024)
+    yield p
+    p.close()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as TRACE_CURATOR_* variables, for a worker run as a subprocess."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACE_CURATOR_")}
+    for name, value in settings:
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"TRACE_CURATOR_{name.upper()}"] = str(value)
+    return env
+
+
+@pytest.fixture
+def run_worker() -> Callable[..., Any]:
+    """Run the real worker loop in-process until it has been idle for ``idle_s``."""
+    from worker.app import create_kafka_worker
+
+    def run(settings: Settings, idle_s: float = 3.0, **kwargs: Any) -> Any:
+        worker = create_kafka_worker(settings)
+        try:
+            return worker.run(exit_when_idle_s=idle_s, **kwargs)
+        finally:
+            worker.close()
+
+    return run
+
+
+def publish(producer: Any, topic: str, docs: list[Any], key: Callable[[Any], bytes] | None = None,
+            ) -> None:
+    """Publish JSON documents (or raw bytes / None) and wait until the broker has them all."""
+    import orjson
+
+    futures = []
+    for d in docs:
+        value = d if isinstance(d, bytes | type(None)) else orjson.dumps(d)
+        k = key(d) if key else None
+        futures.append(producer.send(topic, key=k, value=value))
+    producer.flush()
+    for f in futures:
+        f.get(timeout=30)

@@ -1,0 +1,202 @@
+"""The ``trace-curator`` command line (also ``python -m worker``).
+
+Every command reads the settings once (``--config FILE`` plus ``TRACE_CURATOR_*`` variables) and
+exits with a named code: ``EXIT_OK`` 0, ``EXIT_FAILURE`` 1, ``EXIT_CONFIG`` 2 (bad settings or
+usage), ``EXIT_UNAVAILABLE`` 3 (store or broker unreachable), ``EXIT_SCHEMA`` 4 (run
+``trace-curator db upgrade``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from sqlalchemy import Engine
+from sqlalchemy import exc as sa_exc
+
+from consumers.errors import ConfigError, SchemaOutOfDateError
+from store import schema
+from worker.logs import setup_logging
+from worker.settings import Settings, describe_settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 3
+EXIT_SCHEMA = 4
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    try:
+        return load_settings(getattr(args, "config", None))
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_CONFIG) from None
+
+
+def _engine(settings: Settings) -> Engine:
+    from worker.app import create_engine_from
+
+    return create_engine_from(settings)
+
+
+def _ensure_schema(engine: Engine) -> None:
+    try:
+        schema.ensure_current(engine)
+    except SchemaOutOfDateError as exc:
+        raise CliError(str(exc), EXIT_SCHEMA) from None
+    except sa_exc.OperationalError as exc:
+        raise CliError(f"the store is unreachable: {str(exc.orig).strip()[:300]}",
+                       EXIT_UNAVAILABLE) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from worker.app import create_kafka_worker
+
+    settings = _settings(args)
+    setup_logging(settings.log_level, settings.log_format)
+    logger.info("starting settings=%s", settings.masked())
+    engine = _engine(settings)
+    _ensure_schema(engine)
+    if settings.source != "kafka":
+        raise CliError("source=mlflow (the MLflow polling source) is not available yet; "
+                       "set TRACE_CURATOR_SOURCE=kafka", EXIT_CONFIG)
+    try:
+        worker = create_kafka_worker(settings, engine)
+    except Exception as exc:  # NoBrokersAvailable, KafkaTimeoutError
+        raise CliError(f"Kafka at {settings.kafka_bootstrap_servers} is unreachable: {exc!r}",
+                       EXIT_UNAVAILABLE) from None
+    _install_signals(worker.stop, settings.shutdown_timeout_s)
+    try:
+        worker.run(exit_when_idle_s=args.exit_when_idle, max_records=args.max_records)
+    finally:
+        worker.close()
+    return EXIT_OK
+
+
+def _install_signals(stop: threading.Event, shutdown_timeout_s: float) -> None:
+    """First SIGTERM/SIGINT: set ``stop`` (drain, checkpoint, exit). A second SIGINT: exit now.
+
+    A watchdog ends the process if draining takes longer than ``shutdown_timeout_s``; offsets of
+    the unfinished batch are not committed, so it is redelivered on restart.
+    """
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            os._exit(130)
+        logger.info("signal=%s received, draining and stopping", signal.Signals(signum).name)
+        stop.set()
+        timer = threading.Timer(shutdown_timeout_s, _shutdown_overrun, [shutdown_timeout_s])
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _shutdown_overrun(timeout_s: float) -> None:
+    logger.error("shutdown took longer than shutdown_timeout_s=%.0f; exiting now", timeout_s)
+    os._exit(EXIT_FAILURE)
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    setup_logging(settings.log_level, settings.log_format)
+    engine = _engine(settings)
+    try:
+        before, after = schema.upgrade(engine)
+    except sa_exc.OperationalError as exc:
+        raise CliError(f"the store is unreachable: {str(exc.orig).strip()[:300]}",
+                       EXIT_UNAVAILABLE) from None
+    url = settings.masked()["store_url"]
+    if before == after:
+        print(f"store {url} is already at schema revision {after}")
+    else:
+        print(f"store {url} upgraded from {before or 'empty'} to {after}")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    engine = _engine(settings)
+    _ensure_schema(engine)
+    print(f"ok: store {settings.masked()['store_url']} reachable, schema at "
+          f"{schema.head_revision()}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="trace-curator", formatter_class=fmt,
+        description="Ingest MLflow 3 traces and assessments from Kafka into a SQL store, "
+                    "exactly once in effect.",
+        epilog="Exit codes: 0 ok, 1 failure, 2 bad settings or usage, 3 store or broker "
+               "unreachable, 4 schema out of date (run `trace-curator db upgrade`).")
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML settings file (keys as below, without the prefix)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run", help="run the long-lived worker", formatter_class=fmt,
+        description="Consume the trace and assessment topics, upsert events into the store in "
+                    "one transaction per batch, and commit Kafka offsets only after that "
+                    "transaction. Malformed records are dead-lettered to <topic>.dlq and the "
+                    "dead_letters table. SIGTERM/SIGINT drain the batch in hand and exit.",
+        epilog="Settings (environment variables; YAML keys are the lower-case names without "
+               "the prefix):\n" + describe_settings())
+    run.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                     help="YAML settings file")
+    run.add_argument("--exit-when-idle", type=float, metavar="SECONDS", default=None,
+                     help="stop after this many seconds with nothing to do")
+    run.add_argument("--max-records", type=int, metavar="N", default=None,
+                     help="stop after about N records (whole batches)")
+    run.set_defaults(func=cmd_run)
+
+    db = sub.add_parser("db", help="database schema commands")
+    dbsub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
+    up = dbsub.add_parser("upgrade", help="apply schema migrations to the store",
+                          description="Create or migrate the store schema (Alembic). Safe to "
+                                      "run again; run it after every upgrade of trace-curator.")
+    up.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
+    up.set_defaults(func=cmd_db_upgrade)
+
+    check = sub.add_parser("check", help="health check: exit 0 when the store is healthy",
+                           description="Exit 0 when the store is reachable and its schema is "
+                                       "current; 3 or 4 otherwise. For container healthchecks.")
+    check.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
+    check.set_defaults(func=cmd_check)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except CliError as exc:
+        print(f"trace-curator: error: {exc}", file=sys.stderr)
+        return exc.code
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""The worker loop: poll -> decode -> store -> checkpoint, one batch at a time.
+
+Checkpoint order is the invariant (DESIGN.md 1 and 5):
+  1. publish and flush the batch's dead letters to ``<topic>.dlq``;
+  2. commit the SQL transaction that upserts the batch (and its dead-letter rows);
+  3. commit offsets (last processed + 1) for every partition in the batch.
+A failure before step 3 commits no offset: the batch is redelivered, and idempotent upserts make
+that harmless. ``TransientError`` in steps 1-2 is retried with jittered exponential backoff for as
+long as the worker is not asked to stop; nothing is skipped. Signals only set ``stop``; the loop
+finishes the batch in hand and checkpoints before it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from sqlalchemy import Engine
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_when_event_set,
+    wait_random_exponential,
+)
+
+from consumers.errors import DecodeError, TransientError
+from consumers.events import AssessmentEvent, DeadLetter, RawRecord, TraceEvent
+from consumers.formats import dead_letter, decode_assessment, decode_trace
+from consumers.ports import DeadLetterSink, EventSource
+from store.upserts import Batch
+from store.writer import StoreRejectedError, write_batch
+from worker.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+T = TypeVar("T")
+
+
+@dataclass
+class RunStats:
+    records: int = 0
+    traces: int = 0
+    assessments: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+    retries: int = 0
+    commit_failures: int = 0
+    started_s: float = field(default_factory=time.monotonic)
+
+    def summary(self) -> str:
+        elapsed = max(time.monotonic() - self.started_s, 1e-9)
+        return (f"records={self.records} traces={self.traces} assessments={self.assessments} "
+                f"dead_letters={self.dead_letters} batches={self.batches} "
+                f"retries={self.retries} commit_failures={self.commit_failures} "
+                f"elapsed_s={elapsed:.1f} rate_per_s={self.records / elapsed:.0f}")
+
+
+class Worker:
+    """Drives one source into the store. ``run`` returns when stopped, idle or at a record limit."""
+
+    def __init__(self, settings: Settings, source: EventSource, engine: Engine,
+                 dlq: DeadLetterSink, *, clock: Clock = time.time) -> None:
+        self.settings = settings
+        self.source = source
+        self.engine = engine
+        self.dlq = dlq
+        self.clock = clock
+        self.stop = threading.Event()
+        self.stats = RunStats()
+        max_bytes = settings.max_event_bytes
+        self._decoders: dict[str, Callable[[RawRecord], TraceEvent | AssessmentEvent]] = {
+            settings.trace_topic: lambda r: decode_trace(r.value, r.provenance, max_bytes),
+            settings.assessment_topic: lambda r: decode_assessment(r.value, r.provenance,
+                                                                   max_bytes),
+        }
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self, *, max_records: int | None = None,
+            exit_when_idle_s: float | None = None) -> RunStats:
+        s = self.settings
+        idle_since = time.monotonic()
+        while not self.stop.is_set():
+            records = self._retry(lambda: self.source.poll(s.poll_timeout_ms,
+                                                           s.batch_max_records), "poll")
+            if records is None:
+                break  # stopped while the source was unavailable
+            if not records:
+                if exit_when_idle_s is not None and \
+                        time.monotonic() - idle_since >= exit_when_idle_s:
+                    logger.info("idle for %.1fs, exiting", exit_when_idle_s)
+                    break
+                continue
+            if not self.process(records):
+                break  # stopped before the checkpoint: nothing committed, will be redelivered
+            idle_since = time.monotonic()
+            if max_records is not None and self.stats.records >= max_records:
+                break
+        logger.info("worker stopped %s", self.stats.summary())
+        return self.stats
+
+    def process(self, records: list[RawRecord]) -> bool:
+        """Decode, store and checkpoint one batch. False if stopped before the checkpoint."""
+        batch = self.decode(records)
+        if not self._retry(lambda: self.store(batch, records), "store"):
+            return False
+        if not self.source.commit(next_offsets(records)):
+            self.stats.commit_failures += 1
+        self.stats.batches += 1
+        self.stats.records += len(records)
+        self.stats.traces += len(batch.traces)
+        self.stats.assessments += len(batch.assessments)
+        self.stats.dead_letters += len(batch.dead_letters)
+        return True
+
+    # -- the named steps -----------------------------------------------------------------------
+
+    def decode(self, records: list[RawRecord]) -> Batch:
+        batch = Batch()
+        now_ms = self.now_ms()
+        for r in records:
+            decoder = self._decoders.get(r.topic)
+            try:
+                if decoder is None:
+                    raise DecodeError(f"no decoder for topic {r.topic!r}", "topic")
+                event = decoder(r)
+            except DecodeError as exc:
+                batch.dead_letters.append(
+                    dead_letter(r, exc, now_ms, self.settings.dlq_max_payload_bytes))
+                logger.warning("dead-lettered topic=%s partition=%d offset=%d error=%s",
+                               r.topic, r.partition, r.offset, exc)
+                continue
+            if isinstance(event, TraceEvent):
+                batch.traces.append(event)
+            else:
+                batch.assessments.append(event)
+        return batch
+
+    def store(self, batch: Batch, records: list[RawRecord]) -> bool:
+        """Checkpoint steps 1 and 2: dead letters out and flushed, then the SQL transaction.
+
+        Safe to call again after a TransientError: letters already flushed are not re-sent, and
+        the upserts are idempotent.
+        """
+        now_ms = self.now_ms()
+        if batch.dead_letters and not batch.dlq_flushed:
+            self.dlq.publish(batch.dead_letters)
+            self.dlq.flush()
+            batch.dlq_flushed = True
+        try:
+            write_batch(self.engine, batch, now_ms)
+        except StoreRejectedError:
+            self._store_isolating(batch, records, now_ms)
+        return True
+
+    def _store_isolating(self, batch: Batch, records: list[RawRecord], now_ms: int) -> None:
+        """The database refused a row: write events one by one and dead-letter the refused ones.
+
+        Each event commits on its own here; that is safe because upserts are idempotent and the
+        offsets are still committed only after the whole batch is through.
+        """
+        logger.warning("store refused a row; isolating it in a batch of %d", len(batch))
+        raw = {r.provenance: r for r in records}
+        refused: list[DeadLetter] = []
+        kept_traces: list[TraceEvent] = []
+        kept_assessments: list[AssessmentEvent] = []
+        events: list[TraceEvent | AssessmentEvent] = [*batch.traces, *batch.assessments]
+        for ev in events:
+            single = (Batch(traces=[ev]) if isinstance(ev, TraceEvent)
+                      else Batch(assessments=[ev]))
+            try:
+                write_batch(self.engine, single, now_ms)
+            except StoreRejectedError as exc:
+                p = ev.provenance
+                logger.warning("dead-lettered topic=%s partition=%d offset=%d error=%s",
+                               p.topic, p.partition, p.offset, exc)
+                refused.append(dead_letter(raw[p], exc, now_ms,
+                                           self.settings.dlq_max_payload_bytes))
+                continue
+            if isinstance(ev, TraceEvent):
+                kept_traces.append(ev)
+            else:
+                kept_assessments.append(ev)
+        self.dlq.publish(refused)
+        self.dlq.flush()
+        batch.traces, batch.assessments = kept_traces, kept_assessments
+        batch.dead_letters.extend(refused)
+        write_batch(self.engine, Batch(dead_letters=batch.dead_letters), now_ms)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _sleep(self, seconds: float) -> None:
+        """Back off, but wake at once when asked to stop."""
+        self.stop.wait(seconds)
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def _retry(self, fn: Callable[[], T], what: str) -> T | None:
+        """Run ``fn``, retrying TransientError until it succeeds or ``stop`` is set."""
+
+        def before_sleep(state: RetryCallState) -> None:
+            self.stats.retries += 1
+            exc = state.outcome.exception() if state.outcome else None
+            logger.warning("%s failed, retrying attempt=%d wait_s=%.1f error=%s", what,
+                           state.attempt_number, state.upcoming_sleep, exc)
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(TransientError),
+            wait=wait_random_exponential(multiplier=0.5, max=self.settings.db_retry_max_wait_s),
+            stop=stop_when_event_set(self.stop), sleep=self._sleep,
+            before_sleep=before_sleep, reraise=True)
+        try:
+            return retrying(fn)
+        except TransientError:
+            if self.stop.is_set():
+                return None
+            raise
+
+
+    def close(self) -> None:
+        """Close the source and the sink and release database connections."""
+        try:
+            self.source.close()
+        finally:
+            self.dlq.close()
+            self.engine.dispose()
+
+
+def next_offsets(records: list[RawRecord]) -> dict[tuple[str, int], int]:
+    """Per partition, the offset to commit: the highest processed offset + 1."""
+    out: dict[tuple[str, int], int] = {}
+    for r in records:
+        key = (r.topic, r.partition)
+        if r.offset + 1 > out.get(key, -1):
+            out[key] = r.offset + 1
+    return out

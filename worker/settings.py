@@ -1,0 +1,171 @@
+"""One frozen settings object, read once at start-up and passed down.
+
+Sources, highest priority first: explicit overrides (CLI flags), ``TRACE_CURATOR_*`` environment
+variables, a YAML file (``--config FILE`` or ``TRACE_CURATOR_CONFIG``), then the defaults below.
+Unknown keys fail loudly, in the YAML file and in the environment alike: a typo such as
+``TRACE_CURATOR_STORE_ULR`` is a ``ConfigError``, never silently ignored. This is the only module
+that reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from consumers.errors import ConfigError
+
+ENV_PREFIX = "TRACE_CURATOR_"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    # Store
+    store_url: SecretStr = Field(SecretStr("sqlite:///trace_curator.db"),
+                                 description="SQLAlchemy URL of the store (SQLite or PostgreSQL).")
+    db_pool_size: int = Field(5, ge=1, description="PostgreSQL connection pool size.")
+    db_connect_timeout_s: int = Field(10, ge=1, description="Database connect timeout.")
+    db_retry_max_wait_s: float = Field(30.0, gt=0,
+                                       description="Longest backoff between store retries.")
+
+    # Source
+    source: Literal["kafka", "mlflow"] = Field("kafka", description="Where events come from.")
+    kafka_bootstrap_servers: str = Field("localhost:9092", description="Kafka bootstrap servers.")
+    trace_topic: str = Field("mlflow-traces", description="Topic of trace events.")
+    assessment_topic: str = Field("mlflow-assessments", description="Topic of assessment events.")
+    group_id: str = Field("trace-curator", description="Kafka consumer group.")
+    kafka_security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_SSL, ...")
+    kafka_sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256, ...")
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    kafka_session_timeout_ms: int = Field(10_000, ge=1000,
+                                          description="Consumer group session timeout.")
+    kafka_heartbeat_interval_ms: int = Field(3_000, ge=100,
+                                             description="Consumer group heartbeat interval.")
+    kafka_max_poll_interval_ms: int = Field(300_000, ge=1000,
+                                            description="Longest pause between polls.")
+    kafka_reconnect_backoff_max_ms: int = Field(5_000, ge=50,
+                                                description="Longest broker reconnect backoff.")
+
+    # Loop
+    batch_max_records: int = Field(5_000, ge=1, description="Records per batch (one transaction).")
+    poll_timeout_ms: int = Field(500, ge=1, description="How long one poll waits for records.")
+    max_event_bytes: int = Field(4 * 1024 * 1024, ge=1024,
+                                 description="Larger records are dead-lettered.")
+    dlq_max_payload_bytes: int = Field(1024 * 1024, ge=0,
+                                       description="Dead-letter payloads are cut to this size.")
+    shutdown_timeout_s: float = Field(30.0, gt=0,
+                                      description="Drain-and-checkpoint budget after SIGTERM.")
+
+    # Files (read by the rules engine and the curator)
+    rules_file: Path | None = Field(None, description="Rules YAML; built-in defaults if unset.")
+    datasets_file: Path | None = Field(None, description="Dataset specs YAML.")
+
+    # HTTP and logs
+    http_host: str = Field("127.0.0.1", description="Bind address of the HTTP server.")
+    http_port: int = Field(0, ge=0, le=65535, description="HTTP port; 0 turns the server off.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO",
+                                                                   description="Log level.")
+    log_format: Literal["kv", "json"] = Field("kv", description="key=value lines or JSON lines.")
+
+    @field_validator("store_url")
+    @classmethod
+    def _known_backend(cls, v: SecretStr) -> SecretStr:
+        scheme = v.get_secret_value().split(":", 1)[0]
+        if not (scheme.startswith("sqlite") or scheme.startswith("postgres")):
+            raise ValueError(f"unsupported scheme {scheme!r}: use sqlite:/// or postgresql://")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = _CONFIG_FILE.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if yaml_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings for the start-up log: secrets masked, passwords in URLs hidden."""
+        out: dict[str, Any] = {}
+        for name, value in self:
+            if name == "store_url":
+                out[name] = _mask_url(self.store_url_plain)
+            elif isinstance(value, SecretStr):
+                out[name] = "**********"
+            else:
+                out[name] = value
+        return out
+
+    @property
+    def store_url_plain(self) -> str:
+        return self.store_url.get_secret_value()
+
+
+_CONFIG_FILE: dict[str, Path] = {}
+
+
+def _mask_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL still must not leak
+        return "**********"
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read settings once. Raises ``ConfigError`` with every problem listed."""
+    env = os.environ
+    path = config_file or env.get(CONFIG_ENV)
+    known = {ENV_PREFIX + f.upper() for f in Settings.model_fields} | {CONFIG_ENV}
+    typos = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known)
+    if typos:
+        raise ConfigError(f"unknown setting(s) in the environment: {', '.join(typos)}. "
+                          "Known names are listed by `trace-curator run --help`.")
+    _CONFIG_FILE.clear()
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of setting: value")
+        _CONFIG_FILE["path"] = p
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc']) or 'settings'}: {e['msg']}"
+            for e in exc.errors())
+        raise ConfigError(f"invalid settings: {problems}") from None
+    finally:
+        _CONFIG_FILE.clear()
+
+
+def describe_settings() -> str:
+    """One line per setting, for ``--help``: env name, default, description."""
+    lines = []
+    for name, f in Settings.model_fields.items():
+        default = f.default
+        if isinstance(default, SecretStr):
+            default = default.get_secret_value()
+        lines.append(f"  {ENV_PREFIX}{name.upper():<32} {f.description} (default: {default})")
+    return "\n".join(lines)
