@@ -52,13 +52,24 @@ class RunStats:
     retries: int = 0
     commit_failures: int = 0
     started_s: float = field(default_factory=time.monotonic)
+    first_record_s: float | None = None  # monotonic time the first records arrived
+    last_checkpoint_s: float | None = None  # monotonic time of the last completed checkpoint
+
+    @property
+    def busy_s(self) -> float:
+        """From the first record received to the last checkpoint: the draining time."""
+        if self.first_record_s is None or self.last_checkpoint_s is None:
+            return 0.0
+        return self.last_checkpoint_s - self.first_record_s
 
     def summary(self) -> str:
         elapsed = max(time.monotonic() - self.started_s, 1e-9)
+        busy = self.busy_s
+        rate = self.records / busy if busy > 0 else 0.0
         return (f"records={self.records} traces={self.traces} assessments={self.assessments} "
                 f"dead_letters={self.dead_letters} batches={self.batches} "
                 f"retries={self.retries} commit_failures={self.commit_failures} "
-                f"elapsed_s={elapsed:.1f} rate_per_s={self.records / elapsed:.0f}")
+                f"elapsed_s={elapsed:.1f} busy_s={busy:.2f} rate_per_s={rate:.0f}")
 
 
 class Worker:
@@ -107,6 +118,8 @@ class Worker:
 
     def process(self, records: list[RawRecord]) -> bool:
         """Decode, store and checkpoint one batch. False if stopped before the checkpoint."""
+        if self.stats.first_record_s is None:
+            self.stats.first_record_s = time.monotonic()
         batch = self.decode(records)
         if not self._retry(lambda: self.store(batch, records), "store"):
             return False
@@ -117,6 +130,7 @@ class Worker:
         self.stats.traces += len(batch.traces)
         self.stats.assessments += len(batch.assessments)
         self.stats.dead_letters += len(batch.dead_letters)
+        self.stats.last_checkpoint_s = time.monotonic()
         return True
 
     # -- the named steps -----------------------------------------------------------------------
