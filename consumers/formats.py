@@ -71,10 +71,18 @@ def _str(d: Mapping[str, Any], key: str, path: str, *, required: bool = True,
         raise DecodeError("is empty", f"{path}{key}")
     if max_chars is not None and len(v) > max_chars:
         raise DecodeError(f"longer than {max_chars} characters", f"{path}{key}")
-    return v
+    return _clean(v)
+
+
+def _clean(v: str) -> str:
+    """PostgreSQL text cannot hold NUL; a stray NUL in a name or message becomes U+FFFD."""
+    return v.replace("\x00", "\ufffd") if "\x00" in v else v
 
 
 def _id(d: Mapping[str, Any], key: str, path: str = "") -> str:
+    raw = d.get(key)
+    if isinstance(raw, str) and "\x00" in raw:
+        raise DecodeError("contains a NUL character", f"{path}{key}")
     v = _str(d, key, path, max_chars=MAX_ID_CHARS)
     assert v is not None  # required=True guarantees it
     return v
@@ -296,6 +304,7 @@ def _from_trace_info(info: Mapping[str, Any], path: str, prov: Provenance,
     name = tags.get(TRACE_NAME_TAG)
     if name is None and root is not None and isinstance(root.get("name"), str):
         name = root["name"]
+    name = _clean(name) if name is not None else None
     inp, out, total = _token_usage(metadata)
     return TraceEvent(trace_id=trace_id, experiment_id=experiment_id, name=name, status=status,
                       timestamp_ms=timestamp_ms, execution_time_ms=execution_ms, request=request,
@@ -322,13 +331,14 @@ def _from_flat(obj: Mapping[str, Any], prov: Provenance) -> TraceEvent:
     execution_ms = _int(obj, "execution_time_ms", "", required=False)
     tags = _str_map(obj, "tags", "")
     metadata = _str_map(obj, "metadata", "")
-    experiment_id = obj.get("experiment_id")
-    if isinstance(experiment_id, int) and not isinstance(experiment_id, bool):
-        experiment_id = str(experiment_id)
-    if experiment_id is not None and not isinstance(experiment_id, str):
-        raise DecodeError(f"expected a string, got {type(experiment_id).__name__}",
-                          "experiment_id")
+    experiment_id: str | None = None
+    if obj.get("experiment_id") is not None:
+        exp = obj["experiment_id"]
+        if isinstance(exp, int) and not isinstance(exp, bool):
+            exp = str(exp)
+        experiment_id = _id({"experiment_id": exp}, "experiment_id")
     name = _str(obj, "name", "", required=False) or tags.get(TRACE_NAME_TAG)
+    name = _clean(name) if name is not None else None
     inp, out, total = _token_usage(metadata)
     return TraceEvent(trace_id=trace_id, experiment_id=experiment_id, name=name, status=status,
                       timestamp_ms=timestamp_ms, execution_time_ms=execution_ms,
@@ -414,7 +424,8 @@ def decode_assessment(value: bytes | None, prov: Provenance, max_bytes: int) -> 
         assessment_id=assessment_id, trace_id=trace_id, name=name,
         kind=kind,  # type: ignore[arg-type]
         value=val, numeric_value=numeric_value(val) if kind == "feedback" else None,
-        error=error, rationale=rationale if isinstance(rationale, str) else None,
+        error=_clean(error) if error else error,
+        rationale=_clean(rationale) if isinstance(rationale, str) else None,
         source_type=_str(source, "source_type", "source.", required=False),
         source_id=_str(source, "source_id", "source.", required=False),
         valid=valid, overrides=_str(obj, "overrides", "", required=False,

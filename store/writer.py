@@ -1,12 +1,16 @@
 """The store's transactional edge: one batch, one transaction, errors mapped to the taxonomy.
 
 Disconnects, timeouts and lock waits become ``TransientError`` (the worker retries the whole batch;
-upserts make that safe). A row the database refuses (a value it cannot hold) becomes
+upserts make that safe). A row the database refuses (a value it cannot hold, a constraint) becomes
 ``StoreRejectedError``, a ``DecodeError``: the worker then isolates the offending event and
-dead-letters it, so one bad event never blocks a partition.
+dead-letters it, so one bad event never blocks a partition. Anything else (a missing table, bad
+SQL) is a bug and propagates. The bulk path talks to the DBAPI directly (PostgreSQL COPY), so
+the driver's own PEP 249 exceptions are mapped the same way as SQLAlchemy's.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
@@ -19,20 +23,29 @@ class StoreRejectedError(DecodeError):
     """The database refused a row of this batch (data error or constraint violation)."""
 
 
+def _driver_errors(engine: Engine, *names: str) -> tuple[type[BaseException], ...]:
+    dbapi: Any = engine.dialect.loaded_dbapi
+    return tuple(getattr(dbapi, n) for n in names if hasattr(dbapi, n))
+
+
 def write_batch(engine: Engine, batch: Batch, now_ms: int) -> BatchResult:
+    refused: tuple[type[BaseException], ...] = (
+        sa_exc.DataError, sa_exc.IntegrityError,
+        *_driver_errors(engine, "DataError", "IntegrityError"))
+    gone: tuple[type[BaseException], ...] = (
+        sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError,
+        *_driver_errors(engine, "OperationalError", "InterfaceError"))
     try:
         with engine.begin() as conn:
             return apply_batch(conn, batch, now_ms)
-    except (sa_exc.DataError, sa_exc.IntegrityError) as exc:
-        raise StoreRejectedError(f"the store refused the row: {exc.orig!r}"[:1000],
-                                 "store") from exc
+    except refused as exc:
+        orig = getattr(exc, "orig", None) or exc
+        raise StoreRejectedError(f"the store refused the row: {orig!r}"[:1000], "store") from exc
+    except gone as exc:
+        orig = getattr(exc, "orig", None) or exc
+        raise TransientError(f"store unavailable: {type(orig).__name__}: "
+                             f"{str(orig).strip()[:300]}") from exc
     except sa_exc.DBAPIError as exc:
-        # OperationalError, InterfaceError, invalidated connections: the database went away.
-        # Anything else (ProgrammingError: a missing table, bad SQL) is a bug and propagates.
-        if not (exc.connection_invalidated
-                or isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)):
-            raise
-        raise TransientError(f"store unavailable: {type(exc.orig).__name__}: "
-                             f"{str(exc.orig).strip()[:300]}") from exc
-    except sa_exc.TimeoutError as exc:  # connection pool exhausted
-        raise TransientError(f"store pool timeout: {exc}") from exc
+        if exc.connection_invalidated:
+            raise TransientError(f"store connection lost: {exc.orig!r}"[:400]) from exc
+        raise
