@@ -142,13 +142,16 @@ def _time_ms(d: Mapping[str, Any], key: str, path: str, *, required: bool) -> in
         if dt.tzinfo is None:
             raise DecodeError(f"ISO-8601 time without a time zone: {v[:40]!r}", f"{path}{key}")
         try:
-            return int(dt.timestamp() * 1000)
+            ms = int(dt.timestamp() * 1000)
         except (OverflowError, OSError, ValueError):
             raise DecodeError(f"time out of range: {v[:40]!r}", f"{path}{key}") from None
+        if ms < 0:
+            raise DecodeError(f"before 1970: {v[:40]!r}", f"{path}{key}")
+        return ms
     return _int(d, key, path, required=required)
 
 
-def _json_text(v: Any) -> str | None:
+def _json_text(v: Any, field: str) -> str | None:
     """Request/response as JSON text. Strings that already hold a JSON object or array are kept."""
     if v is None:
         return None
@@ -162,8 +165,8 @@ def _json_text(v: Any) -> str | None:
                 pass
     try:
         return orjson.dumps(v).decode()
-    except TypeError as exc:  # unreachable for JSON-decoded input; kept for hand-made dicts
-        raise DecodeError(f"not JSON-serializable ({exc})", "request") from None
+    except orjson.JSONEncodeError as exc:  # orjson reads 1,024 levels of nesting, writes 255
+        raise DecodeError(f"not JSON-serializable ({exc})", field) from None
 
 
 def _token_usage(metadata: Mapping[str, str]) -> tuple[int | None, int | None, int | None]:
@@ -342,8 +345,8 @@ def _from_flat(obj: Mapping[str, Any], prov: Provenance) -> TraceEvent:
     inp, out, total = _token_usage(metadata)
     return TraceEvent(trace_id=trace_id, experiment_id=experiment_id, name=name, status=status,
                       timestamp_ms=timestamp_ms, execution_time_ms=execution_ms,
-                      request=_json_text(obj.get("request")),
-                      response=_json_text(obj.get("response")), tags=tags, metadata=metadata,
+                      request=_json_text(obj.get("request"), "request"),
+                      response=_json_text(obj.get("response"), "response"), tags=tags, metadata=metadata,
                       input_tokens=inp, output_tokens=out, total_tokens=total,
                       spans=_flat_spans(obj.get("spans")), source_format="flat", provenance=prov)
 
@@ -372,7 +375,10 @@ def numeric_value(value: Any) -> float | None:
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if isinstance(value, int | float):
-        f = float(value)
+        try:
+            f = float(value)
+        except OverflowError:  # a Python int beyond float range
+            return None
         return f if math.isfinite(f) else None
     if isinstance(value, str):
         s = value.strip().lower()
@@ -403,7 +409,7 @@ def decode_assessment(value: bytes | None, prov: Provenance, max_bytes: int) -> 
     err = body.get("error")
     if isinstance(err, dict):
         msg = err.get("error_message") or err.get("error_code")
-        error = msg if isinstance(msg, str) else orjson.dumps(err).decode()
+        error = msg if isinstance(msg, str) else _json_text(err, f"{kind}.error")
     elif isinstance(err, str):
         error = err
     if val is None and error is None and kind == "expectation":
