@@ -346,7 +346,8 @@ def _from_flat(obj: Mapping[str, Any], prov: Provenance) -> TraceEvent:
     return TraceEvent(trace_id=trace_id, experiment_id=experiment_id, name=name, status=status,
                       timestamp_ms=timestamp_ms, execution_time_ms=execution_ms,
                       request=_json_text(obj.get("request"), "request"),
-                      response=_json_text(obj.get("response"), "response"), tags=tags, metadata=metadata,
+                      response=_json_text(obj.get("response"), "response"), tags=tags,
+                      metadata=metadata,
                       input_tokens=inp, output_tokens=out, total_tokens=total,
                       spans=_flat_spans(obj.get("spans")), source_format="flat", provenance=prov)
 
