@@ -49,3 +49,16 @@ def write_batch(engine: Engine, batch: Batch, now_ms: int) -> BatchResult:
         if exc.connection_invalidated:
             raise TransientError(f"store connection lost: {exc.orig!r}"[:400]) from exc
         raise
+
+
+class SqlWriter:
+    """The store port the worker writes through: ``write`` one batch, one transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def write(self, batch: Batch, now_ms: int) -> BatchResult:
+        return write_batch(self.engine, batch, now_ms)
+
+    def close(self) -> None:
+        self.engine.dispose()

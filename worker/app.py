@@ -6,6 +6,7 @@ from sqlalchemy import Engine
 
 from consumers.kafka_source import KafkaClientConfig, KafkaDeadLetterSink, KafkaSource
 from store.engine import make_engine
+from store.writer import SqlWriter
 from worker.loop import Worker
 from worker.settings import Settings
 
@@ -36,4 +37,4 @@ def create_kafka_worker(settings: Settings, engine: Engine | None = None) -> Wor
         max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
         max_poll_records=settings.batch_max_records)
     dlq = KafkaDeadLetterSink(client, max_payload_bytes=settings.dlq_max_payload_bytes)
-    return Worker(settings, source, engine or create_engine_from(settings), dlq)
+    return Worker(settings, source, SqlWriter(engine or create_engine_from(settings)), dlq)

@@ -17,9 +17,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-from sqlalchemy import Engine
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -32,13 +31,23 @@ from consumers.errors import DecodeError, TransientError
 from consumers.events import AssessmentEvent, DeadLetter, RawRecord, TraceEvent
 from consumers.formats import dead_letter, decode_assessment, decode_trace
 from consumers.ports import DeadLetterSink, EventSource
-from store.upserts import Batch
-from store.writer import StoreRejectedError, write_batch
+from store.upserts import Batch, BatchResult
+from store.writer import StoreRejectedError
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+
+
+class BatchWriter(Protocol):
+    """The store port: ``store.writer.SqlWriter``, or an in-memory fake in unit tests."""
+
+    def write(self, batch: Batch, now_ms: int) -> BatchResult:
+        """One transaction. Raises TransientError (retry) or StoreRejectedError (isolate)."""
+        ...
+
+    def close(self) -> None: ...
 T = TypeVar("T")
 
 
@@ -75,11 +84,11 @@ class RunStats:
 class Worker:
     """Drives one source into the store. ``run`` returns when stopped, idle or at a record limit."""
 
-    def __init__(self, settings: Settings, source: EventSource, engine: Engine,
+    def __init__(self, settings: Settings, source: EventSource, writer: BatchWriter,
                  dlq: DeadLetterSink, *, clock: Clock = time.time) -> None:
         self.settings = settings
         self.source = source
-        self.engine = engine
+        self.writer = writer
         self.dlq = dlq
         self.clock = clock
         self.stop = threading.Event()
@@ -168,7 +177,7 @@ class Worker:
             self.dlq.flush()
             batch.dlq_flushed = True
         try:
-            write_batch(self.engine, batch, now_ms)
+            self.writer.write(batch, now_ms)
         except StoreRejectedError:
             self._store_isolating(batch, records, now_ms)
         return True
@@ -189,7 +198,7 @@ class Worker:
             single = (Batch(traces=[ev]) if isinstance(ev, TraceEvent)
                       else Batch(assessments=[ev]))
             try:
-                write_batch(self.engine, single, now_ms)
+                self.writer.write(single, now_ms)
             except StoreRejectedError as exc:
                 p = ev.provenance
                 logger.warning("dead-lettered topic=%s partition=%d offset=%d error=%s",
@@ -205,7 +214,7 @@ class Worker:
         self.dlq.flush()
         batch.traces, batch.assessments = kept_traces, kept_assessments
         batch.dead_letters.extend(refused)
-        write_batch(self.engine, Batch(dead_letters=batch.dead_letters), now_ms)
+        self.writer.write(Batch(dead_letters=batch.dead_letters), now_ms)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -244,7 +253,7 @@ class Worker:
             self.source.close()
         finally:
             self.dlq.close()
-            self.engine.dispose()
+            self.writer.close()
 
 
 def next_offsets(records: list[RawRecord]) -> dict[tuple[str, int], int]:

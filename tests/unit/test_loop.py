@@ -1,0 +1,113 @@
+"""The loop's pure logic with in-memory ports: checkpoint order, retries, stop, isolation."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import orjson
+import pytest
+
+from consumers.errors import TransientError
+from consumers.events import RawRecord
+from store.upserts import Batch
+from store.writer import StoreRejectedError
+from tests.fakes import FakeDeadLetters, FakeSource, FakeWriter
+from worker.loop import Worker, next_offsets
+from worker.settings import Settings
+
+TRACES, ASSESS = "traces", "assessments"
+
+
+def flat(i: int) -> bytes:
+    return orjson.dumps({"trace_id": f"tr-{i}", "status": "OK", "timestamp_ms": 1000 + i,
+                         "execution_time_ms": 10})
+
+
+def records(n: int, start: int = 0, partition: int = 0) -> list[RawRecord]:
+    return [RawRecord(TRACES, partition, start + i, None, flat(start + i)) for i in range(n)]
+
+
+def make(recs: list[RawRecord], fail: Any = None, batch: int = 10,
+         ) -> tuple[Worker, FakeSource, FakeWriter, FakeDeadLetters, list[str]]:
+    journal: list[str] = []
+    settings = Settings(trace_topic=TRACES, assessment_topic=ASSESS, db_retry_max_wait_s=0.01,
+                        poll_timeout_ms=1)
+    src, writer, dlq = FakeSource(recs, journal, batch), FakeWriter(journal, fail), \
+        FakeDeadLetters(journal)
+    return Worker(settings, src, writer, dlq, clock=lambda: 1_800_000_000.0), src, writer, dlq, \
+        journal
+
+
+def test_checkpoint_order_is_dead_letters_then_store_then_offsets() -> None:
+    recs = records(3)
+    recs.insert(1, RawRecord(TRACES, 0, 99, None, b"not json"))
+    w, src, writer, dlq, journal = make(recs)
+    w.run(exit_when_idle_s=0)
+    assert journal == ["poll:4", "dlq.publish:1", "dlq.flush", "write", "commit"]
+    assert src.committed == {(TRACES, 0): 100}
+    assert writer.trace_ids == ["tr-0", "tr-1", "tr-2"]
+    assert dlq.published[0].provenance.offset == 99
+    assert dlq.published[0].error.startswith("payload: not valid UTF-8 JSON")
+
+
+def test_transient_store_errors_are_retried_and_commit_waits() -> None:
+    failures = iter([TransientError("db down")] * 3)
+    w, src, writer, _, journal = make(records(5), fail=lambda b: next(failures, None))
+    stats = w.run(exit_when_idle_s=0)
+    assert journal == ["poll:5"] + ["write:failed"] * 3 + ["write", "commit"]
+    assert stats.retries == 3
+    assert src.committed == {(TRACES, 0): 5}
+
+
+def test_stop_during_an_outage_commits_nothing() -> None:
+    w, src, writer, _, journal = make(records(5), fail=lambda b: TransientError("db down"))
+    threading.Timer(0.3, w.stop.set).start()
+    stats = w.run()
+    assert "commit" not in journal
+    assert src.committed == {}
+    assert stats.records == 0 and writer.attempts >= 2
+
+
+def test_a_bug_in_the_store_stops_the_worker_without_commit() -> None:
+    w, src, _, _, journal = make(records(5), fail=lambda b: RuntimeError("bug"))
+    with pytest.raises(RuntimeError):
+        w.run(exit_when_idle_s=0)
+    assert src.committed == {}
+    assert "commit" not in journal
+
+
+def test_a_refused_row_is_isolated_and_dead_lettered() -> None:
+    def fail(b: Batch) -> BaseException | None:
+        if any(t.trace_id == "tr-2" for t in b.traces):
+            return StoreRejectedError("value too long", "store")
+        return None
+
+    w, src, writer, dlq, _ = make(records(5), fail=fail)
+    stats = w.run(exit_when_idle_s=0)
+    assert sorted(writer.trace_ids) == ["tr-0", "tr-1", "tr-3", "tr-4"]
+    assert [d.provenance.offset for d in dlq.published] == [2]
+    assert dlq.published[0].payload == flat(2)
+    assert writer.batches[-1].dead_letters == dlq.published  # and its dead_letters row
+    assert src.committed == {(TRACES, 0): 5}
+    assert stats.dead_letters == 1
+
+
+def test_unknown_topic_is_dead_lettered() -> None:
+    w, _, writer, dlq, _ = make([RawRecord("other", 0, 0, None, flat(1))])
+    w.run(exit_when_idle_s=0)
+    assert dlq.published[0].error.startswith("topic: no decoder")
+    assert writer.trace_ids == []
+
+
+def test_max_records_stops_after_whole_batches() -> None:
+    w, src, writer, _, _ = make(records(50), batch=10)
+    stats = w.run(max_records=15)
+    assert stats.records == 20 and stats.batches == 2
+    assert src.committed == {(TRACES, 0): 20}
+
+
+def test_next_offsets_is_max_plus_one_per_partition() -> None:
+    recs = records(3, start=10, partition=0) + records(2, start=4, partition=1)
+    recs.reverse()
+    assert next_offsets(recs) == {(TRACES, 0): 13, (TRACES, 1): 6}

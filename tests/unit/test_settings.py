@@ -1,0 +1,74 @@
+"""Settings: one frozen object; unknown keys and bad values fail loudly; secrets are masked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from consumers.errors import ConfigError
+from worker.settings import Settings, describe_settings, load_settings
+
+
+def test_defaults_are_the_embedded_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in [k for k in __import__("os").environ if k.startswith("TRACE_CURATOR_")]:
+        monkeypatch.delenv(k)
+    s = load_settings()
+    assert s.store_url_plain == "sqlite:///trace_curator.db"
+    assert (s.trace_topic, s.assessment_topic, s.source) == (
+        "mlflow-traces", "mlflow-assessments", "kafka")
+
+
+def test_environment_overrides_yaml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("batch_max_records: 7\ngroup_id: from-yaml\n")
+    monkeypatch.setenv("TRACE_CURATOR_GROUP_ID", "from-env")
+    s = load_settings(cfg)
+    assert (s.batch_max_records, s.group_id) == (7, "from-env")
+
+
+def test_a_typo_in_the_environment_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRACE_CURATOR_STORE_ULR", "sqlite:///x.db")
+    with pytest.raises(ConfigError, match="TRACE_CURATOR_STORE_ULR"):
+        load_settings()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("bogus: 1\n", "bogus: Extra inputs are not permitted"),
+    ("batch_max_records: 0\n", "batch_max_records: Input should be greater than or equal to 1"),
+    ("store_url: mysql://x\n", "unsupported scheme 'mysql'"),
+    ("- a list\n", "must hold a mapping"),
+    ("a: [\n", "not valid YAML"),
+])
+def test_bad_yaml_settings_fail_with_the_field(tmp_path: Path, text: str, message: str) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_settings(cfg)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.yaml")
+
+
+def test_settings_are_frozen() -> None:
+    s = Settings()
+    with pytest.raises(ValidationError):
+        s.group_id = "x"  # type: ignore[misc]
+
+
+def test_secrets_are_masked() -> None:
+    s = Settings(store_url="postgresql://u:hunter2@db:5432/x", kafka_sasl_password="s3cret")
+    masked = str(s.masked())
+    assert "hunter2" not in masked and "s3cret" not in masked
+    assert "postgresql://u:***@db:5432/x" in masked
+    assert "hunter2" not in repr(s)
+
+
+def test_every_setting_is_described() -> None:
+    text = describe_settings()
+    for name, field in Settings.model_fields.items():
+        assert f"TRACE_CURATOR_{name.upper()}" in text
+        assert field.description, name
