@@ -1,0 +1,13 @@
+"""Persistence: SQLAlchemy models, Alembic migrations, the engine, idempotent upserts.
+
+Start with ``models`` (the schema), ``upserts`` (how a batch is written, exactly once in effect)
+and ``writer`` (the transaction and its error mapping). ``engine`` is the one engine factory,
+``dialect`` holds the SQLite/PostgreSQL differences, ``schema`` applies migrations.
+"""
+
+from store.engine import make_engine
+from store.schema import ensure_current, upgrade
+from store.upserts import Batch, apply_batch
+from store.writer import SqlWriter
+
+__all__ = ["Batch", "SqlWriter", "apply_batch", "ensure_current", "make_engine", "upgrade"]
