@@ -80,6 +80,9 @@ class KafkaSource:
                                      r.timestamp or 0))
         return out
 
+    def ready(self) -> bool:
+        return bool(self._consumer.assignment())
+
     def commit(self, next_offsets: Mapping[tuple[str, int], int]) -> bool:
         """Commit ``next_offsets`` (last processed + 1). False means "will be redelivered"."""
         if not next_offsets:

@@ -20,6 +20,10 @@ class EventSource(Protocol):
         """Up to ``max_records`` records, waiting at most ``timeout_ms``. Raises TransientError."""
         ...
 
+    def ready(self) -> bool:
+        """True once the source can deliver (a Kafka consumer has joined and has partitions)."""
+        ...
+
     def commit(self, next_offsets: Mapping[tuple[str, int], int]) -> bool:
         """Record progress; False means the records will be redelivered (harmless)."""
         ...

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Table, and_, exists, select, update
 from sqlalchemy.orm import aliased
 
@@ -85,33 +86,39 @@ def span_summary(e: TraceEvent) -> dict[str, dict[str, float]]:
     return out
 
 
-def trace_row(e: TraceEvent, now_ms: int) -> dict[str, Any]:
-    p = e.provenance
-    return {
-        "trace_id": e.trace_id, "experiment_id": e.experiment_id, "name": e.name,
-        "status": e.status, "timestamp_ms": e.timestamp_ms,
-        "execution_time_ms": e.execution_time_ms, "request": e.request, "response": e.response,
-        "tags": dict(e.tags), "trace_metadata": dict(e.metadata),
-        "input_tokens": e.input_tokens, "output_tokens": e.output_tokens,
-        "total_tokens": e.total_tokens, "span_summary": span_summary(e),
-        "span_count": len(e.spans), "completeness": e.completeness,
-        "source_format": e.source_format, "src_topic": p.topic, "src_partition": p.partition,
-        "src_offset": p.offset, "ingested_ms": now_ms,
-    }
+def _json(v: Any) -> str:
+    return orjson.dumps(v).decode()
 
 
-def assessment_row(e: AssessmentEvent, now_ms: int) -> dict[str, Any]:
+TRACE_COLUMNS = (
+    "trace_id", "experiment_id", "name", "status", "timestamp_ms", "execution_time_ms",
+    "request", "response", "tags", "trace_metadata", "input_tokens", "output_tokens",
+    "total_tokens", "span_summary", "span_count", "completeness", "source_format", "src_topic",
+    "src_partition", "src_offset", "ingested_ms")
+
+
+def trace_row(e: TraceEvent, now_ms: int) -> tuple[Any, ...]:
+    """A ``traces`` row in ``TRACE_COLUMNS`` order, JSON columns already encoded."""
     p = e.provenance
-    return {
-        "assessment_id": e.assessment_id, "trace_id": e.trace_id, "name": e.name,
-        "kind": e.kind, "value": e.value, "numeric_value": e.numeric_value, "error": e.error,
-        "rationale": e.rationale, "source_type": e.source_type, "source_id": e.source_id,
-        "valid": e.valid, "overrides": e.overrides, "span_id": e.span_id,
-        "create_time_ms": e.create_time_ms, "last_update_time_ms": e.last_update_time_ms,
-        "version": assessment_version(e),
-        "assessment_metadata": dict(e.metadata), "src_topic": p.topic,
-        "src_partition": p.partition, "src_offset": p.offset, "ingested_ms": now_ms,
-    }
+    return (e.trace_id, e.experiment_id, e.name, e.status, e.timestamp_ms, e.execution_time_ms,
+            e.request, e.response, _json(e.tags), _json(e.metadata), e.input_tokens,
+            e.output_tokens, e.total_tokens, _json(span_summary(e)), len(e.spans),
+            e.completeness, e.source_format, p.topic, p.partition, p.offset, now_ms)
+
+
+ASSESSMENT_COLUMNS = (
+    "assessment_id", "trace_id", "name", "kind", "value", "numeric_value", "error", "rationale",
+    "source_type", "source_id", "valid", "overrides", "span_id", "create_time_ms",
+    "last_update_time_ms", "version", "assessment_metadata", "src_topic", "src_partition",
+    "src_offset", "ingested_ms")
+
+
+def assessment_row(e: AssessmentEvent, now_ms: int) -> tuple[Any, ...]:
+    p = e.provenance
+    return (e.assessment_id, e.trace_id, e.name, e.kind, _json(e.value), e.numeric_value,
+            e.error, e.rationale, e.source_type, e.source_id, e.valid, e.overrides, e.span_id,
+            e.create_time_ms, e.last_update_time_ms, assessment_version(e), _json(e.metadata),
+            p.topic, p.partition, p.offset, now_ms)
 
 
 def dead_letter_row(d: DeadLetter) -> dict[str, Any]:
@@ -144,10 +151,10 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int) -> BatchResult:
     """Write one decoded batch in the caller's transaction. See the module docstring for order."""
     traces = latest_traces(batch.traces)
     assessments = latest_assessments(batch.assessments)
-    dialect.upsert_newer(conn, TRACES, "trace_id", "completeness",
-                  [trace_row(e, now_ms) for e in traces])
-    dialect.upsert_newer(conn, ASSESSMENTS, "assessment_id", "version",
-                  [assessment_row(e, now_ms) for e in assessments])
+    dialect.upsert_newer(conn, TRACES, "trace_id", "completeness", TRACE_COLUMNS,
+                         [trace_row(e, now_ms) for e in traces])
+    dialect.upsert_newer(conn, ASSESSMENTS, "assessment_id", "version", ASSESSMENT_COLUMNS,
+                         [assessment_row(e, now_ms) for e in assessments])
     if assessments:
         _invalidate_overridden(conn, assessments)
     if batch.dead_letters:

@@ -29,6 +29,9 @@ class FakeSource:
             self.journal.append(f"poll:{len(out)}")
         return out
 
+    def ready(self) -> bool:
+        return True
+
     def commit(self, next_offsets: Mapping[tuple[str, int], int]) -> bool:
         self.journal.append("commit")
         self.committed.update(next_offsets)

@@ -49,6 +49,7 @@ class BatchWriter(Protocol):
 
     def close(self) -> None: ...
 T = TypeVar("T")
+JOIN_GRACE_S = 60.0  # how long --exit-when-idle waits for a group join before giving up
 
 
 @dataclass
@@ -93,6 +94,7 @@ class Worker:
         self.clock = clock
         self.stop = threading.Event()
         self.stats = RunStats()
+        self._ready_since: float | None = None
         max_bytes = settings.max_event_bytes
         self._decoders: dict[str, Callable[[RawRecord], TraceEvent | AssessmentEvent]] = {
             settings.trace_topic: lambda r: decode_trace(r.value, r.provenance, max_bytes),
@@ -105,15 +107,15 @@ class Worker:
     def run(self, *, max_records: int | None = None,
             exit_when_idle_s: float | None = None) -> RunStats:
         s = self.settings
-        idle_since = time.monotonic()
+        started = idle_since = time.monotonic()
         while not self.stop.is_set():
             records = self._retry(lambda: self.source.poll(s.poll_timeout_ms,
                                                            s.batch_max_records), "poll")
             if records is None:
                 break  # stopped while the source was unavailable
             if not records:
-                if exit_when_idle_s is not None and \
-                        time.monotonic() - idle_since >= exit_when_idle_s:
+                if exit_when_idle_s is not None and self._idle_long_enough(
+                        started, idle_since, exit_when_idle_s):
                     logger.info("idle for %.1fs, exiting", exit_when_idle_s)
                     break
                 continue
@@ -124,6 +126,18 @@ class Worker:
                 break
         logger.info("worker stopped %s", self.stats.summary())
         return self.stats
+
+    def _idle_long_enough(self, started: float, idle_since: float, idle_s: float) -> bool:
+        """Idle means nothing to do *with partitions assigned*: waiting for a group join (or a
+        rebalance) is not idleness, or a restarted worker could exit before it saw its backlog.
+        A source that never becomes ready still lets the run end, after a generous bound."""
+        now = time.monotonic()
+        if not self.source.ready():
+            self._ready_since = None
+            return now - started >= idle_s + JOIN_GRACE_S
+        if self._ready_since is None:
+            self._ready_since = now
+        return now - max(idle_since, self._ready_since) >= idle_s
 
     def process(self, records: list[RawRecord]) -> bool:
         """Decode, store and checkpoint one batch. False if stopped before the checkpoint."""
