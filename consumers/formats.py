@@ -31,6 +31,7 @@ from consumers.events import (
 )
 
 MAX_ID_CHARS = 256
+_MAX_INT = 2**62
 TOKEN_USAGE_KEY = "mlflow.trace.tokenUsage"  # noqa: S105 - a metadata key, not a secret
 TRACE_NAME_TAG = "mlflow.traceName"
 _SPAN_STATUS = {"STATUS_CODE_OK": "OK", "STATUS_CODE_ERROR": "ERROR",
@@ -101,7 +102,7 @@ def _int(d: Mapping[str, Any], key: str, path: str, *, required: bool,
     iv = int(v)
     if minimum is not None and iv < minimum:
         raise DecodeError(f"must be >= {minimum}, got {v}", f"{path}{key}")
-    if iv > 2**62:
+    if iv > _MAX_INT:
         raise DecodeError(f"out of range: {v}", f"{path}{key}")
     return iv
 
@@ -198,16 +199,6 @@ def _status(v: Any, field: str) -> TraceStatus:
 # Spans
 
 
-def _attr_str(attrs: Mapping[str, Any], key: str) -> str | None:
-    """MLflow span attributes are JSON-encoded: the span type arrives as ``'"CHAT_MODEL"'``."""
-    v = attrs.get(key)
-    if not isinstance(v, str):
-        return None
-    if len(v) >= 2 and v[0] == '"' and v[-1] == '"':
-        return v[1:-1]
-    return v
-
-
 def _mlflow_spans(spans: Any) -> tuple[tuple[SpanSummary, ...], dict[str, Any] | None]:
     """Span dicts as ``Span.to_dict()`` makes them. Returns summaries and the root span."""
     if not isinstance(spans, list):
@@ -215,30 +206,45 @@ def _mlflow_spans(spans: Any) -> tuple[tuple[SpanSummary, ...], dict[str, Any] |
     out: list[SpanSummary] = []
     root: dict[str, Any] | None = None
     for i, s in enumerate(spans):
-        path = f"data.spans[{i}]."
-        if not isinstance(s, dict):
-            raise DecodeError(f"expected an object, got {type(s).__name__}", path[:-1])
+        # Fast path for well-formed spans (exact int nanos, str name, dict attributes); anything
+        # else goes through the field helpers, which raise errors that name the field.
+        if type(s) is not dict:
+            raise DecodeError(f"expected an object, got {type(s).__name__}", f"data.spans[{i}]")
         attrs = s.get("attributes") or {}
-        if not isinstance(attrs, dict):
-            raise DecodeError("expected an object", f"{path}attributes")
-        if s.get("parent_span_id") is None and root is None:
+        start, end, name = s.get("start_time_unix_nano"), s.get("end_time_unix_nano"), s.get("name")
+        if not (type(attrs) is dict and type(start) is int and 0 <= start <= _MAX_INT
+                and (end is None or (type(end) is int and 0 <= end <= _MAX_INT))
+                and (name is None or type(name) is str)):
+            start, end, name = _slow_span_fields(s, i)
+        if root is None and s.get("parent_span_id") is None:
             root = s
-        start = _int(s, "start_time_unix_nano", path, required=True)
-        end = _int(s, "end_time_unix_nano", path, required=False)
         if end is None:
             continue  # still running: no duration yet
-        assert start is not None
         if end < start:
-            raise DecodeError("end_time_unix_nano is before start_time_unix_nano", path[:-1])
+            raise DecodeError("end_time_unix_nano is before start_time_unix_nano",
+                              f"data.spans[{i}]")
         status = s.get("status")
-        code = status.get("code") if isinstance(status, dict) else status
+        code = status.get("code") if type(status) is dict else status
+        span_type = attrs.get("mlflow.spanType")
+        if type(span_type) is str and len(span_type) >= 2 and span_type[0] == '"' \
+                and span_type[-1] == '"':
+            span_type = span_type[1:-1]
         out.append(SpanSummary(
-            name=_str(s, "name", path, required=False) or "",
-            span_type=_attr_str(attrs, "mlflow.spanType") or "UNKNOWN",
-            duration_ms=(end - start) / 1e6,
-            status=_SPAN_STATUS.get(code, "UNSET") if isinstance(code, str) else "UNSET",
-        ))
+            _clean(name) if name else "",
+            span_type if type(span_type) is str and span_type else "UNKNOWN",
+            (end - start) / 1e6,
+            _SPAN_STATUS.get(code, "UNSET") if type(code) is str else "UNSET"))
     return tuple(out), root
+
+
+def _slow_span_fields(s: Mapping[str, Any], i: int) -> tuple[int, int | None, str | None]:
+    path = f"data.spans[{i}]."
+    if not isinstance(s.get("attributes") or {}, dict):
+        raise DecodeError("expected an object", f"{path}attributes")
+    start = _int(s, "start_time_unix_nano", path, required=True)
+    assert start is not None
+    return (start, _int(s, "end_time_unix_nano", path, required=False),
+            _str(s, "name", path, required=False))
 
 
 def _flat_spans(spans: Any) -> tuple[SpanSummary, ...]:
