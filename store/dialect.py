@@ -45,7 +45,7 @@ def upsert_newer(conn: Connection, table: Table, key: str, order_col: str,
     try:
         name = conn.dialect.name
         if name == "postgresql":
-            stage = _pg_stage(conn, cur, table)
+            stage = _pg_stage(cur, table)
             with cur.copy(f"COPY {stage} ({col_list}) FROM STDIN") as copy:
                 for r in rows:
                     copy.write_row(r)
@@ -62,12 +62,10 @@ def upsert_newer(conn: Connection, table: Table, key: str, order_col: str,
         cur.close()
 
 
-def _pg_stage(conn: Connection, cur: Any, table: Table) -> str:
-    """The per-connection temporary staging table for COPY, created once per connection."""
+def _pg_stage(cur: Any, table: Table) -> str:
+    """The session's temporary staging table for COPY. Created (if missing) on every call: a
+    rolled-back transaction also rolls back its creation, so no flag could remember it."""
     stage = f"_stage_{table.name}"
-    info = conn.connection.info
-    if stage not in info:
-        cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} "
-                    f"(LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-        info[stage] = True
+    cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} "
+                f"(LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
     return stage
