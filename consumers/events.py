@@ -1,16 +1,19 @@
 """The typed events: the shared vocabulary of every layer.
 
-Events are frozen and carry their provenance (topic, partition, offset), so that any row in the
-store or any dead letter can be traced back to the record it came from. Times are epoch
-milliseconds as ``int``; durations carry a unit suffix. ``request`` and ``response`` are JSON
-text as received (never re-serialized on the hot path), or None when the source had none.
+Events are immutable and carry their provenance (topic, partition, offset), so that any row in
+the store or any dead letter can be traced back to the record it came from. The per-event types
+are NamedTuples: as immutable as frozen dataclasses, and built in half the time (a frozen
+dataclass sets each field through ``object.__setattr__``; several are made per event). Times
+are epoch milliseconds as ``int``; durations carry a unit suffix. ``request`` and ``response``
+are JSON text as received (never re-serialized on the hot path), or None when the source had
+none.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
 
 TraceStatus = Literal["OK", "ERROR", "IN_PROGRESS"]
 AssessmentKind = Literal["feedback", "expectation"]
@@ -18,8 +21,7 @@ AssessmentKind = Literal["feedback", "expectation"]
 TRACE_STATUSES: frozenset[str] = frozenset({"OK", "ERROR", "IN_PROGRESS"})
 
 
-@dataclass(frozen=True, slots=True)
-class Provenance:
+class Provenance(NamedTuple):
     """Where a record came from. For polled sources, ``topic`` names the source and offset is -1."""
 
     topic: str
@@ -27,8 +29,7 @@ class Provenance:
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class SpanSummary:
+class SpanSummary(NamedTuple):
     """One span, reduced to what metrics and rules need."""
 
     name: str
@@ -37,8 +38,7 @@ class SpanSummary:
     status: str  # "OK" | "ERROR" | "UNSET"
 
 
-@dataclass(frozen=True, slots=True)
-class TraceEvent:
+class TraceEvent(NamedTuple):
     trace_id: str
     experiment_id: str | None
     name: str | None
@@ -67,8 +67,7 @@ class TraceEvent:
         return finished * 1_000_000 + min(len(self.spans), 999_999)
 
 
-@dataclass(frozen=True, slots=True)
-class AssessmentEvent:
+class AssessmentEvent(NamedTuple):
     assessment_id: str
     trace_id: str
     name: str
@@ -102,8 +101,7 @@ class DeadLetter:
     created_ms: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class RawRecord:
+class RawRecord(NamedTuple):
     """A record as a source hands it over, before decoding."""
 
     topic: str
@@ -112,7 +110,7 @@ class RawRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int = 0
-    headers: tuple[tuple[str, bytes], ...] = field(default=())
+    headers: tuple[tuple[str, bytes], ...] = ()
 
     @property
     def provenance(self) -> Provenance:

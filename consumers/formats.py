@@ -114,6 +114,11 @@ def _str_map(d: Mapping[str, Any], key: str, path: str) -> dict[str, str]:
         return {}
     if not isinstance(v, dict):
         raise DecodeError(f"expected an object, got {type(v).__name__}", f"{path}{key}")
+    for item in v.values():  # the common case, all strings: no copy
+        if type(item) is not str:
+            break
+    else:
+        return v
     out: dict[str, str] = {}
     for k, item in v.items():
         if isinstance(item, str):
