@@ -11,10 +11,13 @@ port is picked here.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import os
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +45,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """Linux: the broker gets SIGTERM when its parent dies, even by kill -9 (no orphans)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class EmbeddedBroker:
     """``with EmbeddedBroker() as b: ... b.bootstrap_servers``. Stops the process on exit."""
 
@@ -64,7 +75,8 @@ class EmbeddedBroker:
             proc = subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
                 [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
                  "--storage-engine", "memory://tansu/"],
-                stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent)
             self.proc = proc  # recorded at once, so stop() ends it whatever happens next
             if self._wait_ready(proc, port):
                 self.port = port
