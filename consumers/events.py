@@ -115,3 +115,50 @@ class RawRecord(NamedTuple):
     @property
     def provenance(self) -> Provenance:
         return Provenance(self.topic, self.partition, self.offset)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rule decisions: what the rules engine (worker) reads and returns, and the store (below it)
+# persists. They live here, in the lowest package, so that no package imports upward.
+
+
+class TraceView(NamedTuple):
+    """What the rules engine sees of a trace: built from an event or from a stored row."""
+
+    trace_id: str
+    experiment_id: str | None
+    name: str | None
+    status: str
+    timestamp_ms: int
+    execution_time_ms: int | None
+    tags: Mapping[str, str]
+    metadata: Mapping[str, str]
+
+
+class AssessmentView(NamedTuple):
+    assessment_id: str
+    name: str
+    kind: str  # "feedback" | "expectation"
+    value: Any
+    valid: bool
+    last_update_time_ms: int
+
+
+Outcome = Literal["tagged", "superseded", "sampled_out", "no_match", "not_applicable"]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleOutcome:
+    rule: str
+    outcome: Outcome
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """Every rule's outcome for one trace, and the tags that result (key -> (value, rule))."""
+
+    trace_id: str
+    outcomes: tuple[RuleOutcome, ...]
+    tags: Mapping[str, tuple[str, str]]
+    digest: str  # equal inputs (rules, trace version, valid feedback) give an equal digest

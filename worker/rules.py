@@ -1,0 +1,565 @@
+"""The rules engine: which traces become eval candidates, and why. Pure: no I/O, no MLflow calls.
+
+A rule set is parsed and validated once (``load_rules``); ``RuleSet.evaluate`` then does no parsing.
+Filters are MLflow search_traces filters, parsed once by MLflow's parser and matched locally with
+its own matcher; what that matcher cannot evaluate locally is rejected at load, never at run time.
+Only valid (non-overridden) feedback counts; expectations never do. Per tag key, the matched and
+sampled-in rule with the lowest precedence wins. A feedback rule with no valid feedback to judge is
+``not_applicable`` rather than ``no_match``: the decision may change when feedback arrives.
+Sampling is deterministic (blake2b-64 of rule name and trace_id). Equal inputs give equal digests.
+The file format is documented by ``DEFAULT_RULES_YAML``, which is also the built-in rule set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import operator
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+from mlflow.utils.search_utils import SearchTraceUtils
+
+from consumers.errors import ConfigError
+from consumers.events import AssessmentView, Evaluation, Outcome, RuleOutcome, TraceView
+
+__all__ = [
+    "DEFAULT_RULES_YAML",
+    "AssessmentView",
+    "Evaluation",
+    "Outcome",
+    "Rule",
+    "RuleOutcome",
+    "RuleSet",
+    "TraceView",
+    "load_rules",
+    "parse_rules",
+]
+
+DEFAULT_TAG_KEY = "eval_candidate"
+TRACE_NAME_TAG = "mlflow.traceName"
+
+DEFAULT_RULES_YAML = """\
+# trace-curator rules (TRACE_CURATOR_RULES_FILE); without a file, these defaults apply.
+# Each rule sets one tag on the traces it matches. Keys of a rule:
+#   name:        required, unique; names the rule in the decision log.
+#   filter:      an MLflow search_traces filter, AND only, e.g. attributes.status = 'ERROR',
+#                attributes.execution_time_ms > 5000, tags.environment = 'production',
+#                metadata.`mlflow.trace.user` = 'alice', tags.`mlflow.traceName` = 'my_app'.
+#   filters:     instead of filter: a list of filters, OR-ed.
+#   feedback:    {name: quality | any_name: true, <test>: ...}; its tests are AND-ed, and a list
+#                of such conditions is OR-ed. Tests: below (<), at_most (<=), above (>),
+#                at_least (>=), equals, in: [...]. Only valid (not overridden) feedback counts;
+#                strings compare case-insensitively; true/false are not numbers.
+#                With a filter too, the rule fires when both hold.
+#   tag:         {key: eval_candidate, value: <the rule name>}; both optional.
+#   precedence:  per tag key, the lowest number wins; default: position in the file.
+#   sample_rate: 0 < r <= 1, deterministic per (rule name, trace_id); default 1.
+# Booleans are YAML 1.2: only true/false (an unquoted no stays the string 'no').
+rules:
+  - name: error_case
+    filter: "attributes.status = 'ERROR'"
+    tag: {key: eval_candidate, value: error_case}
+    precedence: 1
+  - name: slow_response
+    filter: "attributes.execution_time_ms > 5000"
+    tag: {key: eval_candidate, value: slow_response}
+    precedence: 2
+  - name: low_score
+    feedback:
+      - {any_name: true, in: [false, "no"]}
+      - {any_name: true, below: 0.5}
+    tag: {key: eval_candidate, value: low_score}
+    precedence: 3
+"""
+
+
+# MLflow's parser and matcher, typed once (they are untyped upstream; the matcher is private, so
+# mlflow is pinned and tests/unit/test_rules.py covers it).
+_parse_filter: Callable[[str], list[dict[str, Any]]] = (
+    SearchTraceUtils.parse_search_filter_for_search_traces
+)
+_match_clause: Callable[[object, Mapping[str, Any]], bool] = (
+    SearchTraceUtils._does_trace_match_clause
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """One filter string as written, and MLflow's parsed clauses (AND-ed)."""
+
+    text: str
+    clauses: tuple[Mapping[str, Any], ...]
+    reason: str  # logged when it matches
+
+
+_NUMERIC_TESTS: dict[str, tuple[str, Callable[[Any, Any], bool]]] = {
+    "below": ("<", operator.lt),
+    "at_most": ("<=", operator.le),
+    "above": (">", operator.gt),
+    "at_least": (">=", operator.ge),
+}
+_TESTS = frozenset({*_NUMERIC_TESTS, "equals", "in"})
+_Scalar = str | bool | int | float
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackCondition:
+    """Feedback named ``name`` (None: any name) whose value passes every test."""
+
+    name: str | None
+    tests: tuple[tuple[str, Any], ...]  # (test, operand); operand is a tuple for "in"
+    text: str  # the tests as text, e.g. "< 0.5" or "in [False, 'no']"
+
+    def passes(self, value: Any) -> bool:
+        return all(_passes(test, operand, value) for test, operand in self.tests)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _same(value: Any, wanted: _Scalar) -> bool:
+    if isinstance(wanted, bool) or isinstance(value, bool):
+        return value is wanted
+    if isinstance(wanted, str):  # casefolded at load
+        return isinstance(value, str) and value.casefold() == wanted
+    return _is_number(value) and bool(value == wanted)
+
+
+def _passes(test: str, operand: Any, value: Any) -> bool:
+    if test in _NUMERIC_TESTS:
+        return _is_number(value) and _NUMERIC_TESTS[test][1](value, operand)
+    candidates = operand if test == "in" else (operand,)
+    return any(_same(value, wanted) for wanted in candidates)
+
+
+def _sample_point(name: str, trace_id: str) -> int:
+    digest = hashlib.blake2b(f"{name}\0{trace_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One rule, validated and pre-parsed. Matching code reads only the precomputed fields."""
+
+    name: str
+    filters: tuple[Filter, ...]  # OR-ed; empty: no filter
+    feedback: tuple[FeedbackCondition, ...]  # OR-ed; empty: no feedback condition
+    tag_key: str
+    tag_value: str
+    precedence: int
+    sample_rate: float
+    position: int  # 1-based, in the file; breaks precedence ties
+    no_match_reason: str = field(init=False, repr=False, compare=False)
+    sample_threshold: int = field(init=False, repr=False, compare=False)  # of 2**64
+
+    def __post_init__(self) -> None:
+        no_match = f"none of {len(self.filters)} filters matched"
+        if len(self.filters) == 1:
+            no_match = f"{self.filters[0].text} did not match"
+        object.__setattr__(self, "no_match_reason", no_match)
+        object.__setattr__(self, "sample_threshold", int(self.sample_rate * 2**64))
+
+    def match_filters(self, info: object) -> str | None:
+        """The reason of the first filter whose clauses all match ``info``, else None."""
+        for flt in self.filters:
+            for clause in flt.clauses:
+                if not _match_clause(info, clause):
+                    break
+            else:
+                return flt.reason
+        return None
+
+    def sampled_in(self, trace_id: str) -> bool:
+        return self.sample_rate >= 1.0 or _sample_point(self.name, trace_id) < self.sample_threshold
+
+    def definition(self) -> dict[str, Any]:
+        """The rule as plain data, for the rule-set digest."""
+        feedback = [{"name": c.name, "tests": [[t, o] for t, o in c.tests]} for c in self.feedback]
+        return {
+            "name": self.name,
+            "filters": [f.text for f in self.filters],
+            "feedback": feedback,
+            "tag": [self.tag_key, self.tag_value],
+            "precedence": self.precedence,
+            "sample_rate": self.sample_rate,
+        }
+
+
+class _TraceInfoAdapter:
+    """Exactly the attributes ``_does_trace_match_clause`` reads from an MLflow TraceInfo."""
+
+    __slots__ = (
+        "execution_time_ms",
+        "request_id",
+        "request_metadata",
+        "status",
+        "tags",
+        "timestamp_ms",
+    )
+
+    def __init__(self, trace: TraceView, tags: Mapping[str, str]) -> None:
+        self.tags = tags
+        self.request_metadata = trace.metadata
+        self.request_id = trace.trace_id
+        self.timestamp_ms = trace.timestamp_ms
+        self.execution_time_ms = trace.execution_time_ms
+        self.status = trace.status
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _judge_feedback(
+    rule: Rule, valid: Sequence[AssessmentView], every: Sequence[AssessmentView]
+) -> tuple[bool | None, str]:
+    """(True, why) on a match, (False, why) when valid feedback fails, (None, why) when none."""
+    hits: list[tuple[AssessmentView, FeedbackCondition]] = []
+    seen: list[AssessmentView] = []
+    for fb in valid:
+        conditions = [c for c in rule.feedback if c.name is None or c.name == fb.name]
+        if conditions:
+            seen.append(fb)
+            hit = next((c for c in conditions if c.passes(fb.value)), None)
+            if hit is not None:
+                hits.append((fb, hit))
+    if hits:
+        fb, cond = max(hits, key=lambda hit: (hit[0].last_update_time_ms, hit[0].assessment_id))
+        more = f"; {len(hits) - 1} more matched" if len(hits) > 1 else ""
+        value = _short(fb.value)
+        return True, f"feedback {fb.name}={value} {cond.text} (assessment {fb.assessment_id}{more})"
+    names = {c.name for c in rule.feedback}
+    ignored = sum(
+        1
+        for a in every
+        if a.kind == "feedback" and not a.valid and (None in names or a.name in names)
+    )
+    ignored_text = f"; {ignored} invalid (overridden) ignored" if ignored else ""
+    if not seen:
+        wanted = "" if None in names else " " + " or ".join(sorted(repr(n) for n in names))
+        return None, f"no valid feedback{wanted}{ignored_text}"
+    last = max(seen, key=lambda a: (a.last_update_time_ms, a.assessment_id))
+    wanted = " or ".join(f"{c.name or 'value'} {c.text}" for c in rule.feedback)
+    return False, (
+        f"valid feedback did not match: {wanted} (latest {last.name}={_short(last.value)}, "
+        f"assessment {last.assessment_id}){ignored_text}"
+    )
+
+
+_Verdict = tuple[Outcome, str]
+
+
+class RuleSet:
+    """Validated rules plus what ``evaluate`` needs precomputed. Build with ``parse_rules``."""
+
+    __slots__ = ("_by_precedence", "_name_tag", "_needs_fb", "_uses_filters", "digest", "rules")
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = tuple(rules)
+        canonical = json.dumps([r.definition() for r in self.rules], sort_keys=True)
+        self.digest = hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
+        # Indices into rules, best first: precedence, then position in the file breaks ties.
+        self._by_precedence = sorted(
+            range(len(self.rules)), key=lambda i: (self.rules[i].precedence, self.rules[i].position)
+        )
+        self._uses_filters = any(r.filters for r in self.rules)
+        self._needs_fb = any(r.feedback for r in self.rules)
+        self._name_tag = any(
+            c.get("type") == "tag" and c.get("key") == TRACE_NAME_TAG
+            for r in self.rules
+            for f in r.filters
+            for c in f.clauses
+        )
+
+    def tag_keys(self) -> frozenset[str]:
+        return frozenset(r.tag_key for r in self.rules)
+
+    def needs_assessments(self) -> bool:
+        return self._needs_fb
+
+    def evaluate(self, trace: TraceView, assessments: Sequence[AssessmentView] = ()) -> Evaluation:
+        trace_id = trace.trace_id
+        info = self._adapt(trace) if self._uses_filters else None
+        valid = [a for a in assessments if a.valid and a.kind == "feedback"]
+        verdicts = [self._verdict(r, trace_id, info, valid, assessments) for r in self.rules]
+        winners: dict[str, Rule] = {}
+        for i in self._by_precedence:
+            if verdicts[i][0] == "tagged":
+                winners.setdefault(self.rules[i].tag_key, self.rules[i])
+        outcomes = []
+        for rule, (outcome, reason) in zip(self.rules, verdicts, strict=True):
+            winner = winners.get(rule.tag_key)
+            if outcome == "tagged" and winner is not rule:
+                assert winner is not None
+                outcome = "superseded"
+                reason = f"superseded by {winner.name} (precedence {winner.precedence}); {reason}"
+            outcomes.append(RuleOutcome(rule.name, outcome, reason))
+        tags = {key: (rule.tag_value, rule.name) for key, rule in winners.items()}
+        digest = self._digest(trace_id, outcomes)
+        return Evaluation(trace_id, tuple(outcomes), MappingProxyType(tags), digest)
+
+    def _adapt(self, trace: TraceView) -> _TraceInfoAdapter:
+        tags = trace.tags
+        if self._name_tag and trace.name is not None and TRACE_NAME_TAG not in tags:
+            tags = {**tags, TRACE_NAME_TAG: trace.name}
+        return _TraceInfoAdapter(trace, tags)
+
+    @staticmethod
+    def _verdict(
+        rule: Rule,
+        trace_id: str,
+        info: object,
+        valid: Sequence[AssessmentView],
+        every: Sequence[AssessmentView],
+    ) -> _Verdict:
+        """The rule alone: tagged (unless outranked), sampled_out, no_match or not_applicable."""
+        reason = rule.match_filters(info) if rule.filters else None
+        if rule.filters and reason is None:
+            return "no_match", rule.no_match_reason
+        if rule.feedback:
+            matched, why = _judge_feedback(rule, valid, every)
+            if matched is None:
+                return "not_applicable", why
+            if not matched:
+                return "no_match", why
+            reason = why if reason is None else f"{reason}; {why}"
+        assert reason is not None
+        if not rule.sampled_in(trace_id):
+            return "sampled_out", f"sampled out (rate {rule.sample_rate:g}); {reason}"
+        return "tagged", reason
+
+    def _digest(self, trace_id: str, outcomes: Sequence[RuleOutcome]) -> str:
+        parts = [self.digest, trace_id]
+        parts.extend(f"{o.rule}\x1e{o.outcome}\x1e{o.reason}" for o in outcomes)
+        return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
+
+
+# --- Loading: everything below runs once, at start-up. ---
+
+_RULE_KEYS = frozenset(
+    {"name", "filter", "filters", "feedback", "tag", "precedence", "sample_rate"}
+)
+_STATUSES = frozenset({"OK", "ERROR", "IN_PROGRESS", "STATE_UNSPECIFIED"})
+_STRING_OPS = frozenset({"=", "!=", "LIKE", "ILIKE", "IS NULL", "IS NOT NULL"})
+_ATTRIBUTE_OPS = {
+    "status": frozenset({"=", "!=", "LIKE", "ILIKE", "IN", "NOT IN"}),
+    "request_id": frozenset({"=", "!=", "LIKE", "ILIKE", "IN", "NOT IN"}),
+    "timestamp_ms": frozenset({"=", "!=", ">", ">=", "<", "<="}),
+    "execution_time_ms": frozenset({"=", "!=", ">", ">=", "<", "<="}),
+}
+_NOT_LOCAL = {
+    "span": "span.* and trace.text filters need span data, which rules do not see",
+    "feedback": "feedback.* filters need the server; use the rule's feedback: condition",
+    "expectation": "expectation.* filters need the server; rules look at feedback only",
+    "issue": "issue.* filters need the server",
+}
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans (true/false only: an unquoted no stays 'no') and floats
+    (1e-3 is a number, not a string)."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [r for r in resolvers if r[0] != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_rules(path: str | Path | None) -> RuleSet:
+    """The rules of the YAML file at ``path``; None gives the documented defaults."""
+    if path is None:
+        return parse_rules(DEFAULT_RULES_YAML, "<built-in defaults>")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"rules file {path}: cannot read it: {exc}") from exc
+    return parse_rules(text, str(path))
+
+
+def parse_rules(text: str, source: str = "<rules>") -> RuleSet:
+    """Parse and validate a rules document; raise ConfigError naming the rule and the problem."""
+    where = f"rules file {source}"
+    try:
+        data = yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: invalid YAML: {' '.join(str(exc).split())}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
+        raise ConfigError(f"{where}: expected a mapping with a 'rules:' list")
+    if extra := sorted(set(data) - {"rules"}, key=str):
+        raise ConfigError(f"{where}: unknown top-level key(s) {extra}; only 'rules' is allowed")
+    rules = [_parse_rule(raw, pos, where) for pos, raw in enumerate(data["rules"], start=1)]
+    seen: dict[str, int] = {}
+    for rule in rules:
+        if rule.name in seen:
+            raise ConfigError(
+                f"{where}, rule #{rule.position} {rule.name!r}: duplicate name "
+                f"(rule #{seen[rule.name]} has it too)"
+            )
+        seen[rule.name] = rule.position
+    return RuleSet(rules)
+
+
+def _parse_rule(raw: Any, position: int, where: str) -> Rule:
+    where = f"{where}, rule #{position}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{where}: 'name' must be a non-empty string")
+    where = f"{where} {name!r}"
+    if extra := sorted(set(raw) - _RULE_KEYS, key=str):
+        raise ConfigError(f"{where}: unknown key(s) {extra}; allowed: {sorted(_RULE_KEYS)}")
+    filters = _parse_filters(raw, where)
+    feedback = _parse_feedback(raw.get("feedback"), where)
+    if not filters and not feedback:
+        raise ConfigError(f"{where}: needs 'filter', 'filters' or 'feedback'")
+    tag_key, tag_value = _parse_tag(raw.get("tag"), name, where)
+    precedence = raw.get("precedence", position)
+    if isinstance(precedence, bool) or not isinstance(precedence, int):
+        raise ConfigError(f"{where}: 'precedence' must be an integer, got {precedence!r}")
+    rate = raw.get("sample_rate", 1.0)
+    if not _is_number(rate) or not 0 < rate <= 1:
+        raise ConfigError(f"{where}: 'sample_rate' must be a number in (0, 1], got {rate!r}")
+    return Rule(name, filters, feedback, tag_key, tag_value, precedence, float(rate), position)
+
+
+def _parse_tag(raw: Any, rule_name: str, where: str) -> tuple[str, str]:
+    if raw is None:
+        return DEFAULT_TAG_KEY, rule_name
+    if not isinstance(raw, dict) or set(raw) - {"key", "value"}:
+        raise ConfigError(f"{where}: 'tag' must be a mapping with 'key' and/or 'value'")
+    key, value = raw.get("key", DEFAULT_TAG_KEY), raw.get("value", rule_name)
+    for label, text in (("key", key), ("value", value)):
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(f"{where}: tag {label} must be a non-empty string, got {text!r}")
+    return key, value
+
+
+def _parse_filters(raw: dict[str, Any], where: str) -> tuple[Filter, ...]:
+    if "filter" in raw and "filters" in raw:
+        raise ConfigError(f"{where}: give 'filter' or 'filters', not both")
+    texts = raw.get("filters", [raw["filter"]] if "filter" in raw else [])
+    if not isinstance(texts, list) or ("filters" in raw and not texts):
+        raise ConfigError(f"{where}: 'filters' must be a non-empty list of filter strings")
+    return tuple(_parse_filter_text(text, where) for text in texts)
+
+
+def _parse_filter_text(text: Any, where: str) -> Filter:
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"{where}: a filter must be a non-empty string, got {text!r}")
+    text = text.strip()
+    try:
+        clauses = _parse_filter(text)
+    except Exception as exc:  # MlflowException, or whatever sqlparse raises
+        hint = ""
+        if re.search(r"'OR'|'\(", str(exc)):
+            hint = " (filters are AND-only, without parentheses; list alternatives in 'filters')"
+        raise ConfigError(f"{where}: filter {text!r}: {exc}{hint}") from exc
+    for clause in clauses:
+        if problem := _clause_problem(clause):
+            raise ConfigError(f"{where}: filter {text!r}: {problem}")
+    return Filter(text, tuple(clauses), f"{text} matched")
+
+
+def _clause_problem(clause: Mapping[str, Any]) -> str | None:
+    """Why MLflow's local matcher cannot evaluate ``clause`` correctly, or None."""
+    kind, key, value = clause["type"], clause["key"], clause["value"]
+    op = str(clause["comparator"]).upper()
+    if kind in _NOT_LOCAL:
+        return _NOT_LOCAL[kind]
+    if kind in ("tag", "request_metadata"):
+        if op not in _STRING_OPS:
+            where = "tags" if kind == "tag" else "metadata"
+            return f"operator {op} is not supported on {where}; use one of {sorted(_STRING_OPS)}"
+        if isinstance(value, str) and "''" in value:
+            return "MLflow does not unescape '' in a quoted value; put it in double quotes"
+    elif kind == "attribute":
+        problem = _attribute_problem(key, op, value)
+        if problem:
+            return problem
+    # What the checks above missed, MLflow's matcher must not raise on a typical trace.
+    probe = TraceView("tr-probe", None, None, "OK", 0, 0, {key: "x"}, {key: "x"})
+    try:
+        _match_clause(_TraceInfoAdapter(probe, probe.tags), clause)
+    except Exception as exc:
+        return f"MLflow cannot evaluate it locally: {exc!r}"
+    return None
+
+
+def _attribute_problem(key: str, op: str, value: Any) -> str | None:
+    if key == "end_time_ms":
+        return "end_time_ms is not known locally; use timestamp_ms and execution_time_ms"
+    if key not in _ATTRIBUTE_OPS:
+        return f"attributes.{key} is not available to rules; use {sorted(_ATTRIBUTE_OPS)}"
+    if op not in _ATTRIBUTE_OPS[key]:
+        return f"operator {op} is not supported on attributes.{key}"
+    if key.endswith("_ms") and not _is_number(value):
+        return f"attributes.{key} compares with a number; write {value} without quotes"
+    values = value if isinstance(value, tuple) else (value,)
+    if key == "status" and op in ("=", "!=", "IN", "NOT IN") and set(values) - _STATUSES:
+        return f"status is one of {sorted(_STATUSES)} (case-sensitive), got {value!r}"
+    return None
+
+
+def _parse_feedback(raw: Any, where: str) -> tuple[FeedbackCondition, ...]:
+    if raw is None:
+        return ()
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        raise ConfigError(f"{where}: 'feedback' must be a mapping or a non-empty list of them")
+    return tuple(_parse_condition(item, f"{where}: feedback") for item in items)
+
+
+def _parse_condition(raw: Any, where: str) -> FeedbackCondition:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping like {{name: quality, below: 0.5}}")
+    if extra := sorted(set(raw) - _TESTS - {"name", "any_name"}, key=str):
+        raise ConfigError(f"{where}: unknown key(s) {extra}; tests are {sorted(_TESTS)}")
+    name, any_name = raw.get("name"), raw.get("any_name", False)
+    if any_name is not True and (not isinstance(name, str) or not name.strip()):
+        raise ConfigError(f"{where}: needs 'name' (a string) or 'any_name: true'")
+    if any_name is True and name is not None:
+        raise ConfigError(f"{where}: give 'name' or 'any_name: true', not both")
+    tests = [(test, _test_operand(test, raw[test], where)) for test in sorted(raw.keys() & _TESTS)]
+    if not tests:
+        raise ConfigError(f"{where}: needs a test, one of {sorted(_TESTS)}")
+    text = " and ".join(_test_text(test, operand) for test, operand in tests)
+    return FeedbackCondition(None if any_name is True else name, tuple(tests), text)
+
+
+def _test_operand(test: str, operand: Any, where: str) -> Any:
+    if test in _NUMERIC_TESTS:
+        if not _is_number(operand):
+            raise ConfigError(f"{where}: {test!r} needs a number, got {operand!r}")
+        return operand
+    values = operand if test == "in" else [operand]
+    if test == "in" and (not isinstance(operand, list) or not operand):
+        raise ConfigError(f"{where}: 'in' needs a non-empty list, got {operand!r}")
+    for value in values:
+        if not isinstance(value, _Scalar):
+            raise ConfigError(f"{where}: {test!r} takes strings, numbers or booleans: {value!r}")
+    folded = tuple(v.casefold() if isinstance(v, str) else v for v in values)
+    return folded if test == "in" else folded[0]
+
+
+def _test_text(test: str, operand: Any) -> str:
+    if test in _NUMERIC_TESTS:
+        return f"{_NUMERIC_TESTS[test][0]} {operand!r}"
+    return f"in {list(operand)!r}" if test == "in" else f"= {operand!r}"
