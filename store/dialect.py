@@ -27,7 +27,15 @@ def insert(conn: Connection, table: Table) -> Any:
 
 def upsert_newer(conn: Connection, table: Table, key: str, order_col: str,
                  columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Insert rows; on a key conflict, update only when ``order_col`` is strictly greater.
+    """Insert rows; on a key conflict, update only when ``order_col`` is strictly greater."""
+    bulk_upsert(conn, table, (key,), columns, rows, newer_col=order_col)
+
+
+def bulk_upsert(conn: Connection, table: Table, key: Sequence[str], columns: Sequence[str],
+                rows: Sequence[Sequence[Any]], *, newer_col: str | None = None,
+                on_conflict: str = "update") -> None:
+    """Insert rows; on a conflict of ``key``, update (only where ``newer_col`` grows, if given)
+    or, with ``on_conflict="nothing"``, keep the stored row.
 
     ``rows`` are tuples in ``columns`` order, with unique keys and JSON columns already encoded
     as text. Both paths talk to the DBAPI directly: SQLAlchemy's per-row parameter processing
@@ -36,9 +44,14 @@ def upsert_newer(conn: Connection, table: Table, key: str, order_col: str,
     if not rows:
         return
     col_list = ", ".join(f'"{c}"' for c in columns)
-    conflict = (f'ON CONFLICT ("{key}") DO UPDATE SET '
-                + ", ".join(f'"{c}" = excluded."{c}"' for c in columns if c != key)
-                + f' WHERE {table.name}."{order_col}" < excluded."{order_col}"')
+    keys = ", ".join(f'"{k}"' for k in key)
+    if on_conflict == "nothing":
+        conflict = f"ON CONFLICT ({keys}) DO NOTHING"
+    else:
+        conflict = (f"ON CONFLICT ({keys}) DO UPDATE SET "
+                    + ", ".join(f'"{c}" = excluded."{c}"' for c in columns if c not in key))
+        if newer_col is not None:
+            conflict += f' WHERE {table.name}."{newer_col}" < excluded."{newer_col}"'
     dbapi = conn.connection.dbapi_connection
     assert dbapi is not None
     cur = dbapi.cursor()

@@ -111,3 +111,55 @@ class DeadLetter(Base):
     __table_args__ = (
         UniqueConstraint("topic", "partition", "offset", name="uq_dead_letters_origin"),
     )
+
+
+class TraceTag(Base):
+    """The current rule decision per (trace, tag key). ``tag_value`` None: no rule tags it."""
+
+    __tablename__ = "trace_tags"
+
+    trace_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    tag_key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    tag_value: Mapped[str | None] = mapped_column(Text)
+    rule: Mapped[str | None] = mapped_column(Text)
+    digest: Mapped[str] = mapped_column(String(64))
+    decided_ms: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_trace_tags_key_value", "tag_key", "tag_value"),)
+
+
+class DecisionLog(Base):
+    """Every evaluation of a trace: each rule's outcome and reason. One row per distinct input."""
+
+    __tablename__ = "decision_log"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    trace_id: Mapped[str] = mapped_column(String(256))
+    digest: Mapped[str] = mapped_column(String(64))
+    decided_ms: Mapped[int] = mapped_column(BigInteger)
+    trigger: Mapped[str] = mapped_column(String(16))
+    outcomes: Mapped[list[Any]] = mapped_column(JSON)
+    tags: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    __table_args__ = (
+        UniqueConstraint("trace_id", "digest", name="uq_decision_log_trace_digest"),
+    )
+
+
+class TagOutbox(Base):
+    """Tags to write back to MLflow. A row is deleted only after MLflow confirms its revision."""
+
+    __tablename__ = "tag_outbox"
+
+    trace_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    tag_key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    tag_value: Mapped[str | None] = mapped_column(Text)  # None: delete the tag
+    digest: Mapped[str] = mapped_column(String(64))  # the revision; a newer decision replaces it
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_ms: Mapped[int] = mapped_column(BigInteger)
+    waiting_for_trace: Mapped[bool] = mapped_column(Boolean)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_tag_outbox_next_attempt_ms", "next_attempt_ms"),)

@@ -6,7 +6,8 @@
   3. upsert assessments: a row changes only for a strictly newer version (update time, then
      invalid over valid);
   4. invalidate overridden assessments (order-independent: the override may arrive first);
-  5. insert dead letters, once per origin (topic, partition, offset).
+  5. insert dead letters, once per origin (topic, partition, offset);
+  6. with a rules engine, decide the touched traces (``store.decisions``).
 Applying the same batch again, or any redelivered subset, changes nothing.
 """
 
@@ -22,6 +23,7 @@ from sqlalchemy.orm import aliased
 
 from consumers.events import AssessmentEvent, DeadLetter, TraceEvent
 from store import dialect
+from store.decisions import Decider, decide_batch, prior_versions
 from store.models import Assessment, Trace
 from store.models import DeadLetter as DeadLetterRow
 
@@ -46,6 +48,7 @@ class BatchResult:
     traces_written: int
     assessments_written: int
     dead_letters_written: int
+    tags_changed: int = 0
 
 
 def latest_traces(events: Iterable[TraceEvent]) -> list[TraceEvent]:
@@ -147,10 +150,16 @@ def _invalidate_overridden(conn: Connection, events: Sequence[AssessmentEvent]) 
                                           overridden)).values(valid=False))
 
 
-def apply_batch(conn: Connection, batch: Batch, now_ms: int) -> BatchResult:
-    """Write one decoded batch in the caller's transaction. See the module docstring for order."""
+def apply_batch(conn: Connection, batch: Batch, now_ms: int,
+                decider: Decider | None = None) -> BatchResult:
+    """Write one decoded batch in the caller's transaction. See the module docstring for order.
+
+    With a ``decider`` (the rules engine), the batch's traces are also decided in the same
+    transaction (``store.decisions``): decision log, current tags and the write-back outbox.
+    """
     traces = latest_traces(batch.traces)
     assessments = latest_assessments(batch.assessments)
+    prior = prior_versions(conn, [e.trace_id for e in traces]) if decider else {}
     dialect.upsert_newer(conn, TRACES, "trace_id", "completeness", TRACE_COLUMNS,
                          [trace_row(e, now_ms) for e in traces])
     dialect.upsert_newer(conn, ASSESSMENTS, "assessment_id", "version", ASSESSMENT_COLUMNS,
@@ -161,4 +170,5 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int) -> BatchResult:
         stmt = dialect.insert(conn, DEAD_LETTERS).on_conflict_do_nothing(
             index_elements=["topic", "partition", "offset"])
         conn.execute(stmt, [dead_letter_row(d) for d in batch.dead_letters])
-    return BatchResult(len(traces), len(assessments), len(batch.dead_letters))
+    changed = decide_batch(conn, decider, traces, assessments, prior, now_ms) if decider else 0
+    return BatchResult(len(traces), len(assessments), len(batch.dead_letters), changed)

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 
 from consumers.errors import DecodeError, TransientError
+from store.decisions import Decider
 from store.upserts import Batch, BatchResult, apply_batch
 
 
@@ -28,7 +29,8 @@ def _driver_errors(engine: Engine, *names: str) -> tuple[type[BaseException], ..
     return tuple(getattr(dbapi, n) for n in names if hasattr(dbapi, n))
 
 
-def write_batch(engine: Engine, batch: Batch, now_ms: int) -> BatchResult:
+def write_batch(engine: Engine, batch: Batch, now_ms: int,
+                decider: Decider | None = None) -> BatchResult:
     refused: tuple[type[BaseException], ...] = (
         sa_exc.DataError, sa_exc.IntegrityError,
         *_driver_errors(engine, "DataError", "IntegrityError"))
@@ -37,7 +39,7 @@ def write_batch(engine: Engine, batch: Batch, now_ms: int) -> BatchResult:
         *_driver_errors(engine, "OperationalError", "InterfaceError"))
     try:
         with engine.begin() as conn:
-            return apply_batch(conn, batch, now_ms)
+            return apply_batch(conn, batch, now_ms, decider)
     except refused as exc:
         orig = getattr(exc, "orig", None) or exc
         raise StoreRejectedError(f"the store refused the row: {orig!r}"[:1000], "store") from exc
@@ -54,11 +56,12 @@ def write_batch(engine: Engine, batch: Batch, now_ms: int) -> BatchResult:
 class SqlWriter:
     """The store port the worker writes through: ``write`` one batch, one transaction."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, decider: Decider | None = None) -> None:
         self.engine = engine
+        self.decider = decider
 
     def write(self, batch: Batch, now_ms: int) -> BatchResult:
-        return write_batch(self.engine, batch, now_ms)
+        return write_batch(self.engine, batch, now_ms, self.decider)
 
     def close(self) -> None:
         self.engine.dispose()

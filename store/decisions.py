@@ -1,0 +1,198 @@
+"""Rule decisions inside the batch transaction: evaluate, log, and queue tags for write-back.
+
+``decide_batch`` runs after a batch's upserts and before its commit (DESIGN.md invariant 3):
+  1. a trace's view is its most complete version: the stored row read *before* the upsert
+     (``prior_versions``), unless the batch brought a strictly more complete one;
+  2. traces touched only by assessments are read from the store (a trace not stored yet is
+     decided when it arrives);
+  3. the rules see each trace with its valid feedback, as stored after this batch;
+  4. every evaluation goes to ``decision_log`` once per distinct input (digest), and each tag
+     whose value changed updates ``trace_tags`` and replaces the trace's ``tag_outbox`` row.
+Redelivery evaluates the same inputs to the same digest and changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
+
+import orjson
+from sqlalchemy import Connection, Table, select
+
+from consumers.events import (
+    AssessmentEvent,
+    AssessmentView,
+    Evaluation,
+    TraceEvent,
+    TraceView,
+)
+from store import dialect
+from store.models import Assessment, DecisionLog, TagOutbox, Trace, TraceTag
+
+TRACES: Table = Trace.__table__  # type: ignore[assignment]
+ASSESSMENTS: Table = Assessment.__table__  # type: ignore[assignment]
+TRACE_TAGS: Table = TraceTag.__table__  # type: ignore[assignment]
+DECISION_LOG: Table = DecisionLog.__table__  # type: ignore[assignment]
+OUTBOX: Table = TagOutbox.__table__  # type: ignore[assignment]
+IN_CHUNK = 2000  # ids per IN (...) list
+
+
+class Decider(Protocol):
+    """The rules engine as the store needs it (``worker.rules.RuleSet`` implements it)."""
+
+    def evaluate(self, trace: TraceView,
+                 assessments: Sequence[AssessmentView] = ()) -> Evaluation: ...
+
+    def tag_keys(self) -> frozenset[str]: ...
+
+    def needs_assessments(self) -> bool: ...
+
+
+class Prior(NamedTuple):
+    completeness: int
+    view: TraceView
+
+
+def _chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
+    for i in range(0, len(ids), IN_CHUNK):
+        yield ids[i:i + IN_CHUNK]
+
+
+_VIEW_COLS = (TRACES.c.trace_id, TRACES.c.experiment_id, TRACES.c.name, TRACES.c.status,
+              TRACES.c.timestamp_ms, TRACES.c.execution_time_ms, TRACES.c.tags,
+              TRACES.c.trace_metadata, TRACES.c.completeness)
+
+
+def _view(row: Any) -> TraceView:
+    return TraceView(row.trace_id, row.experiment_id, row.name, row.status, row.timestamp_ms,
+                     row.execution_time_ms, row.tags or {}, row.trace_metadata or {})
+
+
+def prior_versions(conn: Connection, trace_ids: Sequence[str]) -> dict[str, Prior]:
+    """The stored version of each trace, read before the batch's upsert."""
+    out: dict[str, Prior] = {}
+    for chunk in _chunks(trace_ids):
+        for row in conn.execute(select(*_VIEW_COLS).where(TRACES.c.trace_id.in_(chunk))):
+            out[row.trace_id] = Prior(row.completeness, _view(row))
+    return out
+
+
+def event_view(e: TraceEvent) -> TraceView:
+    return TraceView(e.trace_id, e.experiment_id, e.name, e.status, e.timestamp_ms,
+                     e.execution_time_ms, e.tags, e.metadata)
+
+
+def valid_feedback(conn: Connection, trace_ids: Sequence[str]
+                   ) -> dict[str, list[AssessmentView]]:
+    a = ASSESSMENTS
+    out: dict[str, list[AssessmentView]] = {}
+    for chunk in _chunks(trace_ids):
+        rows = conn.execute(select(a.c.trace_id, a.c.assessment_id, a.c.name, a.c.kind, a.c.value,
+                                   a.c.valid, a.c.last_update_time_ms)
+                            .where(a.c.trace_id.in_(chunk), a.c.kind == "feedback",
+                                   a.c.valid.is_(True)))
+        for r in rows:
+            out.setdefault(r.trace_id, []).append(AssessmentView(
+                r.assessment_id, r.name, r.kind, r.value, r.valid, r.last_update_time_ms))
+    for views in out.values():
+        views.sort(key=lambda v: (v.last_update_time_ms, v.assessment_id))
+    return out
+
+
+def current_tags(conn: Connection, trace_ids: Sequence[str]) -> dict[tuple[str, str], str | None]:
+    t = TRACE_TAGS
+    out: dict[tuple[str, str], str | None] = {}
+    for chunk in _chunks(trace_ids):
+        for r in conn.execute(select(t.c.trace_id, t.c.tag_key, t.c.tag_value)
+                              .where(t.c.trace_id.in_(chunk))):
+            out[(r.trace_id, r.tag_key)] = r.tag_value
+    return out
+
+
+def decide_batch(conn: Connection, decider: Decider, traces: Sequence[TraceEvent],
+                 assessments: Sequence[AssessmentEvent], prior: Mapping[str, Prior],
+                 now_ms: int) -> int:
+    """Evaluate every trace the batch touched; returns how many tags changed."""
+    views: dict[str, tuple[TraceView, str]] = {}
+    for e in traces:
+        p = prior.get(e.trace_id)
+        views[e.trace_id] = (p.view if p and p.completeness >= e.completeness
+                             else event_view(e), "trace")
+    if decider.needs_assessments():
+        late = sorted({a.trace_id for a in assessments} - views.keys())
+        for tid, pr in prior_versions(conn, late).items():
+            views[tid] = (pr.view, "assessment")
+    if not views:
+        return 0
+    ids = list(views)
+    feedback = valid_feedback(conn, ids) if decider.needs_assessments() else {}
+    evaluations = [(decider.evaluate(view, feedback.get(tid, ())), trigger)
+                   for tid, (view, trigger) in views.items()]
+    return record_decisions(conn, evaluations, decider.tag_keys(), now_ms)
+
+
+def record_decisions(conn: Connection, evaluations: Sequence[tuple[Evaluation, str]],
+                     tag_keys: frozenset[str], now_ms: int) -> int:
+    ids = [ev.trace_id for ev, _ in evaluations]
+    current = current_tags(conn, ids)
+    log_rows = []
+    tag_rows = []
+    outbox_rows = []
+    for ev, trigger in evaluations:
+        log_rows.append((ev.trace_id, ev.digest, now_ms, trigger,
+                         orjson.dumps([[o.rule, o.outcome, o.reason] for o in ev.outcomes])
+                         .decode(), orjson.dumps(dict(ev.tags)).decode()))
+        for key in sorted(tag_keys):
+            new = ev.tags.get(key)
+            new_value, rule = (new if new is not None else (None, None))
+            if (ev.trace_id, key) not in current and new_value is None:
+                continue  # never tagged, still not tagged
+            if current.get((ev.trace_id, key), object()) == new_value:
+                continue
+            tag_rows.append((ev.trace_id, key, new_value, rule, ev.digest, now_ms))
+            outbox_rows.append((ev.trace_id, key, new_value, ev.digest, now_ms, 0, now_ms, False,
+                                None))
+    dialect.bulk_upsert(conn, DECISION_LOG, ("trace_id", "digest"),
+                        ("trace_id", "digest", "decided_ms", "trigger", "outcomes", "tags"),
+                        log_rows, on_conflict="nothing")
+    dialect.bulk_upsert(conn, TRACE_TAGS, ("trace_id", "tag_key"),
+                        ("trace_id", "tag_key", "tag_value", "rule", "digest", "decided_ms"),
+                        tag_rows)
+    dialect.bulk_upsert(conn, OUTBOX, ("trace_id", "tag_key"),
+                        ("trace_id", "tag_key", "tag_value", "digest", "created_ms", "attempts",
+                         "next_attempt_ms", "waiting_for_trace", "last_error"), outbox_rows)
+    return len(tag_rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reads for `rules explain` and `rules test`
+
+
+def explain(conn: Connection, trace_id: str) -> dict[str, Any]:
+    """Everything the store knows about a trace's rule decisions, newest log entry first."""
+    t, d, o = TRACE_TAGS, DECISION_LOG, OUTBOX
+    prior = prior_versions(conn, [trace_id]).get(trace_id)
+    return {
+        "trace": prior.view if prior else None,
+        "tags": conn.execute(select(t).where(t.c.trace_id == trace_id)).mappings().all(),
+        "outbox": conn.execute(select(o).where(o.c.trace_id == trace_id)).mappings().all(),
+        "log": conn.execute(select(d).where(d.c.trace_id == trace_id)
+                            .order_by(d.c.decided_ms.desc(), d.c.id.desc())).mappings().all(),
+    }
+
+
+def stored_traces(conn: Connection, since_ms: int, until_ms: int,
+                  chunk: int = 5000) -> Iterable[list[TraceView]]:
+    """Stored traces in a time window, in chunks, oldest first (keyset pagination)."""
+    last = (since_ms - 1, "")
+    while True:
+        rows = conn.execute(
+            select(*_VIEW_COLS).where(
+                TRACES.c.timestamp_ms < until_ms,
+                (TRACES.c.timestamp_ms > last[0])
+                | ((TRACES.c.timestamp_ms == last[0]) & (TRACES.c.trace_id > last[1])))
+            .order_by(TRACES.c.timestamp_ms, TRACES.c.trace_id).limit(chunk)).all()
+        if not rows:
+            return
+        yield [_view(r) for r in rows]
+        last = (rows[-1].timestamp_ms, rows[-1].trace_id)
