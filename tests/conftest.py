@@ -164,3 +164,18 @@ def publish(producer: Any, topic: str, docs: list[Any], key: Callable[[Any], byt
     producer.flush()
     for f in futures:
         f.get(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real MLflow tracking server for the session (SQLite backend, one worker)."""
+    from tests.mlflow_server import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    try:
+        server.start()
+    except Exception as exc:
+        service_missing(f"mlflow server could not start: {exc}")
+        raise
+    yield server
+    server.stop()

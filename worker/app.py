@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 from sqlalchemy import Engine
 
 from consumers.kafka_source import KafkaClientConfig, KafkaDeadLetterSink, KafkaSource
 from store.engine import make_engine
 from store.writer import SqlWriter
 from worker.loop import Worker
+from worker.rules import load_rules
 from worker.settings import Settings
+from worker.tag_writer import MlflowTagSink, TagWriter
 
 
 def create_engine_from(settings: Settings) -> Engine:
@@ -27,8 +31,29 @@ def kafka_client(settings: Settings) -> KafkaClientConfig:
         reconnect_backoff_max_ms=settings.kafka_reconnect_backoff_max_ms)
 
 
+def create_tag_writer(settings: Settings, engine: Engine) -> TagWriter | None:
+    """The MLflow write-back thread, or None when write-back is off (see ``tag_writeback``)."""
+    if not settings.writeback_enabled:
+        return None
+    configure_mlflow_client(settings)
+    return TagWriter(engine, MlflowTagSink(settings.mlflow_tracking_uri),
+                     concurrency=settings.tag_writer_concurrency,
+                     interval_s=settings.tag_writer_interval_s)
+
+
+def configure_mlflow_client(settings: Settings) -> None:
+    """MLflow's client retries one 500 for about 4 minutes by default (FACTS.md); the worker
+    retries on its own terms, so MLflow's own retries are turned off and calls time out fast.
+    MLflow reads these from the environment, so that is where they are set."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(settings.mlflow_request_timeout_s)
+
+
 def create_kafka_worker(settings: Settings, engine: Engine | None = None) -> Worker:
-    """A worker over the Kafka topics. Raises kafka errors if the broker is unreachable."""
+    """A worker over the Kafka topics. Raises kafka errors if the broker is unreachable, and
+    ConfigError for an invalid rules file."""
+    rules = load_rules(settings.rules_file)
+    engine = engine or create_engine_from(settings)
     client = kafka_client(settings)
     source = KafkaSource(
         client, [settings.trace_topic, settings.assessment_topic], settings.group_id,
@@ -37,4 +62,5 @@ def create_kafka_worker(settings: Settings, engine: Engine | None = None) -> Wor
         max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
         max_poll_records=settings.batch_max_records)
     dlq = KafkaDeadLetterSink(client, max_payload_bytes=settings.dlq_max_payload_bytes)
-    return Worker(settings, source, SqlWriter(engine or create_engine_from(settings)), dlq)
+    return Worker(settings, source, SqlWriter(engine, rules), dlq,
+                  tag_writer=create_tag_writer(settings, engine))

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
 
@@ -23,9 +24,11 @@ from sqlalchemy import exc as sa_exc
 
 from consumers.errors import ConfigError, SchemaOutOfDateError
 from store import schema
+from worker import rules_view
 from worker.exit_codes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_SCHEMA, EXIT_UNAVAILABLE
 from worker.logs import setup_logging
 from worker.settings import Settings, describe_settings, load_settings
+from worker.timeparse import parse_time_ms
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +79,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                        "set TRACE_CURATOR_SOURCE=kafka", EXIT_CONFIG)
     try:
         worker = create_kafka_worker(settings, engine)
+    except ConfigError as exc:  # an invalid rules file
+        raise CliError(str(exc), EXIT_CONFIG) from None
     except Exception as exc:  # NoBrokersAvailable, KafkaTimeoutError
         raise CliError(f"Kafka at {settings.kafka_bootstrap_servers} is unreachable: {exc!r}",
                        EXIT_UNAVAILABLE) from None
@@ -140,11 +145,58 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from store import outbox
+
     settings = _settings(args)
     engine = _engine(settings)
     _ensure_schema(engine)
+    with engine.connect() as conn:
+        lag = outbox.stats(conn)
+    now_ms = int(time.time() * 1000)
+    age = f", oldest {(now_ms - lag.oldest_created_ms) / 1000:.0f}s" \
+        if lag.oldest_created_ms else ""
     print(f"ok: store {settings.masked()['store_url']} reachable, schema at "
-          f"{schema.head_revision()}")
+          f"{schema.head_revision()}; tag outbox {lag.total} row(s), "
+          f"{lag.waiting_for_trace} waiting for traces MLflow does not know{age}")
+    return EXIT_OK
+
+
+def cmd_rules_explain(args: argparse.Namespace) -> int:
+    from store.decisions import explain
+
+    settings = _settings(args)
+    engine = _engine(settings)
+    _ensure_schema(engine)
+    with engine.connect() as conn:
+        info = explain(conn, args.trace_id)
+    if info["trace"] is None and not info["log"]:
+        raise CliError(f"trace {args.trace_id} is not in the store", EXIT_FAILURE)
+    print(rules_view.explain_text(args.trace_id, info))
+    return EXIT_OK
+
+
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    from store.decisions import stored_traces, valid_feedback
+    from worker.rules import load_rules
+
+    settings = _settings(args)
+    try:
+        rules = load_rules(args.rules_file)
+        now_ms = int(time.time() * 1000)
+        since_ms = parse_time_ms(args.since, now_ms)
+        until_ms = parse_time_ms(args.until, now_ms) if args.until else now_ms + 1
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_CONFIG) from None
+    engine = _engine(settings)
+    _ensure_schema(engine)
+    tally = rules_view.DryRun(rules, examples=args.examples)
+    with engine.connect() as conn:
+        for chunk in stored_traces(conn, since_ms, until_ms):
+            feedback = valid_feedback(conn, [t.trace_id for t in chunk]) \
+                if rules.needs_assessments() else {}
+            for view in chunk:
+                tally.add(rules.evaluate(view, feedback.get(view.trace_id, ())))
+    print(tally.text(args.since, args.until))
     return EXIT_OK
 
 
@@ -192,6 +244,31 @@ def build_parser() -> argparse.ArgumentParser:
                                        "current; 3 or 4 otherwise. For container healthchecks.")
     check.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
     check.set_defaults(func=cmd_check)
+
+    rules = sub.add_parser("rules", help="rule decisions: explain a trace, dry-run a rules file")
+    rsub = rules.add_subparsers(dest="rules_command", required=True, metavar="COMMAND")
+    ex = rsub.add_parser("explain", help="why a trace has (or lost) its tags",
+                         description="Print the stored trace, its current rule tags, their "
+                                     "write-back state, and every logged evaluation: each "
+                                     "rule's outcome (tagged, superseded, sampled_out, no_match, "
+                                     "not_applicable) and reason, newest first.")
+    ex.add_argument("trace_id")
+    ex.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
+    ex.set_defaults(func=cmd_rules_explain)
+    rt = rsub.add_parser("test", help="dry-run a rules file over stored traces",
+                         formatter_class=fmt,
+                         description="Evaluate RULES_FILE over the stored traces of a window "
+                                     "(with their valid feedback) and print, per rule, how many "
+                                     "would be tagged, superseded or sampled out, with example "
+                                     "trace ids. Writes nothing.\n\nThe built-in rules, used "
+                                     "when TRACE_CURATOR_RULES_FILE is unset:\n\n"
+                                     + rules_view.default_rules_text())
+    rt.add_argument("rules_file", metavar="RULES_FILE")
+    rt.add_argument("--since", default="7d", help="window start: 24h, 7d, or ISO (default 7d)")
+    rt.add_argument("--until", default=None, help="window end (default now)")
+    rt.add_argument("--examples", type=int, default=3, help="example ids per rule (default 3)")
+    rt.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
+    rt.set_defaults(func=cmd_rules_test)
 
     from worker import demo
 

@@ -40,6 +40,16 @@ logger = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 
+class TagWriterPort(Protocol):
+    """The outbox drainer (``worker.tag_writer.TagWriter``) as the loop needs it."""
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout_s: float = 10.0) -> None: ...
+
+    def drained(self) -> bool: ...
+
+
 class BatchWriter(Protocol):
     """The store port: ``store.writer.SqlWriter``, or an in-memory fake in unit tests."""
 
@@ -86,10 +96,12 @@ class Worker:
     """Drives one source into the store. ``run`` returns when stopped, idle or at a record limit."""
 
     def __init__(self, settings: Settings, source: EventSource, writer: BatchWriter,
-                 dlq: DeadLetterSink, *, clock: Clock = time.time) -> None:
+                 dlq: DeadLetterSink, *, clock: Clock = time.time,
+                 tag_writer: TagWriterPort | None = None) -> None:
         self.settings = settings
         self.source = source
         self.writer = writer
+        self.tag_writer = tag_writer
         self.dlq = dlq
         self.clock = clock
         self.stop = threading.Event()
@@ -106,6 +118,15 @@ class Worker:
 
     def run(self, *, max_records: int | None = None,
             exit_when_idle_s: float | None = None) -> RunStats:
+        if self.tag_writer is not None:
+            self.tag_writer.start()
+        try:
+            return self._run(max_records, exit_when_idle_s)
+        finally:
+            if self.tag_writer is not None:
+                self.tag_writer.stop()
+
+    def _run(self, max_records: int | None, exit_when_idle_s: float | None) -> RunStats:
         s = self.settings
         started = idle_since = time.monotonic()
         while not self.stop.is_set():
@@ -130,8 +151,12 @@ class Worker:
     def _idle_long_enough(self, started: float, idle_since: float, idle_s: float) -> bool:
         """Idle means nothing to do *with partitions assigned*: waiting for a group join (or a
         rebalance) is not idleness, or a restarted worker could exit before it saw its backlog.
-        A source that never becomes ready still lets the run end, after a generous bound."""
+        A source that never becomes ready still lets the run end, after a generous bound. Tags
+        still to write back (other than those waiting for traces MLflow does not know) are work
+        too, so a run that exits has written back every tag it could."""
         now = time.monotonic()
+        if self.tag_writer is not None and not self.tag_writer.drained():
+            return False  # tags still to write back: not idle
         if not self.source.ready():
             self._ready_since = None
             return now - started >= idle_s + JOIN_GRACE_S

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,7 +29,8 @@ CONFIG_ENV = ENV_PREFIX + "CONFIG"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True,
+                                      populate_by_name=True)
 
     # Store
     store_url: SecretStr = Field(SecretStr("sqlite:///trace_curator.db"),
@@ -68,8 +69,20 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(30.0, gt=0,
                                       description="Drain-and-checkpoint budget after SIGTERM.")
 
-    # Files (read by the rules engine and the curator)
+    # Rules and write-back to MLflow
     rules_file: Path | None = Field(None, description="Rules YAML; built-in defaults if unset.")
+    mlflow_tracking_uri: str | None = Field(
+        None, validation_alias=AliasChoices(ENV_PREFIX + "MLFLOW_TRACKING_URI",
+                                            "MLFLOW_TRACKING_URI", "mlflow_tracking_uri"),
+        description="MLflow server for tag write-back (also read from MLFLOW_TRACKING_URI).")
+    tag_writeback: Literal["auto", "on", "off"] = Field(
+        "auto", description="Write rule tags to MLflow; auto: when a tracking URI is set.")
+    tag_writer_concurrency: int = Field(4, ge=1, le=64,
+                                        description="Concurrent set_trace_tag calls.")
+    tag_writer_interval_s: float = Field(0.5, gt=0, description="Pause between idle rounds.")
+    mlflow_request_timeout_s: int = Field(10, ge=1, description="Timeout of one MLflow call.")
+
+    # Files (read by the curator)
     datasets_file: Path | None = Field(None, description="Dataset specs YAML.")
 
     # HTTP and logs
@@ -110,6 +123,11 @@ class Settings(BaseSettings):
             else:
                 out[name] = value
         return out
+
+    @property
+    def writeback_enabled(self) -> bool:
+        return self.tag_writeback == "on" or (
+            self.tag_writeback == "auto" and bool(self.mlflow_tracking_uri))
 
     @property
     def store_url_plain(self) -> str:
