@@ -188,7 +188,7 @@ def fresh_store(backend: str, pg_dsn: str, tmp: Path) -> Iterator[str]:
 
 
 def worker_env(store_url: str, bootstrap: str, trace_topic: str, assessment_topic: str,
-               batch_max_records: int | None) -> dict[str, str]:
+               batch_max_records: int | None, rules: bool = True) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACE_CURATOR_")}
     env.update({
         "TRACE_CURATOR_STORE_URL": store_url,
@@ -199,6 +199,9 @@ def worker_env(store_url: str, bootstrap: str, trace_topic: str, assessment_topi
         "TRACE_CURATOR_KAFKA_SESSION_TIMEOUT_MS": str(GROUP_TIMING["session_timeout_ms"]),
         "TRACE_CURATOR_KAFKA_HEARTBEAT_INTERVAL_MS": str(GROUP_TIMING["heartbeat_interval_ms"]),
         "TRACE_CURATOR_LOG_LEVEL": "INFO",  # the summary line is logged at INFO
+        # The default rules run unless --no-rules; write-back is off (no MLflow server here).
+        "TRACE_CURATOR_RULES_ENABLED": "true" if rules else "false",
+        "TRACE_CURATOR_TAG_WRITEBACK": "off",
     })
     if batch_max_records is not None:
         env["TRACE_CURATOR_BATCH_MAX_RECORDS"] = str(batch_max_records)
@@ -267,7 +270,7 @@ def count_traces(store_url: str) -> int:
 def run_backend(backend: str, args: argparse.Namespace, bootstrap: str, topics: tuple[str, str],
                 ceiling_per_s: float, tmp: Path) -> Result:
     with fresh_store(backend, args.pg_dsn, tmp) as url:
-        env = worker_env(url, bootstrap, *topics, args.batch_max_records)
+        env = worker_env(url, bootstrap, *topics, args.batch_max_records, not args.no_rules)
         up = subprocess.run([sys.executable, "-m", "worker", "db", "upgrade"], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
         if up.returncode != 0:
@@ -385,6 +388,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ceiling-runs", type=int, default=2, metavar="K",
                    help="measure the bare consumer K times, each with a new group, and keep the "
                         "best (default: 2)")
+    p.add_argument("--no-rules", action="store_true",
+                   help="ingest only: run the worker with TRACE_CURATOR_RULES_ENABLED=false "
+                        "(by default the built-in rules decide every trace: 5 of the 8 event "
+                        "templates are error or slow traces, so most events get tagged)")
     p.add_argument("--json", action="store_true", help="also print one JSON line of results")
     p.add_argument("--py-spy", metavar="DIR", default=None,
                    help="profile each worker with py-spy (collapsed stacks in DIR/<backend>."

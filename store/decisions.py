@@ -128,20 +128,34 @@ def decide_batch(conn: Connection, decider: Decider, traces: Sequence[TraceEvent
     feedback = valid_feedback(conn, ids) if decider.needs_assessments() else {}
     evaluations = [(decider.evaluate(view, feedback.get(tid, ())), trigger)
                    for tid, (view, trigger) in views.items()]
-    return record_decisions(conn, evaluations, decider.tag_keys(), now_ms)
+    # Only a trace the store held before this batch can have tags already.
+    seen_before = [tid for tid, (_v, trigger) in views.items()
+                   if tid in prior or trigger == "assessment"]
+    return record_decisions(conn, evaluations, decider.tag_keys(), now_ms, seen_before)
 
 
 def record_decisions(conn: Connection, evaluations: Sequence[tuple[Evaluation, str]],
-                     tag_keys: frozenset[str], now_ms: int) -> int:
-    ids = [ev.trace_id for ev, _ in evaluations]
-    current = current_tags(conn, ids)
+                     tag_keys: frozenset[str], now_ms: int,
+                     seen_before: Sequence[str] | None = None) -> int:
+    """Log informative evaluations, and queue every tag whose value changed.
+
+    An evaluation where no rule matched, of a trace that never had a tag, is not logged: it is
+    most of the traffic, and ``rules explain`` re-evaluates such a trace on demand.
+    """
+    ids = [ev.trace_id for ev, _ in evaluations] if seen_before is None else list(seen_before)
+    current = current_tags(conn, ids) if ids else {}
+    had_tags = {tid for tid, _key in current}
     log_rows = []
     tag_rows = []
     outbox_rows = []
     for ev, trigger in evaluations:
-        log_rows.append((ev.trace_id, ev.digest, now_ms, trigger,
-                         orjson.dumps([[o.rule, o.outcome, o.reason] for o in ev.outcomes])
-                         .decode(), orjson.dumps(dict(ev.tags)).decode()))
+        if ev.trace_id in had_tags or any(
+                o.outcome not in ("no_match", "not_applicable") for o in ev.outcomes):
+            log_rows.append((ev.trace_id, ev.digest, now_ms, trigger,
+                             orjson.dumps([[o.rule, o.outcome, o.reason] for o in ev.outcomes])
+                             .decode(), orjson.dumps(dict(ev.tags)).decode()))
+        if not ev.tags and ev.trace_id not in had_tags:
+            continue
         for key in sorted(tag_keys):
             new = ev.tags.get(key)
             new_value, rule = (new if new is not None else (None, None))

@@ -52,7 +52,7 @@ def configure_mlflow_client(settings: Settings) -> None:
 def create_kafka_worker(settings: Settings, engine: Engine | None = None) -> Worker:
     """A worker over the Kafka topics. Raises kafka errors if the broker is unreachable, and
     ConfigError for an invalid rules file."""
-    rules = load_rules(settings.rules_file)
+    rules = load_rules(settings.rules_file) if settings.rules_enabled else None
     engine = engine or create_engine_from(settings)
     client = kafka_client(settings)
     source = KafkaSource(
@@ -62,5 +62,5 @@ def create_kafka_worker(settings: Settings, engine: Engine | None = None) -> Wor
         max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
         max_poll_records=settings.batch_max_records)
     dlq = KafkaDeadLetterSink(client, max_payload_bytes=settings.dlq_max_payload_bytes)
-    return Worker(settings, source, SqlWriter(engine, rules), dlq,
-                  tag_writer=create_tag_writer(settings, engine))
+    tag_writer = create_tag_writer(settings, engine) if rules is not None else None
+    return Worker(settings, source, SqlWriter(engine, rules), dlq, tag_writer=tag_writer)

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
@@ -169,10 +170,25 @@ def cmd_rules_explain(args: argparse.Namespace) -> int:
     _ensure_schema(engine)
     with engine.connect() as conn:
         info = explain(conn, args.trace_id)
-    if info["trace"] is None and not info["log"]:
-        raise CliError(f"trace {args.trace_id} is not in the store", EXIT_FAILURE)
+        if info["trace"] is None and not info["log"]:
+            raise CliError(f"trace {args.trace_id} is not in the store", EXIT_FAILURE)
+        if not info["log"] and info["trace"] is not None:
+            info["now"] = _evaluate_now(settings, conn, info["trace"])
     print(rules_view.explain_text(args.trace_id, info))
     return EXIT_OK
+
+
+def _evaluate_now(settings: Settings, conn: Any, view: Any) -> Any:
+    """Evaluations where nothing matched are not logged: show what the rules say now."""
+    from store.decisions import valid_feedback
+    from worker.rules import load_rules
+
+    try:
+        rules = load_rules(settings.rules_file)
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_CONFIG) from None
+    feedback = valid_feedback(conn, [view.trace_id]).get(view.trace_id, [])
+    return rules.evaluate(view, feedback)
 
 
 def cmd_rules_test(args: argparse.Namespace) -> int:

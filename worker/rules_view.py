@@ -50,7 +50,12 @@ def explain_text(trace_id: str, info: dict[str, Any]) -> str:
         for rule, outcome, reason in entry["outcomes"]:
             out.append(f"    {rule:<20} {outcome:<14} {reason}")
     if not info["log"]:
-        out.append("  empty")
+        out.append("  empty: no rule has matched this trace (such evaluations are not logged)")
+    now = info.get("now")
+    if now is not None:
+        out.append("evaluated now with the configured rules:")
+        for o in now.outcomes:
+            out.append(f"    {o.rule:<20} {o.outcome:<14} {o.reason}")
     return "\n".join(out)
 
 

@@ -70,6 +70,7 @@ class Settings(BaseSettings):
                                       description="Drain-and-checkpoint budget after SIGTERM.")
 
     # Rules and write-back to MLflow
+    rules_enabled: bool = Field(True, description="Evaluate rules and tag traces at ingest.")
     rules_file: Path | None = Field(None, description="Rules YAML; built-in defaults if unset.")
     mlflow_tracking_uri: str | None = Field(
         None, validation_alias=AliasChoices(ENV_PREFIX + "MLFLOW_TRACKING_URI",

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 Result = Literal["done", "transient", "refused"]
 MAX_BACKOFF_MS = 60_000
+LAG_REPORT_S = 30.0  # how often a non-empty outbox is logged
 
 
 class TagRefusedError(CuratorError):
@@ -104,9 +105,13 @@ class TagWriter:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _loop(self) -> None:
+        next_report = time.monotonic() + LAG_REPORT_S
         while not self._stop.is_set():
             try:
                 sent = self.run_round()
+                if time.monotonic() >= next_report:
+                    next_report = time.monotonic() + LAG_REPORT_S
+                    self._report_lag()
             except Exception:  # the database is away: the rows wait in the outbox
                 logger.exception("tag write-back round failed; retrying")
                 sent = 0
@@ -152,6 +157,13 @@ class TagWriter:
         except TagRefusedError as exc:
             return "refused", str(exc)
         return "done", ""
+
+    def _report_lag(self) -> None:
+        lag = self.stats()
+        if lag.total:
+            age_s = (self.clock() * 1000 - (lag.oldest_created_ms or 0)) / 1000
+            logger.info("tag outbox pending=%d waiting_for_trace=%d oldest_s=%.0f written=%d",
+                        lag.total, lag.waiting_for_trace, age_s, self.written)
 
     def stats(self) -> OutboxStats:
         with self.engine.connect() as conn:
