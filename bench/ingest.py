@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import psycopg
 from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewTopic
 from sqlalchemy import text
@@ -51,7 +50,7 @@ TARGET_RSS_MB = 400
 # (compact orjson: ok ~4.1 KB, error ~5.1 KB, slow ~2.7 KB).
 TEMPLATE_MIX = (("ok", 3), ("slow", 3), ("error", 2))
 # The worker's KafkaSource fetch sizes: the ceiling consumer uses them too, for a fair ceiling.
-FETCH = {"fetch_max_bytes": 64 * 1024 * 1024, "max_partition_fetch_bytes": 16 * 1024 * 1024}
+FETCH = {"fetch_max_bytes": 16 * 1024 * 1024, "max_partition_fetch_bytes": 8 * 1024 * 1024}
 GROUP_TIMING = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}
 IDLE_EXIT_S = 3
 SAMPLE_EVERY_S = 0.2
@@ -177,14 +176,12 @@ def fresh_store(backend: str, pg_dsn: str, tmp: Path) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{tmp}/bench-{uuid.uuid4().hex[:8]}.db"
         return
-    name = "tc_bench_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield pg_dsn.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tests.helpers import fresh_pg_database
+
+    with fresh_pg_database(pg_dsn, prefix="tc_bench_") as url:
+        yield url
 
 
 def worker_env(store_url: str, bootstrap: str, trace_topic: str, assessment_topic: str,

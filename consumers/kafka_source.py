@@ -61,7 +61,8 @@ class KafkaSource:
             auto_offset_reset="earliest", session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=heartbeat_interval_ms,
             max_poll_interval_ms=max_poll_interval_ms, max_poll_records=max_poll_records,
-            fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
+            # Bounded prefetch: raw records buffered ahead of the loop cost memory, not speed.
+            fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024,
             **client.common())
 
     @property

@@ -7,7 +7,6 @@ database created for the test and dropped after it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from consumers.embedded_broker import EmbeddedBroker
 from consumers.producer import make_producer
 from store import schema
 from store.engine import make_engine
+from tests.helpers import fresh_pg_database
 from worker.settings import Settings
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -56,18 +56,6 @@ def pg_available() -> str:
     except psycopg.OperationalError as exc:
         service_missing(f"PostgreSQL at {PG_ADMIN_DSN} unavailable: {exc}")
     return PG_ADMIN_DSN
-
-
-@contextlib.contextmanager
-def fresh_pg_database(admin_dsn: str) -> Iterator[str]:
-    name = "tc_" + uuid.uuid4().hex[:16]
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin_dsn.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -67,6 +67,14 @@ def _ensure_schema(engine: Engine) -> None:
                        EXIT_UNAVAILABLE) from None
 
 
+def _current_store(args: argparse.Namespace) -> tuple[Settings, Engine]:
+    """Settings and an engine on a reachable store with a current schema, or a CliError."""
+    settings = _settings(args)
+    engine = _engine(settings)
+    _ensure_schema(engine)
+    return settings, engine
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from worker.app import create_kafka_worker
 
@@ -148,9 +156,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from store import outbox
 
-    settings = _settings(args)
-    engine = _engine(settings)
-    _ensure_schema(engine)
+    settings, engine = _current_store(args)
     with engine.connect() as conn:
         lag = outbox.stats(conn)
     now_ms = int(time.time() * 1000)
@@ -165,9 +171,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_rules_explain(args: argparse.Namespace) -> int:
     from store.decisions import explain
 
-    settings = _settings(args)
-    engine = _engine(settings)
-    _ensure_schema(engine)
+    settings, engine = _current_store(args)
     with engine.connect() as conn:
         info = explain(conn, args.trace_id)
         if info["trace"] is None and not info["log"]:
@@ -195,7 +199,6 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     from store.decisions import stored_traces, valid_feedback
     from worker.rules import load_rules
 
-    settings = _settings(args)
     try:
         rules = load_rules(args.rules_file)
         now_ms = int(time.time() * 1000)
@@ -203,8 +206,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
         until_ms = parse_time_ms(args.until, now_ms) if args.until else now_ms + 1
     except ConfigError as exc:
         raise CliError(str(exc), EXIT_CONFIG) from None
-    engine = _engine(settings)
-    _ensure_schema(engine)
+    _, engine = _current_store(args)
     tally = rules_view.DryRun(rules, examples=args.examples)
     with engine.connect() as conn:
         for chunk in stored_traces(conn, since_ms, until_ms):

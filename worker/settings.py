@@ -60,7 +60,7 @@ class Settings(BaseSettings):
                                                 description="Longest broker reconnect backoff.")
 
     # Loop
-    batch_max_records: int = Field(5_000, ge=1, description="Records per batch (one transaction).")
+    batch_max_records: int = Field(2_000, ge=1, description="Records per batch (one transaction).")
     poll_timeout_ms: int = Field(500, ge=1, description="How long one poll waits for records.")
     max_event_bytes: int = Field(4 * 1024 * 1024, ge=1024,
                                  description="Larger records are dead-lettered.")

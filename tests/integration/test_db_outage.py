@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,20 +17,12 @@ from store.engine import make_engine
 from store.models import Trace
 from tests import payloads as P
 from tests.conftest import FAST_KAFKA, publish
+from tests.helpers import wait_until
 from tests.proxy import CuttableProxy
 from worker.app import create_kafka_worker
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-
-def _wait(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
@@ -64,18 +55,18 @@ def test_database_outage_pauses_without_committing(store_url: str, broker: Any,
     try:
         publish(producer, settings.trace_topic, first, key=key)
         thread.start()
-        _wait(lambda: stored() == 1000 and committed() == 1000, 60, "the first 1,000 traces")
+        wait_until(lambda: stored() == 1000 and committed() == 1000, 60, "the first 1,000 traces")
 
         proxy.cut()
         publish(producer, settings.trace_topic, second, key=key)
-        _wait(lambda: worker.stats.retries >= 3, 60, "the worker to retry the store")
+        wait_until(lambda: worker.stats.retries >= 3, 60, "the worker to retry the store")
         time.sleep(2)
         assert thread.is_alive(), "the worker died during the outage"
         assert stored() == 1000
         assert committed() == 1000, "offsets were committed while the store was down"
 
         proxy.restore()
-        _wait(lambda: stored() == 2000 and committed() == 2000, 90, "recovery")
+        wait_until(lambda: stored() == 2000 and committed() == 2000, 90, "recovery")
     finally:
         worker.stop.set()
         thread.join(timeout=30)

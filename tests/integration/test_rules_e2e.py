@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from store.engine import make_engine
 from store.models import TagOutbox
 from tests import mlflow_traffic as T
 from tests.conftest import settings_env
+from tests.helpers import wait_until
 from tests.mlflow_server import MlflowServer
 from worker.app import create_kafka_worker
 
@@ -46,15 +47,6 @@ def experiment(mlflow_server: Any) -> Iterator[str]:
     eid = mlflow.create_experiment(f"e2e-{uuid.uuid4().hex[:8]}")
     yield eid
     mlflow.set_tracking_uri(previous)
-
-
-def _wait(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_classic_searches_find_exactly_the_tagged_traces(
@@ -136,18 +128,18 @@ def test_mlflow_outage_delays_tags_and_loses_none(
         thread.start()
         tag_writer = worker.tag_writer
         assert tag_writer is not None
-        _wait(lambda: tag_writer.written == 10, 60, "the first 10 tags")
+        wait_until(lambda: tag_writer.written == 10, 60, "the first 10 tags")
 
         server.stop()
         for t in second:
             publish_trace(producer, t, settings.trace_topic)
         producer.flush()
-        _wait(lambda: tag_writer.stats().total == 10 and tag_writer.failed_attempts > 0, 60,
+        wait_until(lambda: tag_writer.stats().total == 10 and tag_writer.failed_attempts > 0, 60,
               "the outbox to hold the second 10 tags")
         time.sleep(2)
         assert tag_writer.stats().total == 10  # kept, not dropped
         server.start()
-        _wait(lambda: tag_writer.stats().total == 0, 120, "the outbox to drain")
+        wait_until(lambda: tag_writer.stats().total == 0, 120, "the outbox to drain")
         worker.stop.set()
         thread.join(30)
         worker.close()
@@ -183,7 +175,7 @@ def test_kill_9_during_write_back_loses_no_tag(
         try:
             # A round confirms its rows in one transaction after MLflow took them: kill while
             # MLflow already shows some tags and the outbox still holds them all.
-            _wait(lambda: pending() > 0 and bool(T.search_ids(
+            wait_until(lambda: pending() > 0 and bool(T.search_ids(
                 eid, "tags.eval_candidate IS NOT NULL")), 90, "write-back to be under way")
         finally:
             os.kill(proc.pid, signal.SIGKILL)

@@ -1,0 +1,33 @@
+"""Small helpers shared by the tests and the benchmarks (plain functions, no pytest)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import psycopg
+
+
+@contextlib.contextmanager
+def fresh_pg_database(admin_dsn: str, prefix: str = "tc_") -> Iterator[str]:
+    """A new, empty PostgreSQL database next to ``admin_dsn``'s, dropped (forcibly) afterwards."""
+    name = prefix + uuid.uuid4().hex[:16]
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin_dsn.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def wait_until(cond: Callable[[], bool], timeout_s: float, what: str,
+               every_s: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(every_s)
+    raise AssertionError(f"timed out waiting for {what}")
