@@ -145,7 +145,8 @@ def _demo(bootstrap_servers: str, folder: Path, n_traces: int, seed: int,
         logger.error("no trace reached the MLflow store; see MLflow's warnings above")
         return EXIT_FAILURE
     published = publish(bootstrap_servers, traffic)
-    stats, interrupted = run_worker(demo_settings(store_url, bootstrap_servers), published)
+    settings = demo_settings(store_url, bootstrap_servers, f"sqlite:///{folder / 'mlflow.db'}")
+    stats, interrupted = run_worker(settings, published)
     print(summarize(store_url, folder, traffic, published, stats, time.monotonic() - started_s,
                     interrupted))
     if interrupted:
@@ -194,7 +195,8 @@ def prepare_store(folder: Path) -> str:
     return url
 
 
-def demo_settings(store_url: str, bootstrap_servers: str) -> Settings:
+def demo_settings(store_url: str, bootstrap_servers: str,
+                  mlflow_uri: str | None = None) -> Settings:
     from consumers.producer import DEFAULT_ASSESSMENT_TOPIC, DEFAULT_TRACE_TOPIC
 
     # Every field is passed: Settings() would still fill the others from TRACE_CURATOR_* variables.
@@ -203,7 +205,10 @@ def demo_settings(store_url: str, bootstrap_servers: str) -> Settings:
         store_url=SecretStr(store_url), kafka_bootstrap_servers=bootstrap_servers,
         trace_topic=DEFAULT_TRACE_TOPIC, assessment_topic=DEFAULT_ASSESSMENT_TOPIC,
         group_id=GROUP_ID, kafka_session_timeout_ms=2000, kafka_heartbeat_interval_ms=500,
-        kafka_reconnect_backoff_max_ms=1000, poll_timeout_ms=200)
+        kafka_reconnect_backoff_max_ms=1000, poll_timeout_ms=200,
+        # The rule tags go back onto the traces in the demo's own MLflow store.
+        mlflow_tracking_uri=mlflow_uri, tag_writeback="on" if mlflow_uri else "off",
+        tag_writer_interval_s=0.2)
     return Settings(**values)
 
 
@@ -424,7 +429,8 @@ def run_worker(settings: Settings, expected_records: int) -> tuple[RunStats, boo
     previous = _install_stop_handlers(worker.stop)
     progress.start()
     try:
-        stats = worker.run(max_records=expected_records, exit_when_idle_s=IDLE_EXIT_S)
+        # Idle means every record is stored and every rule tag written back to MLflow.
+        stats = worker.run(exit_when_idle_s=IDLE_EXIT_S)
     finally:
         done.set()
         progress.join()
@@ -485,6 +491,11 @@ def summarize(store_url: str, folder: Path, traffic: Traffic, published: int, st
             by_name = conn.execute(text(
                 "SELECT name, kind, COUNT(*), AVG(numeric_value) FROM assessments "
                 "GROUP BY name, kind ORDER BY name")).all()
+            tags = conn.execute(text(
+                "SELECT t.tag_key, t.tag_value, COUNT(*), COUNT(o.trace_id) FROM trace_tags t "
+                "LEFT JOIN tag_outbox o ON o.trace_id = t.trace_id AND o.tag_key = t.tag_key "
+                "WHERE t.tag_value IS NOT NULL GROUP BY t.tag_key, t.tag_value "
+                "ORDER BY t.tag_value")).all()
             letters = conn.execute(text(
                 'SELECT topic, "partition", "offset", error_type, error FROM dead_letters '
                 'ORDER BY topic, "partition", "offset"')).all()
@@ -507,11 +518,17 @@ def summarize(store_url: str, folder: Path, traffic: Traffic, published: int, st
         "  assessments by name",
         *(f"    {name:<18} {kind:<11} {count:>5}" + ("" if mean is None else f"  mean {mean:.2f}")
           for name, kind, count, mean in by_name),
+        "  rule tags (also on the traces in MLflow once written back)",
+        *(f"    {key}={value:<14} {count:>5}" + (f"  ({pending} not yet written back)"
+                                                  if pending else "")
+          for key, value, count, pending in tags),
         "  dead letters",
         *(f"    {topic}[{part}]@{offset} {etype}: {error[:90]}"
           for topic, part, offset, etype, error in letters),
         "Explore:",
         f"  mlflow ui --backend-store-uri sqlite:///{folder / 'mlflow.db'}",
+        "           then search traces with: tags.eval_candidate = 'error_case'",
+        f"  trace-curator rules explain <trace id>   (TRACE_CURATOR_STORE_URL={store_url})",
         f"  store     {store_url}",
     ]
     return "\n".join(lines)

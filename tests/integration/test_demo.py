@@ -81,7 +81,17 @@ def test_demo_store_matches_mlflow(tmp_path: Path, mlflow_uri_restored: None) ->
         store_assessments = set(
             conn.execute(text("SELECT assessment_id FROM assessments")).scalars())
         dead_letters = conn.execute(text("SELECT COUNT(*) FROM dead_letters")).scalar()
+        decided = set(conn.execute(text(
+            "SELECT trace_id, tag_value FROM trace_tags WHERE tag_value IS NOT NULL")).all())
+        outbox = conn.execute(text("SELECT COUNT(*) FROM tag_outbox")).scalar()
     engine.dispose()
+    # Every rule tag was written back onto its trace in the demo's MLflow store.
+    tagged = client.search_traces(locations=[experiment.experiment_id], max_results=500,
+                                  filter_string="tags.eval_candidate IS NOT NULL",
+                                  include_spans=False)
+    assert decided  # 30 traces of this traffic always include errors and slow calls
+    assert {(t.info.trace_id, t.info.tags["eval_candidate"]) for t in tagged} == decided
+    assert outbox == 0
     assert store_traces == mlflow_traces
     assert store_assessments == mlflow_assessments
     assert dead_letters == 3
