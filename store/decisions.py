@@ -72,7 +72,8 @@ def prior_versions(conn: Connection, trace_ids: Sequence[str]) -> dict[str, Prio
     """The stored version of each trace, read before the batch's upsert."""
     out: dict[str, Prior] = {}
     for chunk in _chunks(trace_ids):
-        for row in conn.execute(select(*_VIEW_COLS).where(TRACES.c.trace_id.in_(chunk))):
+        query = select(*_VIEW_COLS).where(dialect.in_ids(conn, TRACES.c.trace_id, chunk))
+        for row in conn.execute(query):
             out[row.trace_id] = Prior(row.completeness, _view(row))
     return out
 
@@ -89,8 +90,8 @@ def valid_feedback(conn: Connection, trace_ids: Sequence[str]
     for chunk in _chunks(trace_ids):
         rows = conn.execute(select(a.c.trace_id, a.c.assessment_id, a.c.name, a.c.kind, a.c.value,
                                    a.c.valid, a.c.last_update_time_ms)
-                            .where(a.c.trace_id.in_(chunk), a.c.kind == "feedback",
-                                   a.c.valid.is_(True)))
+                            .where(dialect.in_ids(conn, a.c.trace_id, chunk),
+                                   a.c.kind == "feedback", a.c.valid.is_(True)))
         for r in rows:
             out.setdefault(r.trace_id, []).append(AssessmentView(
                 r.assessment_id, r.name, r.kind, r.value, r.valid, r.last_update_time_ms))
@@ -104,7 +105,7 @@ def current_tags(conn: Connection, trace_ids: Sequence[str]) -> dict[tuple[str, 
     out: dict[tuple[str, str], str | None] = {}
     for chunk in _chunks(trace_ids):
         for r in conn.execute(select(t.c.trace_id, t.c.tag_key, t.c.tag_value)
-                              .where(t.c.trace_id.in_(chunk))):
+                              .where(dialect.in_ids(conn, t.c.trace_id, chunk))):
             out[(r.trace_id, r.tag_key)] = r.tag_value
     return out
 

@@ -11,8 +11,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, String, Table, any_, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
+
+
+def in_ids(conn: Connection, column: Any, ids: Sequence[str]) -> Any:
+    """``column IN ids``. On PostgreSQL as ``= ANY(array)``: one parameter instead of thousands
+    (psycopg's query splitting of a 2,000-placeholder IN list was a visible hot-path cost)."""
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam("ids", list(ids), type_=ARRAY(String)))
+    return column.in_(list(ids))
 
 
 def insert(conn: Connection, table: Table) -> Any:
