@@ -2,12 +2,14 @@
 
 Checkpoint order is the invariant (DESIGN.md 1 and 5):
   1. publish and flush the batch's dead letters to ``<topic>.dlq``;
-  2. commit the SQL transaction that upserts the batch (and its dead-letter rows);
+  2. commit the SQL transaction that upserts the batch, its dead-letter rows and its rule
+     decisions (decision log, current tags, write-back outbox);
   3. commit offsets (last processed + 1) for every partition in the batch.
 A failure before step 3 commits no offset: the batch is redelivered, and idempotent upserts make
 that harmless. ``TransientError`` in steps 1-2 is retried with jittered exponential backoff for as
 long as the worker is not asked to stop; nothing is skipped. Signals only set ``stop``; the loop
-finishes the batch in hand and checkpoints before it returns.
+finishes the batch in hand and checkpoints before it returns. The tag writer (MLflow write-back)
+runs beside the loop for as long as ``run`` does.
 """
 
 from __future__ import annotations
