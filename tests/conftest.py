@@ -31,6 +31,15 @@ FAST_KAFKA = {"kafka_session_timeout_ms": 2000, "kafka_heartbeat_interval_ms": 5
               "kafka_reconnect_backoff_max_ms": 1000, "poll_timeout_ms": 200}
 
 
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees another's settings: ``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI,
+    which the worker's settings read (tag write-back would turn on against a stale URI)."""
+    for key in list(os.environ):
+        if key.startswith("TRACE_CURATOR_") or key == "MLFLOW_TRACKING_URI":
+            monkeypatch.delenv(key)
+
+
 def service_missing(message: str) -> None:
     if IN_CI:
         pytest.fail(f"required service missing in CI: {message}")
@@ -114,7 +123,8 @@ def producer(broker: EmbeddedBroker) -> Iterator[Any]:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as TRACE_CURATOR_* variables, for a worker run as a subprocess."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACE_CURATOR_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("TRACE_CURATOR_") and k != "MLFLOW_TRACKING_URI"}
     for name, value in settings:
         if value is None:
             continue

@@ -42,11 +42,10 @@ pytestmark = [
 
 @pytest.fixture
 def experiment(mlflow_server: Any) -> Iterator[str]:
-    previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(mlflow_server.uri)
     eid = mlflow.create_experiment(f"e2e-{uuid.uuid4().hex[:8]}")
     yield eid
-    mlflow.set_tracking_uri(previous)
+    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # None unsets; not in the hint
 
 
 def test_classic_searches_find_exactly_the_tagged_traces(
@@ -113,7 +112,6 @@ def test_classic_searches_find_exactly_the_tagged_traces(
 def test_mlflow_outage_delays_tags_and_loses_none(
         tmp_path: Path, settings_factory: Any, producer: Any) -> None:
     server = MlflowServer(tmp_path / "mlflow").start()
-    previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(server.uri)
     try:
         eid = mlflow.create_experiment("outage")
@@ -147,7 +145,7 @@ def test_mlflow_outage_delays_tags_and_loses_none(
         assert T.search_ids(eid, "tags.eval_candidate = 'error_case'") == {
             t.info.trace_id for t in [*first, *second]}
     finally:
-        mlflow.set_tracking_uri(previous)
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
         server.stop()
 
 
