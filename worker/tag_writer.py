@@ -7,6 +7,7 @@ tenacity retries) -> reschedule with exponential backoff; MLflow refused (4xx: a
 it does not know yet, whose error text depends on its backend) -> reschedule, flagged
 ``waiting_for_trace``. Nothing is dropped, and a restart resumes from the table. Writing the same
 tag twice is harmless, so a crash between MLflow's confirmation and the delete only repeats a call.
+With several workers on one PostgreSQL store, an advisory lock makes one of them the writer.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from consumers.errors import CuratorError, TransientError
 from store import outbox
+from store.leader import LeaderLock
 from store.outbox import OutboxRow, OutboxStats
 
 logger = logging.getLogger(__name__)
@@ -84,6 +86,8 @@ class TagWriter:
                  interval_s: float = 0.5, batch_size: int = 200,
                  clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
+        # With several workers on one PostgreSQL store, one of them writes tags at a time.
+        self.leader = LeaderLock(engine, "tag-writer")
         self.sink = sink
         self.interval_s = interval_s
         self.batch_size = batch_size
@@ -103,10 +107,14 @@ class TagWriter:
         if self._thread is not None:
             self._thread.join(timeout_s)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self.leader.release()
 
     def _loop(self) -> None:
         next_report = time.monotonic() + LAG_REPORT_S
         while not self._stop.is_set():
+            if not self.leader.ensure():  # another worker writes the tags
+                self._stop.wait(max(self.interval_s, 1.0))
+                continue
             try:
                 sent = self.run_round()
                 if time.monotonic() >= next_report:

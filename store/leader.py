@@ -1,0 +1,74 @@
+"""One leader per job across workers: a PostgreSQL session advisory lock (DESIGN.md invariant 6).
+
+``LeaderLock.ensure()`` takes the lock without waiting, on a connection of its own that it keeps
+while it leads; it checks that connection on every call, so a leader whose database session died
+stops leading, and another worker's next ``ensure()`` takes over. A SQLite store supports one
+worker, which always leads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+logger = logging.getLogger(__name__)
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit key for ``pg_try_advisory_lock``."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big",
+                          signed=True)
+
+
+class LeaderLock:
+    def __init__(self, engine: Engine, name: str) -> None:
+        self.engine = engine
+        self.name = name
+        self.key = lock_key(f"trace-curator:{name}")
+        self._conn: Any = None
+
+    @property
+    def leading(self) -> bool:
+        return self.engine.dialect.name != "postgresql" or self._conn is not None
+
+    def ensure(self) -> bool:
+        """True while this process leads the job; tries to become the leader if it does not."""
+        if self.engine.dialect.name != "postgresql":
+            return True
+        if self._conn is not None:
+            try:
+                self._conn.execute(text("SELECT 1"))
+                return True
+            except Exception:  # the session died, and the lock with it
+                logger.warning("lost the %s leader lock (database session ended)", self.name)
+                self._drop()
+        try:
+            conn = self.engine.connect()
+        except Exception:
+            return False
+        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar()
+        conn.commit()
+        if got:
+            self._conn = conn
+            logger.info("leading %s", self.name)
+            return True
+        conn.close()
+        return False
+
+    def release(self) -> None:
+        if self._conn is None:
+            return
+        with contextlib.suppress(Exception):  # a dead session has released the lock already
+            self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+            self._conn.commit()
+        self._drop()
+
+    def _drop(self) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.invalidate()  # never hand a session holding the lock back to the pool
+            self._conn.close()
+        self._conn = None
