@@ -93,11 +93,7 @@ class KafkaSource:
         try:
             self._consumer.commit(offsets)
             return True
-        except (kafka_errors.CommitFailedError, kafka_errors.RebalanceInProgressError,
-                kafka_errors.IllegalStateError) as exc:
-            logger.warning("offset commit failed, records will be redelivered error=%r", exc)
-            return False
-        except kafka_errors.KafkaError as exc:
+        except kafka_errors.KafkaError as exc:  # CommitFailedError after a rebalance, above all
             logger.warning("offset commit failed, records will be redelivered error=%r", exc)
             return False
 

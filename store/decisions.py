@@ -114,19 +114,20 @@ def decide_batch(conn: Connection, decider: Decider, traces: Sequence[TraceEvent
                  assessments: Sequence[AssessmentEvent], prior: Mapping[str, Prior],
                  now_ms: int) -> int:
     """Evaluate every trace the batch touched; returns how many tags changed."""
+    with_feedback = decider.needs_assessments()
     views: dict[str, tuple[TraceView, str]] = {}
     for e in traces:
         p = prior.get(e.trace_id)
         views[e.trace_id] = (p.view if p and p.completeness >= e.completeness
                              else event_view(e), "trace")
-    if decider.needs_assessments():
+    if with_feedback:
         late = sorted({a.trace_id for a in assessments} - views.keys())
         for tid, pr in prior_versions(conn, late).items():
             views[tid] = (pr.view, "assessment")
     if not views:
         return 0
     ids = list(views)
-    feedback = valid_feedback(conn, ids) if decider.needs_assessments() else {}
+    feedback = valid_feedback(conn, ids) if with_feedback else {}
     evaluations = [(decider.evaluate(view, feedback.get(tid, ())), trigger)
                    for tid, (view, trigger) in views.items()]
     # Only a trace the store held before this batch can have tags already.
