@@ -122,7 +122,9 @@ def decide_batch(conn: Connection, decider: Decider, traces: Sequence[TraceEvent
                              else event_view(e), "trace")
     if with_feedback:
         late = sorted({a.trace_id for a in assessments} - views.keys())
-        for tid, pr in prior_versions(conn, late).items():
+        known = {tid: prior[tid] for tid in late if tid in prior}
+        known.update(prior_versions(conn, [tid for tid in late if tid not in prior]))
+        for tid, pr in known.items():
             views[tid] = (pr.view, "assessment")
     if not views:
         return 0

@@ -163,3 +163,53 @@ class TagOutbox(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_tag_outbox_next_attempt_ms", "next_attempt_ms"),)
+
+
+class _MetricBucket:
+    """A metric bucket: one (start, experiment, trace name, dimension value) at one resolution.
+
+    Scalar columns are exact integer sums (``store.rollup.SCALARS``); ``latency`` and the span
+    histograms are sketch bins; ``p50_ms``/``p95_ms``/``p99_ms``/``max_ms`` are this bucket's
+    own percentiles (within 1%), kept for SQL views and alerting. Merging buckets merges bins,
+    never these columns.
+    """
+
+    bucket_ms: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    experiment_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    trace_name: Mapped[str] = mapped_column(String(512), primary_key=True)
+    dimension: Mapped[str] = mapped_column(String(512), primary_key=True)
+    traces: Mapped[int] = mapped_column(BigInteger)
+    ok: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    in_progress: Mapped[int] = mapped_column(BigInteger)
+    latency_count: Mapped[int] = mapped_column(BigInteger)
+    latency_sum_ms: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    total_tokens: Mapped[int] = mapped_column(BigInteger)
+    p50_ms: Mapped[float | None] = mapped_column(Float)
+    p95_ms: Mapped[float | None] = mapped_column(Float)
+    p99_ms: Mapped[float | None] = mapped_column(Float)
+    max_ms: Mapped[float | None] = mapped_column(Float)
+    latency: Mapped[dict[str, Any]] = mapped_column(JSON)
+    spans: Mapped[dict[str, Any]] = mapped_column(JSON)
+    feedback: Mapped[dict[str, Any]] = mapped_column(JSON)
+    candidates: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class MetricMinute(_MetricBucket, Base):
+    __tablename__ = "metric_minute"
+
+
+class MetricHour(_MetricBucket, Base):
+    __tablename__ = "metric_hour"
+
+
+class StoreMeta(Base):
+    """Small key/value facts about the store, e.g. the tag the metric buckets are keyed by."""
+
+    __tablename__ = "store_meta"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

@@ -7,8 +7,11 @@
      invalid over valid);
   4. invalidate overridden assessments (order-independent: the override may arrive first);
   5. insert dead letters, once per origin (topic, partition, offset);
-  6. with a rules engine, decide the touched traces (``store.decisions``).
-Applying the same batch again, or any redelivered subset, changes nothing.
+  6. with a rules engine, decide the touched traces (``store.decisions``);
+  7. move the metric buckets by each touched trace's change of contribution (``store.metrics``).
+On PostgreSQL the batch first takes an advisory lock per touched trace, so concurrent workers
+never interleave on one trace. Applying the same batch again, or any redelivered subset,
+changes nothing.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import orjson
 from sqlalchemy import Connection, Table, and_, exists, select, update
 from sqlalchemy.orm import aliased
 
-from consumers.events import AssessmentEvent, DeadLetter, TraceEvent
-from store import dialect
-from store.decisions import Decider, decide_batch, prior_versions
+from consumers.events import AssessmentEvent, DeadLetter, TraceEvent, TraceView
+from store import dialect, metrics
+from store.decisions import Decider, Prior, decide_batch
+from store.metrics import MetricsConfig
 from store.models import Assessment, Trace
 from store.models import DeadLetter as DeadLetterRow
+from store.rollup import TraceFacts, diff, span_bins
 
 TRACES: Table = Trace.__table__  # type: ignore[assignment]
 ASSESSMENTS: Table = Assessment.__table__  # type: ignore[assignment]
@@ -75,18 +80,15 @@ def assessment_version(e: AssessmentEvent) -> int:
     return e.last_update_time_ms * 2 + (0 if e.valid else 1)
 
 
-def span_summary(e: TraceEvent) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
+def span_summary(e: TraceEvent) -> dict[str, dict[str, Any]]:
+    """Per span type: count, total and max duration (ms), and the sketch bins of the durations
+    (``[[key, n], ...]``), so that the metric buckets can later subtract exactly this trace."""
+    durations: dict[str, list[float]] = {}
     for s in e.spans:
-        agg = out.get(s.span_type)
-        if agg is None:
-            out[s.span_type] = {"count": 1, "total_ms": s.duration_ms, "max_ms": s.duration_ms}
-        else:
-            agg["count"] += 1
-            agg["total_ms"] += s.duration_ms
-            if s.duration_ms > agg["max_ms"]:
-                agg["max_ms"] = s.duration_ms
-    return out
+        durations.setdefault(s.span_type, []).append(s.duration_ms)
+    return {t: {"count": len(ds), "total_ms": sum(ds), "max_ms": max(ds),
+                "bins": sorted([k, n] for k, n in span_bins(ds).items())}
+            for t, ds in durations.items()}
 
 
 def _json(v: Any) -> str:
@@ -100,12 +102,15 @@ TRACE_COLUMNS = (
     "src_partition", "src_offset", "ingested_ms")
 
 
-def trace_row(e: TraceEvent, now_ms: int) -> tuple[Any, ...]:
+def trace_row(e: TraceEvent, now_ms: int,
+              summary: dict[str, Any] | None = None) -> tuple[Any, ...]:
     """A ``traces`` row in ``TRACE_COLUMNS`` order, JSON columns already encoded."""
     p = e.provenance
+    if summary is None:
+        summary = span_summary(e)
     return (e.trace_id, e.experiment_id, e.name, e.status, e.timestamp_ms, e.execution_time_ms,
             e.request, e.response, _json(e.tags), _json(e.metadata), e.input_tokens,
-            e.output_tokens, e.total_tokens, _json(span_summary(e)), len(e.spans),
+            e.output_tokens, e.total_tokens, _json(summary), len(e.spans),
             e.completeness, e.source_format, p.topic, p.partition, p.offset, now_ms)
 
 
@@ -151,17 +156,25 @@ def _invalidate_overridden(conn: Connection, events: Sequence[AssessmentEvent]) 
 
 
 def apply_batch(conn: Connection, batch: Batch, now_ms: int,
-                decider: Decider | None = None) -> BatchResult:
+                decider: Decider | None = None,
+                metrics_config: MetricsConfig | None = None) -> BatchResult:
     """Write one decoded batch in the caller's transaction. See the module docstring for order.
 
     With a ``decider`` (the rules engine), the batch's traces are also decided in the same
     transaction (``store.decisions``): decision log, current tags and the write-back outbox.
+    With a ``metrics_config``, the metric buckets move by the difference between the touched
+    traces' contributions before and after the batch (``store.metrics``).
     """
     traces = latest_traces(batch.traces)
     assessments = latest_assessments(batch.assessments)
-    prior = prior_versions(conn, [e.trace_id for e in traces]) if decider else {}
+    touched = list(dict.fromkeys([e.trace_id for e in traces]
+                                 + [a.trace_id for a in assessments]))
+    metrics.lock_traces(conn, touched)
+    before = metrics.read_state(conn, touched) if (decider or metrics_config) and touched \
+        else metrics.State({}, {}, {})
+    summaries = [span_summary(e) for e in traces]
     dialect.upsert_newer(conn, TRACES, "trace_id", "completeness", TRACE_COLUMNS,
-                         [trace_row(e, now_ms) for e in traces])
+                         [trace_row(e, now_ms, s) for e, s in zip(traces, summaries, strict=True)])
     dialect.upsert_newer(conn, ASSESSMENTS, "assessment_id", "version", ASSESSMENT_COLUMNS,
                          [assessment_row(e, now_ms) for e in assessments])
     if assessments:
@@ -170,5 +183,46 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
         stmt = dialect.insert(conn, DEAD_LETTERS).on_conflict_do_nothing(
             index_elements=["topic", "partition", "offset"])
         conn.execute(stmt, [dead_letter_row(d) for d in batch.dead_letters])
-    changed = decide_batch(conn, decider, traces, assessments, prior, now_ms) if decider else 0
+    changed = 0
+    if decider:
+        prior = {tid: Prior(f.completeness, TraceView(*f[:8]))
+                 for tid, f in before.facts.items()}
+        changed = decide_batch(conn, decider, traces, assessments, prior, now_ms)
+    if metrics_config:
+        _update_metrics(conn, metrics_config, before, traces, summaries, assessments,
+                        tags_may_change=changed > 0, now_ms=now_ms)
     return BatchResult(len(traces), len(assessments), len(batch.dead_letters), changed)
+
+
+def _update_metrics(conn: Connection, config: MetricsConfig, before: metrics.State,
+                    traces: Sequence[TraceEvent], summaries: Sequence[dict[str, Any]],
+                    assessments: Sequence[AssessmentEvent], *, tags_may_change: bool,
+                    now_ms: int) -> None:
+    """Bucket deltas for the traces whose row, valid feedback or candidate tags changed."""
+    after = metrics.State(dict(before.facts), dict(before.feedback), dict(before.tags))
+    dirty: set[str] = set()
+    for e, summary in zip(traces, summaries, strict=True):
+        old = before.facts.get(e.trace_id)
+        if old is None or e.completeness > old.completeness:
+            after.facts[e.trace_id] = TraceFacts(
+                e.trace_id, e.experiment_id, e.name, e.status, e.timestamp_ms,
+                e.execution_time_ms, e.tags, e.metadata, e.input_tokens, e.output_tokens,
+                e.total_tokens, summary, e.completeness)
+            dirty.add(e.trace_id)
+    reread = sorted(({a.trace_id for a in assessments} | dirty) & after.facts.keys())
+    if reread:
+        fresh = metrics.feedback_facts(conn, reread)
+        for tid in reread:
+            after.feedback[tid] = fresh.get(tid, [])
+            if after.feedback[tid] != before.feedback.get(tid, []):
+                dirty.add(tid)
+    if tags_may_change and after.facts:
+        stored = sorted(after.facts)
+        fresh_tags = metrics.candidate_tags(conn, stored)
+        for tid in stored:
+            after.tags[tid] = fresh_tags.get(tid, [])
+            if sorted(after.tags[tid]) != sorted(before.tags.get(tid, [])):
+                dirty.add(tid)
+    deltas = diff({t: c for t in dirty if (c := before.contribution(t, config)) is not None},
+                  {t: c for t in dirty if (c := after.contribution(t, config)) is not None})
+    metrics.apply_deltas(conn, deltas, now_ms)

@@ -17,6 +17,7 @@ from sqlalchemy import exc as sa_exc
 
 from consumers.errors import DecodeError, TransientError
 from store.decisions import Decider
+from store.metrics import MetricsConfig
 from store.upserts import Batch, BatchResult, apply_batch
 
 
@@ -30,7 +31,8 @@ def _driver_errors(engine: Engine, *names: str) -> tuple[type[BaseException], ..
 
 
 def write_batch(engine: Engine, batch: Batch, now_ms: int,
-                decider: Decider | None = None) -> BatchResult:
+                decider: Decider | None = None,
+                metrics_config: MetricsConfig | None = None) -> BatchResult:
     refused: tuple[type[BaseException], ...] = (
         sa_exc.DataError, sa_exc.IntegrityError,
         *_driver_errors(engine, "DataError", "IntegrityError"))
@@ -39,7 +41,7 @@ def write_batch(engine: Engine, batch: Batch, now_ms: int,
         *_driver_errors(engine, "OperationalError", "InterfaceError"))
     try:
         with engine.begin() as conn:
-            return apply_batch(conn, batch, now_ms, decider)
+            return apply_batch(conn, batch, now_ms, decider, metrics_config)
     except refused as exc:
         orig = getattr(exc, "orig", None) or exc
         raise StoreRejectedError(f"the store refused the row: {orig!r}"[:1000], "store") from exc
@@ -56,12 +58,14 @@ def write_batch(engine: Engine, batch: Batch, now_ms: int,
 class SqlWriter:
     """The store port the worker writes through: ``write`` one batch, one transaction."""
 
-    def __init__(self, engine: Engine, decider: Decider | None = None) -> None:
+    def __init__(self, engine: Engine, decider: Decider | None = None,
+                 metrics_config: MetricsConfig | None = None) -> None:
         self.engine = engine
         self.decider = decider
+        self.metrics_config = metrics_config
 
     def write(self, batch: Batch, now_ms: int) -> BatchResult:
-        return write_batch(self.engine, batch, now_ms, self.decider)
+        return write_batch(self.engine, batch, now_ms, self.decider, self.metrics_config)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -8,8 +8,10 @@ from sqlalchemy import Engine
 
 from consumers.kafka_source import KafkaClientConfig, KafkaDeadLetterSink, KafkaSource
 from store.engine import make_engine
+from store.metrics import MetricsConfig
 from store.writer import SqlWriter
 from worker.loop import Worker
+from worker.maintenance import Pruner
 from worker.rules import load_rules
 from worker.settings import Settings
 from worker.tag_writer import MlflowTagSink, TagWriter
@@ -63,4 +65,11 @@ def create_kafka_worker(settings: Settings, engine: Engine | None = None) -> Wor
         max_poll_records=settings.batch_max_records)
     dlq = KafkaDeadLetterSink(client, max_payload_bytes=settings.dlq_max_payload_bytes)
     tag_writer = create_tag_writer(settings, engine) if rules is not None else None
-    return Worker(settings, source, SqlWriter(engine, rules), dlq, tag_writer=tag_writer)
+    return Worker(settings, source, SqlWriter(engine, rules, metrics_config(settings)), dlq,
+                  tag_writer=tag_writer, maintenance=Pruner.from_settings(settings, engine))
+
+
+def metrics_config(settings: Settings) -> MetricsConfig | None:
+    if not settings.metrics_enabled:
+        return None
+    return MetricsConfig(dimension_tag=settings.metrics_dimension_tag)

@@ -1,9 +1,9 @@
-"""The worker loop: poll -> decode -> store -> checkpoint, one batch at a time.
+"""The worker loop: poll -> (maybe) maintain -> decode -> store -> checkpoint, one batch at a time.
 
 Checkpoint order is the invariant (DESIGN.md 1 and 5):
   1. publish and flush the batch's dead letters to ``<topic>.dlq``;
-  2. commit the SQL transaction that upserts the batch, its dead-letter rows and its rule
-     decisions (decision log, current tags, write-back outbox);
+  2. commit the SQL transaction that upserts the batch, its dead-letter rows, its rule
+     decisions (decision log, current tags, write-back outbox) and its metric bucket deltas;
   3. commit offsets (last processed + 1) for every partition in the batch.
 A failure before step 3 commits no offset: the batch is redelivered, and idempotent upserts make
 that harmless. ``TransientError`` in steps 1-2 is retried with jittered exponential backoff for as
@@ -50,6 +50,12 @@ class TagWriterPort(Protocol):
     def stop(self, timeout_s: float = 10.0) -> None: ...
 
     def drained(self) -> bool: ...
+
+
+class MaintenancePort(Protocol):
+    """Periodic upkeep (``worker.maintenance.Pruner``): cheap to call when nothing is due."""
+
+    def run_due(self, now_ms: int) -> object: ...
 
 
 class BatchWriter(Protocol):
@@ -99,8 +105,10 @@ class Worker:
 
     def __init__(self, settings: Settings, source: EventSource, writer: BatchWriter,
                  dlq: DeadLetterSink, *, clock: Clock = time.time,
-                 tag_writer: TagWriterPort | None = None) -> None:
+                 tag_writer: TagWriterPort | None = None,
+                 maintenance: MaintenancePort | None = None) -> None:
         self.settings = settings
+        self.maintenance = maintenance
         self.source = source
         self.writer = writer
         self.tag_writer = tag_writer
@@ -136,6 +144,7 @@ class Worker:
                                                            s.batch_max_records), "poll")
             if records is None:
                 break  # stopped while the source was unavailable
+            self.maintain()
             if not records:
                 if exit_when_idle_s is not None and self._idle_long_enough(
                         started, idle_since, exit_when_idle_s):
@@ -256,6 +265,11 @@ class Worker:
         batch.traces, batch.assessments = kept_traces, kept_assessments
         batch.dead_letters.extend(refused)
         self.writer.write(Batch(dead_letters=batch.dead_letters), now_ms)
+
+    def maintain(self) -> None:
+        """(Maybe) maintain: retention pruning when its interval has passed."""
+        if self.maintenance is not None:
+            self.maintenance.run_due(self.now_ms())
 
     # -- helpers -------------------------------------------------------------------------------
 

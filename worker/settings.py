@@ -83,6 +83,23 @@ class Settings(BaseSettings):
     tag_writer_interval_s: float = Field(0.5, gt=0, description="Pause between idle rounds.")
     mlflow_request_timeout_s: int = Field(10, ge=1, description="Timeout of one MLflow call.")
 
+    # Metrics and retention
+    metrics_enabled: bool = Field(True, description="Keep the rolling metric buckets at ingest.")
+    metrics_dimension_tag: str = Field(
+        "environment", min_length=1,
+        description="Tag (or metadata key) whose value keys the buckets, besides experiment "
+                    "and trace name.")
+    retention_raw_days: float = Field(30.0, gt=0,
+                                      description="Raw trace rows are pruned after this.")
+    retention_minute_days: float = Field(30.0, gt=0,
+                                         description="Minute buckets are pruned after this.")
+    retention_hour_days: float = Field(730.0, gt=0,
+                                       description="Hour buckets are pruned after this.")
+    retention_interval_s: float = Field(300.0, gt=0,
+                                        description="Pause between pruning steps.")
+    retention_max_rows: int = Field(5_000, ge=1,
+                                    description="Rows of each kind one pruning step deletes.")
+
     # Files (read by the curator)
     datasets_file: Path | None = Field(None, description="Dataset specs YAML.")
 

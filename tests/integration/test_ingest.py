@@ -12,6 +12,7 @@ from sqlalchemy import select, text
 
 from store.engine import make_engine
 from store.models import Assessment, Trace
+from store.sketch import key_for
 from tests import payloads as P
 from tests.conftest import publish
 
@@ -94,7 +95,8 @@ def test_real_payloads_land_exactly(settings_factory: Any, producer: Any,
     assert any_ok.tags.get("environment") == "production"
     frow = rows[flat["trace_id"]]
     assert (frow.experiment_id, frow.execution_time_ms, frow.status) == ("7", 1234, "OK")
-    assert frow.span_summary == {"CHAT_MODEL": {"count": 1, "total_ms": 5.0, "max_ms": 5.0}}
+    assert frow.span_summary == {"CHAT_MODEL": {"count": 1, "total_ms": 5.0, "max_ms": 5.0,
+                                                 "bins": [[key_for(5.0), 1]]}}
 
     assert len(arows) == 7
     assert arows[numeric["assessment_id"]].numeric_value == 0.25

@@ -1,0 +1,416 @@
+"""Metric buckets in SQL: applied in the batch transaction, read back for reports, rebuilt, pruned.
+
+``apply_batch`` takes a ``snapshot`` of every trace the batch touches before its upserts and
+another after its decisions; ``store.rollup.diff`` turns the two into bucket deltas and
+``apply_deltas`` writes them in the same transaction (DESIGN.md invariant 2):
+  1. on PostgreSQL, take a transaction advisory lock per bucket, in key order, so concurrent
+     workers serialize on a shared bucket (and cannot deadlock on each other's buckets);
+  2. read the stored buckets, add the deltas in Python (sketch bins merge; integer sums add);
+  3. upsert the results, and delete a bucket that went back to zero.
+A bucket that would go below zero means a contribution was subtracted that was never added: a
+bug, so the batch fails and nothing commits. ``rebuild`` recomputes buckets from raw rows with
+the same pure code; ``prune`` removes raw rows and buckets past their retention, bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Table, delete, func, select, text, tuple_
+
+from store import dialect
+from store.models import (
+    Assessment,
+    DeadLetter,
+    DecisionLog,
+    MetricHour,
+    MetricMinute,
+    StoreMeta,
+    Trace,
+    TraceTag,
+)
+from store.rollup import (
+    RESOLUTIONS,
+    SCALAR_NAMES,
+    Agg,
+    BucketKey,
+    Contribution,
+    DeltaKey,
+    FeedbackFacts,
+    TraceFacts,
+    add_deltas,
+    contribution,
+    floor_to,
+)
+
+logger = logging.getLogger(__name__)
+
+TRACES: Table = Trace.__table__  # type: ignore[assignment]
+ASSESSMENTS: Table = Assessment.__table__  # type: ignore[assignment]
+TRACE_TAGS: Table = TraceTag.__table__  # type: ignore[assignment]
+DECISION_LOG: Table = DecisionLog.__table__  # type: ignore[assignment]
+DEAD_LETTERS: Table = DeadLetter.__table__  # type: ignore[assignment]
+META: Table = StoreMeta.__table__  # type: ignore[assignment]
+BUCKETS: dict[str, Table] = {
+    "minute": MetricMinute.__table__,  # type: ignore[dict-item]
+    "hour": MetricHour.__table__,  # type: ignore[dict-item]
+}
+KEY_COLUMNS = ("bucket_ms", "experiment_id", "trace_name", "dimension")
+BUCKET_COLUMNS = (*KEY_COLUMNS, *SCALAR_NAMES, "p50_ms", "p95_ms", "p99_ms", "max_ms",
+                  "latency", "spans", "feedback", "candidates", "updated_ms")
+IN_CHUNK = 2000
+DIMENSION_META_KEY = "metrics.dimension_tag"
+# A namespace for the per-bucket transaction advisory locks (the two-key form), far from the
+# single-key session locks that ``store.leader`` takes.
+_TRACE_LOCK_CLASS = 0x7C0A
+_BUCKET_LOCK_CLASS = 0x7C0B
+
+
+class MetricsInconsistentError(RuntimeError):
+    """A bucket would go below zero: a contribution was removed that was never added (a bug)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    dimension_tag: str = "environment"
+
+
+# --- reading the state of traces -------------------------------------------------------------
+
+_FACT_COLS = (TRACES.c.trace_id, TRACES.c.experiment_id, TRACES.c.name, TRACES.c.status,
+              TRACES.c.timestamp_ms, TRACES.c.execution_time_ms, TRACES.c.tags,
+              TRACES.c.trace_metadata, TRACES.c.input_tokens, TRACES.c.output_tokens,
+              TRACES.c.total_tokens, TRACES.c.span_summary, TRACES.c.completeness)
+
+
+def _chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
+    for i in range(0, len(ids), IN_CHUNK):
+        yield ids[i:i + IN_CHUNK]
+
+
+def trace_facts(conn: Connection, trace_ids: Sequence[str]) -> dict[str, TraceFacts]:
+    out: dict[str, TraceFacts] = {}
+    for chunk in _chunks(trace_ids):
+        for r in conn.execute(select(*_FACT_COLS)
+                              .where(dialect.in_ids(conn, TRACES.c.trace_id, chunk))):
+            out[r.trace_id] = TraceFacts(
+                r.trace_id, r.experiment_id, r.name, r.status, r.timestamp_ms,
+                r.execution_time_ms, r.tags or {}, r.trace_metadata or {}, r.input_tokens,
+                r.output_tokens, r.total_tokens, r.span_summary or {}, r.completeness)
+    return out
+
+
+def feedback_facts(conn: Connection, trace_ids: Sequence[str]
+                   ) -> dict[str, list[FeedbackFacts]]:
+    """Valid feedback per trace, in a stable order."""
+    a = ASSESSMENTS
+    out: dict[str, list[FeedbackFacts]] = {}
+    for chunk in _chunks(trace_ids):
+        rows = conn.execute(select(a.c.trace_id, a.c.assessment_id, a.c.name, a.c.value,
+                                   a.c.numeric_value, a.c.error)
+                            .where(dialect.in_ids(conn, a.c.trace_id, chunk),
+                                   a.c.kind == "feedback", a.c.valid.is_(True)))
+        for r in rows:
+            out.setdefault(r.trace_id, []).append(FeedbackFacts(*r[1:]))
+    for facts in out.values():
+        facts.sort(key=lambda f: f.assessment_id)
+    return out
+
+
+def candidate_tags(conn: Connection, trace_ids: Sequence[str]
+                   ) -> dict[str, list[tuple[str, str]]]:
+    t = TRACE_TAGS
+    out: dict[str, list[tuple[str, str]]] = {}
+    for chunk in _chunks(trace_ids):
+        for r in conn.execute(select(t.c.trace_id, t.c.tag_key, t.c.tag_value)
+                              .where(dialect.in_ids(conn, t.c.trace_id, chunk),
+                                     t.c.tag_value.is_not(None))):
+            out.setdefault(r.trace_id, []).append((r.tag_key, r.tag_value))
+    return out
+
+
+@dataclass(slots=True)
+class State:
+    """What metrics read of a set of traces: stored rows, valid feedback, candidate tags."""
+
+    facts: dict[str, TraceFacts]
+    feedback: dict[str, list[FeedbackFacts]]
+    tags: dict[str, list[tuple[str, str]]]
+
+    def contribution(self, trace_id: str, config: MetricsConfig) -> Contribution | None:
+        f = self.facts.get(trace_id)
+        if f is None:
+            return None
+        return contribution(f, self.feedback.get(trace_id, ()), self.tags.get(trace_id, ()),
+                            config.dimension_tag)
+
+
+def read_state(conn: Connection, trace_ids: Sequence[str]) -> State:
+    facts = trace_facts(conn, trace_ids)
+    stored = list(facts)
+    return State(facts, feedback_facts(conn, stored) if stored else {},
+                 candidate_tags(conn, stored) if stored else {})
+
+
+def snapshot(conn: Connection, trace_ids: Sequence[str], config: MetricsConfig
+             ) -> dict[str, Contribution]:
+    """The current contribution of each stored trace among ``trace_ids``."""
+    state = read_state(conn, trace_ids)
+    out = {}
+    for tid in state.facts:
+        c = state.contribution(tid, config)
+        if c is not None:
+            out[tid] = c
+    return out
+
+
+def lock_traces(conn: Connection, trace_ids: Iterable[str]) -> None:
+    """On PostgreSQL, serialize batches that touch the same traces (transaction advisory locks,
+    in key order): a trace's before/after states are then read and written by one worker at a
+    time, so two workers never both count the same change."""
+    if conn.dialect.name != "postgresql":
+        return
+    ids = sorted({int.from_bytes(hashlib.blake2b(t.encode(), digest_size=4).digest(), "big",
+                                 signed=True) for t in trace_ids})
+    if ids:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:cls, k) FROM "
+                          "unnest(CAST(:ids AS int[])) AS k ORDER BY k"),
+                     {"cls": _TRACE_LOCK_CLASS, "ids": ids})
+
+
+# --- writing deltas --------------------------------------------------------------------------
+
+
+def _lock_id(res: str, bucket_ms: int, key: BucketKey) -> int:
+    raw = orjson.dumps([res, bucket_ms, *key])
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=4).digest(), "big", signed=True)
+
+
+def _lock_buckets(conn: Connection, keys: Iterable[DeltaKey]) -> None:
+    ids = sorted({_lock_id(*k) for k in keys})
+    conn.execute(text("SELECT pg_advisory_xact_lock(:cls, k) FROM unnest(CAST(:ids AS int[])) "
+                      "AS k ORDER BY k"), {"cls": _BUCKET_LOCK_CLASS, "ids": ids})
+
+
+def read_buckets_by_key(conn: Connection, table: Table,
+                        keys: Sequence[tuple[int, BucketKey]]) -> dict[tuple[int, BucketKey], Agg]:
+    out: dict[tuple[int, BucketKey], Agg] = {}
+    cols = [table.c[c] for c in ("bucket_ms", "experiment_id", "trace_name", "dimension",
+                                 *SCALAR_NAMES, "latency", "spans", "feedback", "candidates")]
+    n = len(SCALAR_NAMES)
+    for i in range(0, len(keys), 500):
+        chunk = keys[i:i + 500]
+        cond = tuple_(table.c.bucket_ms, table.c.experiment_id, table.c.trace_name,
+                      table.c.dimension).in_([(b, *k) for b, k in chunk])
+        for r in conn.execute(select(*cols).where(cond)):
+            out[(r[0], BucketKey(r[1], r[2], r[3]))] = Agg.from_columns(
+                r[4:4 + n], *r[4 + n:])
+    return out
+
+
+def bucket_row(bucket_ms: int, key: BucketKey, agg: Agg, now_ms: int) -> tuple[Any, ...]:
+    """A bucket row in ``BUCKET_COLUMNS`` order, JSON columns encoded."""
+    sketch = agg.latency_sketch()
+    cols = agg.json_columns()
+    return (bucket_ms, *key, *agg.scalars, sketch.quantile(0.5), sketch.quantile(0.95),
+            sketch.quantile(0.99), sketch.quantile(1.0),
+            *(orjson.dumps(cols[c]).decode() for c in ("latency", "spans", "feedback",
+                                                        "candidates")), now_ms)
+
+
+def apply_deltas(conn: Connection, deltas: Mapping[DeltaKey, Agg], now_ms: int) -> int:
+    """Add ``deltas`` to the stored buckets (see the module docstring). Returns buckets written."""
+    if not deltas:
+        return 0
+    if conn.dialect.name == "postgresql":
+        _lock_buckets(conn, deltas)
+    written = 0
+    for res in RESOLUTIONS:
+        table = BUCKETS[res.name]
+        mine = sorted(((b, k), agg) for (r, b, k), agg in deltas.items() if r == res.name)
+        if not mine:
+            continue
+        stored = read_buckets_by_key(conn, table, [bk for bk, _ in mine])
+        rows, empty = [], []
+        for (b, k), delta in mine:
+            agg = stored.get((b, k)) or Agg()
+            agg.merge(delta)
+            bad = agg.negative_part()
+            if bad is not None:
+                raise MetricsInconsistentError(
+                    f"{res.name} bucket {b} {k} would go below zero ({bad}): a trace's earlier "
+                    "contribution was never added. Run `trace-curator metrics rebuild`.")
+            if agg.is_zero():
+                if (b, k) in stored:
+                    empty.append((b, *k))
+            else:
+                rows.append(bucket_row(b, k, agg, now_ms))
+        dialect.bulk_upsert(conn, table, KEY_COLUMNS, BUCKET_COLUMNS, rows)
+        for i in range(0, len(empty), 500):
+            conn.execute(delete(table).where(tuple_(*(table.c[c] for c in KEY_COLUMNS))
+                                             .in_(empty[i:i + 500])))
+        written += len(rows) + len(empty)
+    return written
+
+
+# --- dimension tag bookkeeping ---------------------------------------------------------------
+
+
+def stored_dimension_tag(conn: Connection) -> str | None:
+    return conn.execute(select(META.c.value).where(META.c.key == DIMENSION_META_KEY)
+                        ).scalar_one_or_none()
+
+
+def check_dimension_tag(conn: Connection, config: MetricsConfig) -> None:
+    """Record the dimension tag on first use; refuse a different one on existing buckets."""
+    stored = stored_dimension_tag(conn)
+    if stored is None:
+        dialect.bulk_upsert(conn, META, ("key",), ("key", "value"),
+                            [(DIMENSION_META_KEY, config.dimension_tag)])
+    elif stored != config.dimension_tag:
+        from consumers.errors import ConfigError
+
+        raise ConfigError(
+            f"the metric buckets are keyed by the tag {stored!r}, but metrics_dimension_tag is "
+            f"{config.dimension_tag!r}. Set it back, or run `trace-curator metrics rebuild` to "
+            "rebuild the buckets from the stored traces with the new tag.")
+
+
+# --- rebuild ---------------------------------------------------------------------------------
+
+
+def rebuild(conn: Connection, config: MetricsConfig, now_ms: int, chunk: int = 5000) -> int:
+    """Recompute every bucket from the stored traces. Returns the number of traces read.
+
+    Buckets older than the oldest stored trace (kept past raw retention) are left as they are;
+    buckets from the hour of the oldest stored trace on are replaced.
+    """
+    first = conn.execute(select(func.min(TRACES.c.timestamp_ms))).scalar()
+    dialect.bulk_upsert(conn, META, ("key",), ("key", "value"),
+                        [(DIMENSION_META_KEY, config.dimension_tag)])
+    if first is None:
+        return 0
+    start = floor_to(int(first), RESOLUTIONS[-1].step_ms)
+    for table in BUCKETS.values():
+        conn.execute(delete(table).where(table.c.bucket_ms >= start))
+    return write_buckets_from_rows(conn, config, now_ms, chunk)
+
+
+def write_buckets_from_rows(conn: Connection, config: MetricsConfig, now_ms: int,
+                            chunk: int = 5000, since_ms: int | None = None) -> int:
+    """Stream stored traces oldest first and insert their buckets (into empty bucket ranges).
+
+    Buckets are flushed once the stream has passed their hour, so memory stays bounded by the
+    traces of about one hour.
+    """
+    pending: dict[DeltaKey, Agg] = {}
+    seen = 0
+    last = ((since_ms if since_ms is not None else -1) - 1, "")
+    t = TRACES
+    steps = {res.name: res.step_ms for res in RESOLUTIONS}
+    while True:
+        ids_rows = conn.execute(
+            select(t.c.trace_id, t.c.timestamp_ms).where(
+                (t.c.timestamp_ms > last[0])
+                | ((t.c.timestamp_ms == last[0]) & (t.c.trace_id > last[1])))
+            .order_by(t.c.timestamp_ms, t.c.trace_id).limit(chunk)).all()
+        if not ids_rows:
+            break
+        ids = [r.trace_id for r in ids_rows]
+        for c in snapshot(conn, ids, config).values():
+            add_deltas(pending, c, +1)
+        seen += len(ids)
+        last = (ids_rows[-1].timestamp_ms, ids_rows[-1].trace_id)
+        done = {k: v for k, v in pending.items() if k[1] + steps[k[0]] <= last[0]}
+        _insert_buckets(conn, done, now_ms)
+        for k in done:
+            del pending[k]
+    _insert_buckets(conn, pending, now_ms)
+    return seen
+
+
+def _insert_buckets(conn: Connection, aggs: Mapping[DeltaKey, Agg], now_ms: int) -> None:
+    for res in RESOLUTIONS:
+        rows = [bucket_row(b, k, agg, now_ms) for (r, b, k), agg in sorted(aggs.items())
+                if r == res.name and not agg.is_zero()]
+        dialect.bulk_upsert(conn, BUCKETS[res.name], KEY_COLUMNS, BUCKET_COLUMNS, rows)
+
+
+# --- reads for reports -----------------------------------------------------------------------
+
+
+def read_buckets(conn: Connection, resolution: str, since_ms: int, until_ms: int,
+                 experiment_id: str | None = None) -> Iterator[Any]:
+    """Bucket rows with ``since_ms <= bucket_ms < until_ms``: key columns, scalars and JSON."""
+    if since_ms >= until_ms:
+        return
+    table = BUCKETS[resolution]
+    cols = [table.c[c] for c in ("bucket_ms", "experiment_id", "trace_name", "dimension",
+                                 *SCALAR_NAMES, "latency", "spans", "feedback", "candidates")]
+    query = select(*cols).where(table.c.bucket_ms >= since_ms, table.c.bucket_ms < until_ms)
+    if experiment_id is not None:
+        query = query.where(table.c.experiment_id == experiment_id)
+    yield from conn.execute(query)
+
+
+# --- retention -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    raw_days: float = 30.0
+    minute_days: float = 30.0
+    hour_days: float = 730.0
+    max_rows_per_cycle: int = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    traces: int = 0
+    minute_buckets: int = 0
+    hour_buckets: int = 0
+    dead_letters: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.traces or self.minute_buckets or self.hour_buckets or self.dead_letters)
+
+
+def prune(conn: Connection, now_ms: int, retention: Retention) -> PruneResult:
+    """Delete at most ``max_rows_per_cycle`` of each kind past retention, oldest first.
+
+    A pruned trace's assessments, tags and decision log go with it; its buckets stay, so
+    reports keep covering it. Redelivery of a trace older than ``raw_days`` would count again:
+    keep ``raw_days`` above the longest redelivery you expect (Kafka retention, backfills).
+    """
+    limit = retention.max_rows_per_cycle
+    day = 86_400_000
+    t = TRACES
+    cutoff = now_ms - int(retention.raw_days * day)
+    ids = list(conn.execute(select(t.c.trace_id).where(t.c.timestamp_ms < cutoff)
+                            .order_by(t.c.timestamp_ms).limit(limit)).scalars())
+    for chunk in _chunks(ids):
+        for table, col in ((ASSESSMENTS, "trace_id"), (TRACE_TAGS, "trace_id"),
+                           (DECISION_LOG, "trace_id"), (TRACES, "trace_id")):
+            conn.execute(delete(table).where(dialect.in_ids(conn, table.c[col], chunk)))
+    d = DEAD_LETTERS
+    dl_ids = list(conn.execute(select(d.c.id).where(d.c.created_ms < cutoff)
+                               .order_by(d.c.id).limit(limit)).scalars())
+    if dl_ids:
+        conn.execute(delete(d).where(d.c.id.in_(dl_ids)))
+    counts = []
+    for res, days in (("minute", retention.minute_days), ("hour", retention.hour_days)):
+        table = BUCKETS[res]
+        old = now_ms - int(days * day)
+        keys = conn.execute(select(*(table.c[c] for c in KEY_COLUMNS))
+                            .where(table.c.bucket_ms < old).order_by(table.c.bucket_ms)
+                            .limit(limit)).all()
+        for i in range(0, len(keys), 500):
+            conn.execute(delete(table).where(tuple_(*(table.c[c] for c in KEY_COLUMNS))
+                                             .in_([tuple(k) for k in keys[i:i + 500]])))
+        counts.append(len(keys))
+    return PruneResult(len(ids), counts[0], counts[1], len(dl_ids))

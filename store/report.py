@@ -1,0 +1,246 @@
+"""Reports over the metric buckets: ``summary(engine, since_ms, until_ms, ...)``.
+
+A window is whole minutes: ``since`` rounds down and ``until`` rounds up to the minute. Whole
+hours inside the window are read from the hour buckets and only the edges from the minute
+buckets, so the cost of a report depends on the window's length and the number of dimension
+values, not on the number of traces. Percentiles come from merged sketches (within 1% of the
+exact sample at the same rank); counts, sums and rates are exact. An empty window gives zeros
+and a note, never NaN.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import Connection, Engine
+
+from store.metrics import read_buckets
+from store.rollup import HOUR_MS, MICRO, MINUTE_MS, SCALAR_NAMES, Agg, floor_to
+
+GroupBy = Literal["trace_name", "environment", "experiment"]
+GROUP_BY: tuple[str, ...] = ("trace_name", "environment", "experiment")
+_GROUP_COLUMN = {"experiment": 1, "trace_name": 2, "environment": 3}
+NO_TRACES_NOTE = "no traces in this window"
+
+
+@dataclass(frozen=True, slots=True)
+class SpanTypeStats:
+    count: int
+    total_time_s: float
+    avg_time_s: float
+    max_time_s: float
+    p95_time_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class AssessmentStats:
+    count: int
+    mean: float | None  # over numeric values (bool and yes/no count as 1/0)
+    pass_rate: float | None  # over bool and yes/no values
+    passed: int
+    failed: int
+    judge_errors: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    total_traces: int
+    ok_count: int
+    error_count: int
+    in_progress_count: int
+    success_rate: float
+    avg_latency_ms: float
+    p50_latency_ms: float
+    p95_latency_ms: float
+    p99_latency_ms: float
+    max_latency_ms: float
+    tokens: dict[str, int]
+    span_types: dict[str, SpanTypeStats]
+    assessments: dict[str, AssessmentStats]
+    candidates: dict[str, int]
+    candidates_by_tag: dict[str, dict[str, int]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total_traces": self.total_traces, "ok_count": self.ok_count,
+            "error_count": self.error_count, "in_progress_count": self.in_progress_count,
+            "success_rate": self.success_rate, "avg_latency_ms": self.avg_latency_ms,
+            "p50_latency_ms": self.p50_latency_ms, "p95_latency_ms": self.p95_latency_ms,
+            "p99_latency_ms": self.p99_latency_ms, "max_latency_ms": self.max_latency_ms,
+            "tokens": dict(self.tokens),
+            "span_types": {k: _asdict(v) for k, v in self.span_types.items()},
+            "assessments": {k: _asdict(v) for k, v in self.assessments.items()},
+            "candidates": dict(self.candidates),
+            "candidates_by_tag": {k: dict(v) for k, v in self.candidates_by_tag.items()},
+        }
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    since_ms: int
+    until_ms: int
+    generated_ms: int
+    experiment_id: str | None
+    by: str | None
+    overall: Stats
+    hourly_volume: dict[str, int]
+    groups: dict[str, Stats] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON report: the classic analysis keys at the top level (DESIGN.md)."""
+        out: dict[str, Any] = {
+            "window": {"since": iso(self.since_ms), "until": iso(self.until_ms),
+                       "since_ms": self.since_ms, "until_ms": self.until_ms},
+            "generated_at": iso(self.generated_ms),
+            "experiment_id": self.experiment_id,
+        }
+        out.update(self.overall.to_dict())
+        out["hourly_volume"] = dict(self.hourly_volume)
+        if self.by is not None:
+            out["by"] = self.by
+            out["groups"] = {k: v.to_dict() for k, v in self.groups.items()}
+        out["notes"] = list(self.notes)
+        return out
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def stats_of(agg: Agg) -> Stats:
+    """The report figures of one merged aggregate (pure)."""
+    s = dict(zip(SCALAR_NAMES, agg.scalars, strict=True))
+    total = s["traces"]
+    sketch = agg.latency_sketch()
+
+    def q(p: float) -> float:
+        v = sketch.quantile(p)
+        return float(v) if v is not None else 0.0
+
+    spans = {}
+    for t, sp in sorted(agg.spans.items()):
+        sk = Agg(latency=sp.bins).latency_sketch()
+        spans[t] = SpanTypeStats(
+            sp.count, sp.total_us / MICRO, sp.total_us / MICRO / sp.count if sp.count else 0.0,
+            (sk.quantile(1.0) or 0.0) / 1000, (sk.quantile(0.95) or 0.0) / 1000)
+    assessments = {}
+    for name, fa in sorted(agg.feedback.items()):
+        judged = fa.passed + fa.failed
+        assessments[name] = AssessmentStats(
+            fa.count, fa.numeric_sum_micro / MICRO / fa.numeric_count if fa.numeric_count
+            else None, fa.passed / judged if judged else None, fa.passed, fa.failed,
+            fa.judge_errors)
+    flat: dict[str, int] = {}
+    for values in agg.candidates.values():
+        for value, n in values.items():
+            flat[value] = flat.get(value, 0) + n
+    return Stats(
+        total, s["ok"], s["errors"], s["in_progress"], s["ok"] / total if total else 0.0,
+        s["latency_sum_ms"] / s["latency_count"] if s["latency_count"] else 0.0,
+        q(0.5), q(0.95), q(0.99), q(1.0),
+        {"input": s["input_tokens"], "output": s["output_tokens"], "total": s["total_tokens"]},
+        spans, assessments, dict(sorted(flat.items())),
+        {k: dict(sorted(v.items())) for k, v in sorted(agg.candidates.items())})
+
+
+def window(since_ms: int, until_ms: int) -> tuple[int, int]:
+    """The report window in whole minutes: since rounds down, until rounds up."""
+    since = floor_to(since_ms, MINUTE_MS)
+    until = -floor_to(-until_ms, MINUTE_MS)
+    return since, max(until, since)
+
+
+def bucket_ranges(since_ms: int, until_ms: int) -> list[tuple[str, int, int]]:
+    """(resolution, start, end) ranges that tile the window: whole hours from the hour buckets,
+    the edges from the minute buckets."""
+    first_hour = -floor_to(-since_ms, HOUR_MS)
+    last_hour = floor_to(until_ms, HOUR_MS)
+    if first_hour >= last_hour:
+        return [("minute", since_ms, until_ms)]
+    return [r for r in (("minute", since_ms, first_hour), ("hour", first_hour, last_hour),
+                        ("minute", last_hour, until_ms)) if r[1] < r[2]]
+
+
+def merge_rows(rows: Iterable[Any], by: str | None, hourly: dict[int, int],
+               groups: dict[str, Agg]) -> None:
+    """Merge bucket rows (from ``read_buckets``) into per-group aggregates and hourly counts."""
+    n = len(SCALAR_NAMES)
+    col = _GROUP_COLUMN[by] if by else None
+    for r in rows:
+        agg = Agg.from_columns(r[4:4 + n], *r[4 + n:])
+        group = r[col] if col is not None else ""
+        into = groups.get(group)
+        if into is None:
+            groups[group] = agg
+        else:
+            into.merge(agg)
+        hour = floor_to(r[0], HOUR_MS)
+        hourly[hour] = hourly.get(hour, 0) + int(r[4])
+
+
+def summary_conn(conn: Connection, since_ms: int, until_ms: int, *,
+                 experiment_id: str | None = None, by: str | None = None,
+                 now_ms: int | None = None, minute_retention_days: float | None = None
+                 ) -> Summary:
+    if by is not None and by not in GROUP_BY:
+        raise ValueError(f"by must be one of {', '.join(GROUP_BY)}, got {by!r}")
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    since, until = window(since_ms, until_ms)
+    hourly_counts: dict[int, int] = {}
+    groups: dict[str, Agg] = {}
+    for res, start, end in bucket_ranges(since, until):
+        merge_rows(read_buckets(conn, res, start, end, experiment_id), by, hourly_counts, groups)
+    overall = Agg()
+    for agg in groups.values():
+        overall.merge(agg)
+    hourly = {iso(h): hourly_counts.get(h, 0)
+              for h in range(floor_to(since, HOUR_MS), until, HOUR_MS)}
+    notes = []
+    if not overall.scalars[0]:
+        notes.append(NO_TRACES_NOTE)
+    if minute_retention_days is not None and since < now - minute_retention_days * 86_400_000 \
+            and since % HOUR_MS:
+        notes.append("the window starts before the minute buckets' retention: its first "
+                     "partial hour may be incomplete")
+    return Summary(since, until, now, experiment_id, by, stats_of(overall), hourly,
+                   {k: stats_of(v) for k, v in sorted(groups.items())} if by else {},
+                   tuple(notes))
+
+
+def summary(engine: Engine, since_ms: int, until_ms: int | None = None, *,
+            experiment_id: str | None = None, by: str | None = None,
+            now_ms: int | None = None, minute_retention_days: float | None = None) -> Summary:
+    """The quality summary of the traces that started in ``[since_ms, until_ms)``.
+
+    ``by`` groups the figures by ``trace_name``, ``environment`` (the dimension tag) or
+    ``experiment``; ``experiment_id`` filters. ``until_ms`` defaults to now.
+    """
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    with engine.connect() as conn:
+        return summary_conn(conn, since_ms, now if until_ms is None else until_ms,
+                            experiment_id=experiment_id, by=by, now_ms=now,
+                            minute_retention_days=minute_retention_days)
+
+
+def scalar_row(stats: Stats) -> Mapping[str, Any]:
+    """The flat columns of one group, for CSV output."""
+    d = stats.to_dict()
+    row = {k: v for k, v in d.items() if not isinstance(v, dict)}
+    row.update({f"tokens_{k}": v for k, v in stats.tokens.items()})
+    for t, sp in stats.span_types.items():
+        row.update({f"span_{t}_count": sp.count, f"span_{t}_avg_time_s": sp.avg_time_s,
+                    f"span_{t}_p95_time_s": sp.p95_time_s})
+    for name, a in stats.assessments.items():
+        row.update({f"assessment_{name}_count": a.count, f"assessment_{name}_mean": a.mean,
+                    f"assessment_{name}_pass_rate": a.pass_rate})
+    row.update({f"candidates_{k}": v for k, v in stats.candidates.items()})
+    return row

@@ -1,0 +1,389 @@
+"""Metric maths, pure: a trace's contribution to the buckets, and signed aggregates that merge.
+
+A stored trace contributes to exactly one bucket per resolution (minute, hour), keyed by
+``(bucket_ms, experiment_id, trace_name, dimension)``; the dimension is the value of a
+configurable tag (default ``environment``). Its contribution is a function of its stored row,
+its valid feedback and its current candidate tags only (``contribution``), so the store can
+apply ``new - old`` whenever any of them change (DESIGN.md invariant 2). Every quantity is an
+integer (milliseconds, microseconds, micro-units, counts, sketch bins), so adding and
+subtracting contributions in any order gives identical buckets: no float drift.
+The metric families are declared once in ``SCALARS`` and read by generic code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from store.sketch import DEFAULT_MAPPING, Sketch
+
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+MICRO = 1_000_000
+# Numeric feedback is summed in micro-units; values are clamped so that sums fit in 64 bits.
+NUMERIC_CLAMP = 1e12
+
+# The scalar columns of a bucket, in storage order: (column, description).
+SCALARS: tuple[tuple[str, str], ...] = (
+    ("traces", "traces (all statuses)"),
+    ("ok", "traces with status OK"),
+    ("errors", "traces with status ERROR"),
+    ("in_progress", "traces still IN_PROGRESS"),
+    ("latency_count", "traces with a latency (finished, execution time known)"),
+    ("latency_sum_ms", "sum of their execution times, ms"),
+    ("input_tokens", "input tokens (mlflow.trace.tokenUsage)"),
+    ("output_tokens", "output tokens"),
+    ("total_tokens", "total tokens"),
+)
+SCALAR_NAMES: tuple[str, ...] = tuple(name for name, _ in SCALARS)
+PASS_VALUES = frozenset({"yes", "true", "pass", "passed"})
+FAIL_VALUES = frozenset({"no", "false", "fail", "failed"})
+
+
+class BucketKey(NamedTuple):
+    experiment_id: str
+    trace_name: str
+    dimension: str
+
+
+class TraceFacts(NamedTuple):
+    """The stored trace row, as far as metrics read it."""
+
+    trace_id: str
+    experiment_id: str | None
+    name: str | None
+    status: str
+    timestamp_ms: int
+    execution_time_ms: int | None
+    tags: Mapping[str, str]
+    metadata: Mapping[str, str]
+    input_tokens: int | None
+    output_tokens: int | None
+    total_tokens: int | None
+    span_summary: Mapping[str, Any]
+    completeness: int
+
+
+class FeedbackFacts(NamedTuple):
+    """One valid feedback assessment of a trace."""
+
+    assessment_id: str
+    name: str
+    value: Any
+    numeric_value: float | None
+    error: str | None
+
+
+class SpanPart(NamedTuple):
+    span_type: str
+    n: int
+    total_us: int
+    bins: tuple[tuple[int, int], ...]
+
+
+class FeedbackPart(NamedTuple):
+    name: str
+    numeric_micro: int | None
+    verdict: bool | None  # pass / fail for bool and yes/no feedback
+    failed_judge: bool
+
+
+class Contribution(NamedTuple):
+    timestamp_ms: int
+    key: BucketKey
+    scalars: tuple[int, ...]  # in SCALAR_NAMES order
+    latency_bin: int | None
+    spans: tuple[SpanPart, ...]
+    feedback: tuple[FeedbackPart, ...]
+    candidates: tuple[tuple[str, str], ...]  # (tag key, tag value)
+
+
+def bucket_key(trace: TraceFacts, dimension_tag: str) -> BucketKey:
+    dim = trace.tags.get(dimension_tag) or trace.metadata.get(dimension_tag) or ""
+    return BucketKey(trace.experiment_id or "", trace.name or "", str(dim))
+
+
+def span_bins(durations_ms: Iterable[float]) -> dict[int, int]:
+    """Sketch bins of span durations, as stored in ``span_summary[type]["bins"]``."""
+    bins: dict[int, int] = {}
+    for d in durations_ms:
+        k = DEFAULT_MAPPING.key_for(max(d, 0.0))
+        bins[k] = bins.get(k, 0) + 1
+    return bins
+
+
+def _span_parts(summary: Mapping[str, Any]) -> tuple[SpanPart, ...]:
+    parts = []
+    for span_type in sorted(summary):
+        s = summary[span_type]
+        count = int(s.get("count", 0))
+        if count <= 0:
+            continue
+        total_ms = float(s.get("total_ms", 0.0))
+        raw = s.get("bins")
+        if raw:
+            bins = tuple(sorted((int(k), int(n)) for k, n in raw))
+        else:  # a row written before span bins were stored: all spans at the mean duration
+            bins = ((DEFAULT_MAPPING.key_for(max(total_ms / count, 0.0)), count),)
+        parts.append(SpanPart(span_type, count, round(total_ms * 1000), bins))
+    return tuple(parts)
+
+
+def verdict(value: Any) -> bool | None:
+    """Pass/fail of a bool or yes/no feedback value; None for anything else."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in PASS_VALUES:
+            return True
+        if v in FAIL_VALUES:
+            return False
+    return None
+
+
+def _feedback_part(f: FeedbackFacts) -> FeedbackPart:
+    micro = None
+    if f.numeric_value is not None and f.numeric_value == f.numeric_value:  # not NaN
+        v = min(max(f.numeric_value, -NUMERIC_CLAMP), NUMERIC_CLAMP)
+        micro = round(v * MICRO)
+    return FeedbackPart(f.name, micro, verdict(f.value), f.value is None and f.error is not None)
+
+
+def contribution(trace: TraceFacts, feedback: Sequence[FeedbackFacts],
+                 candidates: Iterable[tuple[str, str]], dimension_tag: str) -> Contribution:
+    status = trace.status
+    latency = trace.execution_time_ms
+    has_latency = status != "IN_PROGRESS" and latency is not None and latency >= 0
+    scalars = (1, int(status == "OK"), int(status == "ERROR"), int(status == "IN_PROGRESS"),
+               int(has_latency), latency if has_latency and latency is not None else 0,
+               trace.input_tokens or 0, trace.output_tokens or 0, trace.total_tokens or 0)
+    return Contribution(
+        trace.timestamp_ms, bucket_key(trace, dimension_tag), scalars,
+        DEFAULT_MAPPING.key_for(float(latency)) if has_latency and latency is not None else None,
+        _span_parts(trace.span_summary or {}),
+        tuple(sorted((_feedback_part(f) for f in feedback), key=lambda p: p.name)),
+        tuple(sorted(set(candidates))))
+
+
+@dataclass(slots=True)
+class SpanAgg:
+    count: int = 0
+    total_us: int = 0
+    bins: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class FeedbackAgg:
+    count: int = 0
+    numeric_count: int = 0
+    numeric_sum_micro: int = 0
+    passed: int = 0
+    failed: int = 0
+    judge_errors: int = 0
+
+    def as_list(self) -> list[int]:
+        return [self.count, self.numeric_count, self.numeric_sum_micro, self.passed,
+                self.failed, self.judge_errors]
+
+
+def _add_bins(into: dict[int, int], bins: Iterable[tuple[int, int]], sign: int) -> None:
+    for k, n in bins:
+        left = into.get(k, 0) + sign * n
+        if left:
+            into[k] = left
+        else:
+            del into[k]
+
+
+@dataclass(slots=True)
+class Agg:
+    """A bucket's content, or a signed difference of contributions. Merge = add, in any order."""
+
+    scalars: list[int] = field(default_factory=lambda: [0] * len(SCALAR_NAMES))
+    latency: dict[int, int] = field(default_factory=dict)
+    spans: dict[str, SpanAgg] = field(default_factory=dict)
+    feedback: dict[str, FeedbackAgg] = field(default_factory=dict)
+    candidates: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, c: Contribution, sign: int = 1) -> None:
+        sc = self.scalars
+        for i, v in enumerate(c.scalars):
+            sc[i] += sign * v
+        if c.latency_bin is not None:
+            _add_bins(self.latency, ((c.latency_bin, 1),), sign)
+        for sp in c.spans:
+            self._add_span(sp, sign)
+        for fp in c.feedback:
+            self._add_feedback(fp, sign)
+        for tag_key, value in c.candidates:
+            per_key = self.candidates.setdefault(tag_key, {})
+            left = per_key.get(value, 0) + sign
+            if left:
+                per_key[value] = left
+            else:
+                del per_key[value]
+                if not per_key:
+                    del self.candidates[tag_key]
+
+    def _add_span(self, sp: SpanPart, sign: int) -> None:
+        agg = self.spans.get(sp.span_type)
+        if agg is None:
+            agg = self.spans[sp.span_type] = SpanAgg()
+        agg.count += sign * sp.n
+        agg.total_us += sign * sp.total_us
+        _add_bins(agg.bins, sp.bins, sign)
+        if not agg.count and not agg.total_us and not agg.bins:
+            del self.spans[sp.span_type]
+
+    def _add_feedback(self, fp: FeedbackPart, sign: int) -> None:
+        fa = self.feedback.get(fp.name)
+        if fa is None:
+            fa = self.feedback[fp.name] = FeedbackAgg()
+        fa.count += sign
+        if fp.numeric_micro is not None:
+            fa.numeric_count += sign
+            fa.numeric_sum_micro += sign * fp.numeric_micro
+        if fp.verdict is True:
+            fa.passed += sign
+        elif fp.verdict is False:
+            fa.failed += sign
+        if fp.failed_judge:
+            fa.judge_errors += sign
+        if not any(fa.as_list()):
+            del self.feedback[fp.name]
+
+    def merge(self, other: Agg, sign: int = 1) -> None:
+        for i, v in enumerate(other.scalars):
+            self.scalars[i] += sign * v
+        _add_bins(self.latency, other.latency.items(), sign)
+        for name, sp in other.spans.items():
+            agg = self.spans.setdefault(name, SpanAgg())
+            agg.count += sign * sp.count
+            agg.total_us += sign * sp.total_us
+            _add_bins(agg.bins, sp.bins.items(), sign)
+            if not agg.count and not agg.total_us and not agg.bins:
+                del self.spans[name]
+        for name, fb in other.feedback.items():
+            fa = self.feedback.setdefault(name, FeedbackAgg())
+            fa.count += sign * fb.count
+            fa.numeric_count += sign * fb.numeric_count
+            fa.numeric_sum_micro += sign * fb.numeric_sum_micro
+            fa.passed += sign * fb.passed
+            fa.failed += sign * fb.failed
+            fa.judge_errors += sign * fb.judge_errors
+            if not any(fa.as_list()):
+                del self.feedback[name]
+        for tag_key, values in other.candidates.items():
+            per_key = self.candidates.setdefault(tag_key, {})
+            for value, n in values.items():
+                left = per_key.get(value, 0) + sign * n
+                if left:
+                    per_key[value] = left
+                else:
+                    per_key.pop(value, None)
+            if not per_key:
+                del self.candidates[tag_key]
+
+    def is_zero(self) -> bool:
+        return not (any(self.scalars) or self.latency or self.spans or self.feedback
+                    or self.candidates)
+
+    def negative_part(self) -> str | None:
+        """What went below zero, if anything: a stored bucket never may (it signals a bug)."""
+        for name, v in zip(SCALAR_NAMES, self.scalars, strict=True):
+            if v < 0:
+                return f"{name}={v}"
+        if any(n < 0 for n in self.latency.values()):
+            return "latency bins"
+        for t, sp in self.spans.items():
+            if sp.count < 0 or any(n < 0 for n in sp.bins.values()):
+                return f"span type {t}"
+        for name, fa in self.feedback.items():
+            if min(fa.as_list()[:2] + fa.as_list()[3:]) < 0:
+                return f"feedback {name}"
+        for key, values in self.candidates.items():
+            if any(n < 0 for n in values.values()):
+                return f"candidates {key}"
+        return None
+
+    def latency_sketch(self) -> Sketch:
+        return _sketch(self.latency)
+
+    # --- storage form: JSON-able columns -----------------------------------------------------
+
+    def json_columns(self) -> dict[str, Any]:
+        return {
+            "latency": _bins_json(self.latency),
+            "spans": {t: {"count": s.count, "total_us": s.total_us, **_bins_json(s.bins)}
+                      for t, s in sorted(self.spans.items())},
+            "feedback": {n: f.as_list() for n, f in sorted(self.feedback.items())},
+            "candidates": {k: dict(sorted(v.items())) for k, v in sorted(self.candidates.items())},
+        }
+
+    @classmethod
+    def from_columns(cls, scalars: Sequence[int], latency: Any, spans: Any, feedback: Any,
+                     candidates: Any) -> Agg:
+        agg = cls(scalars=[int(v) for v in scalars])
+        agg.latency = _bins_from(latency)
+        for t, s in (spans or {}).items():
+            agg.spans[t] = SpanAgg(int(s["count"]), int(s["total_us"]), _bins_from(s))
+        for n, f in (feedback or {}).items():
+            agg.feedback[n] = FeedbackAgg(*(int(x) for x in f))
+        for k, values in (candidates or {}).items():
+            agg.candidates[k] = {v: int(c) for v, c in values.items()}
+        return agg
+
+
+def _bins_json(bins: Mapping[int, int]) -> dict[str, list[int]]:
+    keys = sorted(bins)
+    return {"k": keys, "n": [bins[k] for k in keys]}
+
+
+def _bins_from(data: Any) -> dict[int, int]:
+    if not data:
+        return {}
+    return {int(k): int(n) for k, n in zip(data["k"], data["n"], strict=True)}
+
+
+def _sketch(bins: Mapping[int, int]) -> Sketch:
+    return Sketch.from_json(_bins_json({k: n for k, n in bins.items() if n > 0}))
+
+
+def floor_to(ms: int, step_ms: int) -> int:
+    return ms - ms % step_ms
+
+
+class Resolution(NamedTuple):
+    name: str  # "minute" | "hour": the table suffix
+    step_ms: int
+
+
+RESOLUTIONS = (Resolution("minute", MINUTE_MS), Resolution("hour", HOUR_MS))
+DeltaKey = tuple[str, int, BucketKey]  # (resolution name, bucket start ms, key)
+
+
+def add_deltas(deltas: dict[DeltaKey, Agg], c: Contribution, sign: int) -> None:
+    """Add ``sign`` × ``c`` to its bucket at every resolution."""
+    for res in RESOLUTIONS:
+        dk = (res.name, floor_to(c.timestamp_ms, res.step_ms), c.key)
+        agg = deltas.get(dk)
+        if agg is None:
+            agg = deltas[dk] = Agg()
+        agg.add(c, sign)
+
+
+def diff(before: Mapping[str, Contribution], after: Mapping[str, Contribution]
+         ) -> dict[DeltaKey, Agg]:
+    """Bucket deltas that turn ``before`` contributions into ``after`` ones (per trace id)."""
+    deltas: dict[DeltaKey, Agg] = {}
+    for tid in before.keys() | after.keys():
+        old, new = before.get(tid), after.get(tid)
+        if old == new:
+            continue
+        if old is not None:
+            add_deltas(deltas, old, -1)
+        if new is not None:
+            add_deltas(deltas, new, +1)
+    return {k: v for k, v in deltas.items() if not v.is_zero()}
