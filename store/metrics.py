@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, delete, func, select, text, tuple_
+from sqlalchemy import Connection, Table, Text, cast, delete, func, select, text, tuple_
 
 from store import dialect
 from store.models import (
@@ -42,8 +42,8 @@ from store.rollup import (
     Contribution,
     DeltaKey,
     FeedbackFacts,
+    StreamRollup,
     TraceFacts,
-    add_deltas,
     contribution,
     floor_to,
 )
@@ -60,7 +60,7 @@ BUCKETS: dict[str, Table] = {
     "minute": MetricMinute.__table__,  # type: ignore[dict-item]
     "hour": MetricHour.__table__,  # type: ignore[dict-item]
 }
-KEY_COLUMNS = ("bucket_ms", "experiment_id", "trace_name", "dimension")
+KEY_COLUMNS = ("bucket_ms", "rollup", "experiment_id", "trace_name", "dimension")
 BUCKET_COLUMNS = (*KEY_COLUMNS, *SCALAR_NAMES, "p50_ms", "p95_ms", "p99_ms", "max_ms",
                   "latency", "spans", "feedback", "candidates", "updated_ms")
 IN_CHUNK = 2000
@@ -200,25 +200,23 @@ def _lock_buckets(conn: Connection, keys: Iterable[DeltaKey]) -> None:
 def read_buckets_by_key(conn: Connection, table: Table,
                         keys: Sequence[tuple[int, BucketKey]]) -> dict[tuple[int, BucketKey], Agg]:
     out: dict[tuple[int, BucketKey], Agg] = {}
-    cols = [table.c[c] for c in ("bucket_ms", "experiment_id", "trace_name", "dimension",
-                                 *SCALAR_NAMES, "latency", "spans", "feedback", "candidates")]
+    cols = [table.c[c] for c in (*KEY_COLUMNS, *SCALAR_NAMES, "latency", "spans", "feedback",
+                                 "candidates")]
     n = len(SCALAR_NAMES)
     for i in range(0, len(keys), 500):
         chunk = keys[i:i + 500]
-        cond = tuple_(table.c.bucket_ms, table.c.experiment_id, table.c.trace_name,
-                      table.c.dimension).in_([(b, *k) for b, k in chunk])
+        cond = tuple_(*(table.c[c] for c in KEY_COLUMNS)).in_([(b, *k) for b, k in chunk])
         for r in conn.execute(select(*cols).where(cond)):
-            out[(r[0], BucketKey(r[1], r[2], r[3]))] = Agg.from_columns(
-                r[4:4 + n], *r[4 + n:])
+            out[(r[0], BucketKey(r[1], r[2], r[3], r[4]))] = Agg.from_columns(
+                r[5:5 + n], *r[5 + n:])
     return out
 
 
 def bucket_row(bucket_ms: int, key: BucketKey, agg: Agg, now_ms: int) -> tuple[Any, ...]:
     """A bucket row in ``BUCKET_COLUMNS`` order, JSON columns encoded."""
-    sketch = agg.latency_sketch()
     cols = agg.json_columns()
-    return (bucket_ms, *key, *agg.scalars, sketch.quantile(0.5), sketch.quantile(0.95),
-            sketch.quantile(0.99), sketch.quantile(1.0),
+    return (bucket_ms, *key, *agg.scalars,
+            *agg.latency_sketch().quantiles((0.5, 0.95, 0.99, 1.0)),
             *(orjson.dumps(cols[c]).decode() for c in ("latency", "spans", "feedback",
                                                         "candidates")), now_ms)
 
@@ -302,17 +300,13 @@ def rebuild(conn: Connection, config: MetricsConfig, now_ms: int, chunk: int = 5
 
 
 def write_buckets_from_rows(conn: Connection, config: MetricsConfig, now_ms: int,
-                            chunk: int = 5000, since_ms: int | None = None) -> int:
+                            chunk: int = 5000) -> int:
     """Stream stored traces oldest first and insert their buckets (into empty bucket ranges).
-
-    Buckets are flushed once the stream has passed their hour, so memory stays bounded by the
-    traces of about one hour.
-    """
-    pending: dict[DeltaKey, Agg] = {}
+    Memory stays bounded by about one hour of buckets (``StreamRollup``)."""
+    stream = StreamRollup()
     seen = 0
-    last = ((since_ms if since_ms is not None else -1) - 1, "")
+    last = (-2, "")
     t = TRACES
-    steps = {res.name: res.step_ms for res in RESOLUTIONS}
     while True:
         ids_rows = conn.execute(
             select(t.c.trace_id, t.c.timestamp_ms).where(
@@ -321,16 +315,12 @@ def write_buckets_from_rows(conn: Connection, config: MetricsConfig, now_ms: int
             .order_by(t.c.timestamp_ms, t.c.trace_id).limit(chunk)).all()
         if not ids_rows:
             break
-        ids = [r.trace_id for r in ids_rows]
-        for c in snapshot(conn, ids, config).values():
-            add_deltas(pending, c, +1)
-        seen += len(ids)
+        for c in snapshot(conn, [r.trace_id for r in ids_rows], config).values():
+            stream.add(c)
+        seen += len(ids_rows)
         last = (ids_rows[-1].timestamp_ms, ids_rows[-1].trace_id)
-        done = {k: v for k, v in pending.items() if k[1] + steps[k[0]] <= last[0]}
-        _insert_buckets(conn, done, now_ms)
-        for k in done:
-            del pending[k]
-    _insert_buckets(conn, pending, now_ms)
+        _insert_buckets(conn, stream.completed(last[0]), now_ms)
+    _insert_buckets(conn, stream.completed(None), now_ms)
     return seen
 
 
@@ -345,14 +335,16 @@ def _insert_buckets(conn: Connection, aggs: Mapping[DeltaKey, Agg], now_ms: int)
 
 
 def read_buckets(conn: Connection, resolution: str, since_ms: int, until_ms: int,
-                 experiment_id: str | None = None) -> Iterator[Any]:
-    """Bucket rows with ``since_ms <= bucket_ms < until_ms``: key columns, scalars and JSON."""
+                 rollup: int, experiment_id: str | None = None) -> Iterator[Any]:
+    """Bucket rows of one rollup level with ``since_ms <= bucket_ms < until_ms``: the key
+    columns, the scalars, then the JSON columns as text (decoded by the caller, with orjson)."""
     if since_ms >= until_ms:
         return
     table = BUCKETS[resolution]
-    cols = [table.c[c] for c in ("bucket_ms", "experiment_id", "trace_name", "dimension",
-                                 *SCALAR_NAMES, "latency", "spans", "feedback", "candidates")]
-    query = select(*cols).where(table.c.bucket_ms >= since_ms, table.c.bucket_ms < until_ms)
+    cols: list[Any] = [table.c[c] for c in (*KEY_COLUMNS, *SCALAR_NAMES)]
+    cols += [cast(table.c[c], Text) for c in ("latency", "spans", "feedback", "candidates")]
+    query = select(*cols).where(table.c.bucket_ms >= since_ms, table.c.bucket_ms < until_ms,
+                                table.c.rollup == rollup)
     if experiment_id is not None:
         query = query.where(table.c.experiment_id == experiment_id)
     yield from conn.execute(query)

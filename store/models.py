@@ -19,6 +19,7 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -175,6 +176,8 @@ class _MetricBucket:
     """
 
     bucket_ms: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    # 0: per (experiment, trace name, dimension); 1: per experiment; 2: all (store.rollup)
+    rollup: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     experiment_id: Mapped[str] = mapped_column(String(256), primary_key=True)
     trace_name: Mapped[str] = mapped_column(String(512), primary_key=True)
     dimension: Mapped[str] = mapped_column(String(512), primary_key=True)

@@ -16,14 +16,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import orjson
 from sqlalchemy import Connection, Engine
 
 from store.metrics import read_buckets
 from store.rollup import HOUR_MS, MICRO, MINUTE_MS, SCALAR_NAMES, Agg, floor_to
+from store.sketch import Sketch
 
 GroupBy = Literal["trace_name", "environment", "experiment"]
 GROUP_BY: tuple[str, ...] = ("trace_name", "environment", "experiment")
-_GROUP_COLUMN = {"experiment": 1, "trace_name": 2, "environment": 3}
+_GROUP_COLUMN = {"experiment": 2, "trace_name": 3, "environment": 4}
 NO_TRACES_NOTE = "no traces in this window"
 
 
@@ -120,18 +122,15 @@ def stats_of(agg: Agg) -> Stats:
     """The report figures of one merged aggregate (pure)."""
     s = dict(zip(SCALAR_NAMES, agg.scalars, strict=True))
     total = s["traces"]
-    sketch = agg.latency_sketch()
-
-    def q(p: float) -> float:
-        v = sketch.quantile(p)
-        return float(v) if v is not None else 0.0
+    p50, p95, p99, top = (float(v) if v is not None else 0.0
+                          for v in agg.latency_sketch().quantiles((0.5, 0.95, 0.99, 1.0)))
 
     spans = {}
     for t, sp in sorted(agg.spans.items()):
-        sk = Agg(latency=sp.bins).latency_sketch()
+        sp95, smax = Sketch.from_counts(sp.bins).quantiles((0.95, 1.0))
         spans[t] = SpanTypeStats(
             sp.count, sp.total_us / MICRO, sp.total_us / MICRO / sp.count if sp.count else 0.0,
-            (sk.quantile(1.0) or 0.0) / 1000, (sk.quantile(0.95) or 0.0) / 1000)
+            (smax or 0.0) / 1000, (sp95 or 0.0) / 1000)
     assessments = {}
     for name, fa in sorted(agg.feedback.items()):
         judged = fa.passed + fa.failed
@@ -146,7 +145,7 @@ def stats_of(agg: Agg) -> Stats:
     return Stats(
         total, s["ok"], s["errors"], s["in_progress"], s["ok"] / total if total else 0.0,
         s["latency_sum_ms"] / s["latency_count"] if s["latency_count"] else 0.0,
-        q(0.5), q(0.95), q(0.99), q(1.0),
+        p50, p95, p99, top,
         {"input": s["input_tokens"], "output": s["output_tokens"], "total": s["total_tokens"]},
         spans, assessments, dict(sorted(flat.items())),
         {k: dict(sorted(v.items())) for k, v in sorted(agg.candidates.items())})
@@ -170,21 +169,29 @@ def bucket_ranges(since_ms: int, until_ms: int) -> list[tuple[str, int, int]]:
                         ("minute", last_hour, until_ms)) if r[1] < r[2]]
 
 
+def rollup_for(by: str | None, experiment_id: str | None) -> int:
+    """The coarsest rollup level that answers a query (``store.rollup.BucketKey``)."""
+    if by in ("trace_name", "environment"):
+        return 0
+    if by == "experiment" or experiment_id is not None:
+        return 1
+    return 2
+
+
 def merge_rows(rows: Iterable[Any], by: str | None, hourly: dict[int, int],
                groups: dict[str, Agg]) -> None:
     """Merge bucket rows (from ``read_buckets``) into per-group aggregates and hourly counts."""
     n = len(SCALAR_NAMES)
     col = _GROUP_COLUMN[by] if by else None
+    loads = orjson.loads
     for r in rows:
-        agg = Agg.from_columns(r[4:4 + n], *r[4 + n:])
         group = r[col] if col is not None else ""
         into = groups.get(group)
         if into is None:
-            groups[group] = agg
-        else:
-            into.merge(agg)
-        hour = floor_to(r[0], HOUR_MS)
-        hourly[hour] = hourly.get(hour, 0) + int(r[4])
+            into = groups[group] = Agg()
+        into.merge_stored(r[5:5 + n], *(loads(v) if v else None for v in r[5 + n:]))
+        hour = r[0] - r[0] % HOUR_MS
+        hourly[hour] = hourly.get(hour, 0) + r[5]
 
 
 def summary_conn(conn: Connection, since_ms: int, until_ms: int, *,
@@ -197,8 +204,10 @@ def summary_conn(conn: Connection, since_ms: int, until_ms: int, *,
     since, until = window(since_ms, until_ms)
     hourly_counts: dict[int, int] = {}
     groups: dict[str, Agg] = {}
+    level = rollup_for(by, experiment_id)
     for res, start, end in bucket_ranges(since, until):
-        merge_rows(read_buckets(conn, res, start, end, experiment_id), by, hourly_counts, groups)
+        merge_rows(read_buckets(conn, res, start, end, level, experiment_id), by,
+                   hourly_counts, groups)
     overall = Agg()
     for agg in groups.values():
         overall.merge(agg)

@@ -42,9 +42,17 @@ FAIL_VALUES = frozenset({"no", "false", "fail", "failed"})
 
 
 class BucketKey(NamedTuple):
+    """``rollup`` 0: one bucket per (experiment, trace name, dimension value); 1: per experiment
+    (trace name and dimension ""); 2: everything (all three ""). Every trace counts once at
+    each level, so a report reads the coarsest level that answers it."""
+
+    rollup: int
     experiment_id: str
     trace_name: str
     dimension: str
+
+    def coarser(self) -> tuple[BucketKey, BucketKey]:
+        return BucketKey(1, self.experiment_id, "", ""), BucketKey(2, "", "", "")
 
 
 class TraceFacts(NamedTuple):
@@ -101,7 +109,7 @@ class Contribution(NamedTuple):
 
 def bucket_key(trace: TraceFacts, dimension_tag: str) -> BucketKey:
     dim = trace.tags.get(dimension_tag) or trace.metadata.get(dimension_tag) or ""
-    return BucketKey(trace.experiment_id or "", trace.name or "", str(dim))
+    return BucketKey(0, trace.experiment_id or "", trace.name or "", str(dim))
 
 
 def span_bins(durations_ms: Iterable[float]) -> dict[int, int]:
@@ -286,6 +294,40 @@ class Agg:
             if not per_key:
                 del self.candidates[tag_key]
 
+    def merge_stored(self, scalars: Sequence[int], latency: Any, spans: Any, feedback: Any,
+                     candidates: Any) -> None:
+        """Add a stored bucket's columns (JSON already decoded) without building an ``Agg``:
+        the report's hot loop, one call per bucket row."""
+        sc = self.scalars
+        for i, v in enumerate(scalars):
+            sc[i] += v
+        if latency:
+            _merge_bins(self.latency, latency)
+        if spans:
+            for t, s in spans.items():
+                agg = self.spans.get(t)
+                if agg is None:
+                    agg = self.spans[t] = SpanAgg()
+                agg.count += s["count"]
+                agg.total_us += s["total_us"]
+                _merge_bins(agg.bins, s)
+        if feedback:
+            for name, f in feedback.items():
+                fa = self.feedback.get(name)
+                if fa is None:
+                    fa = self.feedback[name] = FeedbackAgg()
+                fa.count += f[0]
+                fa.numeric_count += f[1]
+                fa.numeric_sum_micro += f[2]
+                fa.passed += f[3]
+                fa.failed += f[4]
+                fa.judge_errors += f[5]
+        if candidates:
+            for key, values in candidates.items():
+                per_key = self.candidates.setdefault(key, {})
+                for value, n in values.items():
+                    per_key[value] = per_key.get(value, 0) + n
+
     def is_zero(self) -> bool:
         return not (any(self.scalars) or self.latency or self.spans or self.feedback
                     or self.candidates)
@@ -336,6 +378,12 @@ class Agg:
         return agg
 
 
+def _merge_bins(into: dict[int, int], data: Mapping[str, Any]) -> None:
+    get = into.get
+    for k, n in zip(data["k"], data["n"], strict=True):
+        into[k] = get(k, 0) + n
+
+
 def _bins_json(bins: Mapping[int, int]) -> dict[str, list[int]]:
     keys = sorted(bins)
     return {"k": keys, "n": [bins[k] for k in keys]}
@@ -348,7 +396,7 @@ def _bins_from(data: Any) -> dict[int, int]:
 
 
 def _sketch(bins: Mapping[int, int]) -> Sketch:
-    return Sketch.from_json(_bins_json({k: n for k, n in bins.items() if n > 0}))
+    return Sketch.from_counts(bins)
 
 
 def floor_to(ms: int, step_ms: int) -> int:
@@ -365,25 +413,75 @@ DeltaKey = tuple[str, int, BucketKey]  # (resolution name, bucket start ms, key)
 
 
 def add_deltas(deltas: dict[DeltaKey, Agg], c: Contribution, sign: int) -> None:
-    """Add ``sign`` × ``c`` to its bucket at every resolution."""
-    for res in RESOLUTIONS:
-        dk = (res.name, floor_to(c.timestamp_ms, res.step_ms), c.key)
-        agg = deltas.get(dk)
-        if agg is None:
-            agg = deltas[dk] = Agg()
-        agg.add(c, sign)
+    """Add ``sign`` × ``c`` to its finest cell: its minute, at rollup level 0. ``expand`` then
+    derives the hour buckets and the coarser levels by merging cells, once per cell rather
+    than once per trace."""
+    dk = ("minute", c.timestamp_ms - c.timestamp_ms % MINUTE_MS, c.key)
+    agg = deltas.get(dk)
+    if agg is None:
+        agg = deltas[dk] = Agg()
+    agg.add(c, sign)
+
+
+def _merge_into(out: dict[DeltaKey, Agg], dk: DeltaKey, agg: Agg) -> None:
+    into = out.get(dk)
+    if into is None:
+        into = out[dk] = Agg()
+    into.merge(agg)
+
+
+def expand(cells: Mapping[DeltaKey, Agg]) -> dict[DeltaKey, Agg]:
+    """Every bucket the finest cells (from ``add_deltas``) contribute to: minute and hour, at
+    every rollup level."""
+    out: dict[DeltaKey, Agg] = {}
+    for (_res, start, key), agg in cells.items():
+        hour = start - start % HOUR_MS
+        for k in (key, *key.coarser()):
+            _merge_into(out, ("minute", start, k), agg)
+            _merge_into(out, ("hour", hour, k), agg)
+    return {k: v for k, v in out.items() if not v.is_zero()}
 
 
 def diff(before: Mapping[str, Contribution], after: Mapping[str, Contribution]
          ) -> dict[DeltaKey, Agg]:
     """Bucket deltas that turn ``before`` contributions into ``after`` ones (per trace id)."""
-    deltas: dict[DeltaKey, Agg] = {}
+    cells: dict[DeltaKey, Agg] = {}
     for tid in before.keys() | after.keys():
         old, new = before.get(tid), after.get(tid)
         if old == new:
             continue
         if old is not None:
-            add_deltas(deltas, old, -1)
+            add_deltas(cells, old, -1)
         if new is not None:
-            add_deltas(deltas, new, +1)
-    return {k: v for k, v in deltas.items() if not v.is_zero()}
+            add_deltas(cells, new, +1)
+    return expand(cells)
+
+
+class StreamRollup:
+    """Buckets from contributions that arrive in time order (rebuilds and bulk loads).
+
+    ``completed(watermark_ms)`` hands over, once, every bucket that ends at or before the
+    watermark (all of them for None); memory holds about one hour of cells.
+    """
+
+    def __init__(self) -> None:
+        self._minutes: dict[DeltaKey, Agg] = {}
+        self._hours: dict[DeltaKey, Agg] = {}
+
+    def add(self, c: Contribution) -> None:
+        add_deltas(self._minutes, c, +1)
+
+    def completed(self, watermark_ms: int | None) -> dict[DeltaKey, Agg]:
+        done = [dk for dk in self._minutes
+                if watermark_ms is None or dk[1] + MINUTE_MS <= watermark_ms]
+        out: dict[DeltaKey, Agg] = {}
+        for dk in done:
+            agg = self._minutes.pop(dk)
+            _res, start, key = dk
+            for k in (key, *key.coarser()):
+                _merge_into(out, ("minute", start, k), agg)
+                _merge_into(self._hours, ("hour", start - start % HOUR_MS, k), agg)
+        for dk in [dk for dk in self._hours
+                   if watermark_ms is None or dk[1] + HOUR_MS <= watermark_ms]:
+            out[dk] = self._hours.pop(dk)
+        return out

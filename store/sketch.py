@@ -180,6 +180,38 @@ class Sketch:
                 return self._mapping.value_for(key)
         return self._mapping.value_for(keys[-1])
 
+    def quantiles(self, qs: Iterable[float]) -> list[float | None]:
+        """``quantile(q)`` for each q, in one pass over the sorted bins."""
+        wanted = list(qs)
+        for q in wanted:
+            if not 0.0 <= q <= 1.0:
+                raise ValueError(f"quantile q must be within [0, 1], got {q!r}")
+        if not self._counts:
+            return [None] * len(wanted)
+        keys = sorted(self._counts)
+        order = sorted(range(len(wanted)), key=lambda i: wanted[i])
+        out: list[float | None] = [None] * len(wanted)
+        seen, idx = 0, 0
+        counts = self._counts
+        for i in order:
+            rank = wanted[i] * (self._count - 1)
+            while idx < len(keys) - 1 and seen + counts[keys[idx]] <= rank:
+                seen += counts[keys[idx]]
+                idx += 1
+            out[i] = self._mapping.value_for(keys[idx])
+        return out
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[int, int], mapping: LogMapping = DEFAULT_MAPPING
+                    ) -> Sketch:
+        """A sketch over bin counts this code produced itself (keys from ``mapping``): only
+        the positive counts are kept, keys are not re-validated (``from_json`` does that)."""
+        sketch = cls(mapping)
+        kept = {k: n for k, n in counts.items() if n > 0}
+        sketch._counts = kept
+        sketch._count = sum(kept.values())
+        return sketch
+
     def copy(self) -> Sketch:
         clone = Sketch(self._mapping)
         clone._counts = dict(self._counts)

@@ -343,3 +343,12 @@ def test_value_for_rejects_keys_the_mapping_cannot_produce() -> None:
     for key in (DEFAULT_MAPPING.zero_key - 1, DEFAULT_MAPPING.max_key + 1):
         with pytest.raises(ValueError, match="outside"):
             value_for(key)
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1e7, allow_nan=False), min_size=0, max_size=300),
+       st.lists(st.floats(min_value=0, max_value=1), min_size=1, max_size=6))
+def test_quantiles_in_one_pass_equal_quantile_one_by_one(values: list[float],
+                                                         qs: list[float]) -> None:
+    sketch = sketch_of(values)
+    assert sketch.quantiles(qs) == [sketch.quantile(q) for q in qs]
+    assert Sketch.from_counts(dict(sketch.bins)) == sketch

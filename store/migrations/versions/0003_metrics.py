@@ -23,7 +23,8 @@ depends_on = None
 SCALARS = ("traces", "ok", "errors", "in_progress", "latency_count", "latency_sum_ms",
            "input_tokens", "output_tokens", "total_tokens")
 
-# The views: one scalar view per resolution, and per-hour views over the JSON columns.
+# The views: one scalar view per resolution, and per-hour views over the JSON columns. They
+# show the finest rollup level only (0), so that SUM(...) GROUP BY anything counts each trace once.
 _SCALAR_VIEW = """
 CREATE VIEW tc_metrics_{res} AS
 SELECT bucket_ms, {time_expr} AS bucket_start, experiment_id, trace_name,
@@ -32,7 +33,7 @@ SELECT bucket_ms, {time_expr} AS bucket_start, experiment_id, trace_name,
        CASE WHEN latency_count > 0
             THEN CAST(latency_sum_ms AS DOUBLE PRECISION) / latency_count END AS avg_latency_ms,
        p50_ms, p95_ms, p99_ms, max_ms, input_tokens, output_tokens, total_tokens
-FROM metric_{res}
+FROM metric_{res} WHERE rollup = 0
 """
 _TIME = {
     "postgresql": "to_timestamp(bucket_ms / 1000.0) AT TIME ZONE 'UTC'",
@@ -47,7 +48,7 @@ SELECT m.bucket_ms, to_timestamp(m.bucket_ms / 1000.0) AT TIME ZONE 'UTC' AS buc
        CAST(s.value->>'total_us' AS DOUBLE PRECISION) / 1e6 AS total_time_s,
        CAST(s.value->>'total_us' AS DOUBLE PRECISION) / 1e6
          / NULLIF(CAST(s.value->>'count' AS BIGINT), 0) AS avg_time_s
-FROM metric_hour m, json_each(m.spans) s""",
+FROM metric_hour m, json_each(m.spans) s WHERE m.rollup = 0""",
         """CREATE VIEW tc_feedback_hour AS
 SELECT m.bucket_ms, to_timestamp(m.bucket_ms / 1000.0) AT TIME ZONE 'UTC' AS bucket_start,
        m.experiment_id, m.trace_name, m.dimension AS environment, f.key AS assessment_name,
@@ -56,12 +57,13 @@ SELECT m.bucket_ms, to_timestamp(m.bucket_ms / 1000.0) AT TIME ZONE 'UTC' AS buc
        CAST(f.value->>2 AS DOUBLE PRECISION) / 1e6 AS numeric_sum,
        CAST(f.value->>3 AS BIGINT) AS passed,
        CAST(f.value->>4 AS BIGINT) AS failed
-FROM metric_hour m, json_each(m.feedback) f""",
+FROM metric_hour m, json_each(m.feedback) f WHERE m.rollup = 0""",
         """CREATE VIEW tc_candidates_hour AS
 SELECT m.bucket_ms, to_timestamp(m.bucket_ms / 1000.0) AT TIME ZONE 'UTC' AS bucket_start,
        m.experiment_id, m.trace_name, m.dimension AS environment, k.key AS tag_key,
        v.key AS tag_value, CAST(v.value::text AS BIGINT) AS candidates
-FROM metric_hour m, json_each(m.candidates) k, json_each(k.value) v""",
+FROM metric_hour m, json_each(m.candidates) k, json_each(k.value) v
+WHERE m.rollup = 0""",
     ],
     "sqlite": [
         """CREATE VIEW tc_span_types_hour AS
@@ -71,7 +73,7 @@ SELECT m.bucket_ms, datetime(m.bucket_ms / 1000, 'unixepoch') AS bucket_start,
        json_extract(s.value, '$.total_us') / 1e6 AS total_time_s,
        json_extract(s.value, '$.total_us') / 1e6
          / NULLIF(json_extract(s.value, '$.count'), 0) AS avg_time_s
-FROM metric_hour m, json_each(m.spans) s""",
+FROM metric_hour m, json_each(m.spans) s WHERE m.rollup = 0""",
         """CREATE VIEW tc_feedback_hour AS
 SELECT m.bucket_ms, datetime(m.bucket_ms / 1000, 'unixepoch') AS bucket_start,
        m.experiment_id, m.trace_name, m.dimension AS environment, f.key AS assessment_name,
@@ -80,12 +82,13 @@ SELECT m.bucket_ms, datetime(m.bucket_ms / 1000, 'unixepoch') AS bucket_start,
        json_extract(f.value, '$[2]') / 1e6 AS numeric_sum,
        json_extract(f.value, '$[3]') AS passed,
        json_extract(f.value, '$[4]') AS failed
-FROM metric_hour m, json_each(m.feedback) f""",
+FROM metric_hour m, json_each(m.feedback) f WHERE m.rollup = 0""",
         """CREATE VIEW tc_candidates_hour AS
 SELECT m.bucket_ms, datetime(m.bucket_ms / 1000, 'unixepoch') AS bucket_start,
        m.experiment_id, m.trace_name, m.dimension AS environment, k.key AS tag_key,
        v.key AS tag_value, v.value AS candidates
-FROM metric_hour m, json_each(m.candidates) k, json_each(k.value) v""",
+FROM metric_hour m, json_each(m.candidates) k, json_each(k.value) v
+WHERE m.rollup = 0""",
     ],
 }
 VIEWS = ("tc_metrics_minute", "tc_metrics_hour", "tc_span_types_hour", "tc_feedback_hour",
@@ -96,6 +99,7 @@ def _bucket_table(name: str) -> None:
     op.create_table(
         name,
         sa.Column("bucket_ms", sa.BigInteger(), primary_key=True),
+        sa.Column("rollup", sa.SmallInteger(), primary_key=True),
         sa.Column("experiment_id", sa.String(256), primary_key=True),
         sa.Column("trace_name", sa.String(512), primary_key=True),
         sa.Column("dimension", sa.String(512), primary_key=True),
