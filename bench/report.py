@@ -193,7 +193,7 @@ def bucket_tables(engine: Engine) -> list[Any]:
     with engine.connect() as conn:
         return [conn.execute(text(
             f"SELECT bucket_ms, rollup, experiment_id, trace_name, dimension, traces, ok, errors, "
-            f"latency_sum_ms, input_tokens, p95_ms, CAST(latency AS TEXT), CAST(spans AS TEXT), "
+            f"latency_sum_ms, input_tokens, p95_ms, sketches, CAST(spans AS TEXT), "
             f"CAST(feedback AS TEXT) FROM metric_{res} ORDER BY 1, 2, 3, 4, 5")).all()
                 for res in ("minute", "hour")]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, Text, cast, delete, func, select, text, tuple_
+from sqlalchemy import Connection, Table, delete, func, select, text, tuple_
 
 from store import dialect
 from store.models import (
@@ -62,7 +62,7 @@ BUCKETS: dict[str, Table] = {
 }
 KEY_COLUMNS = ("bucket_ms", "rollup", "experiment_id", "trace_name", "dimension")
 BUCKET_COLUMNS = (*KEY_COLUMNS, *SCALAR_NAMES, "p50_ms", "p95_ms", "p99_ms", "max_ms",
-                  "latency", "spans", "feedback", "candidates", "updated_ms")
+                  "sketches", "spans", "feedback", "candidates", "updated_ms")
 IN_CHUNK = 2000
 DIMENSION_META_KEY = "metrics.dimension_tag"
 # A namespace for the per-bucket transaction advisory locks (the two-key form), far from the
@@ -200,7 +200,7 @@ def _lock_buckets(conn: Connection, keys: Iterable[DeltaKey]) -> None:
 def read_buckets_by_key(conn: Connection, table: Table,
                         keys: Sequence[tuple[int, BucketKey]]) -> dict[tuple[int, BucketKey], Agg]:
     out: dict[tuple[int, BucketKey], Agg] = {}
-    cols = [table.c[c] for c in (*KEY_COLUMNS, *SCALAR_NAMES, "latency", "spans", "feedback",
+    cols = [table.c[c] for c in (*KEY_COLUMNS, *SCALAR_NAMES, "sketches", "spans", "feedback",
                                  "candidates")]
     n = len(SCALAR_NAMES)
     for i in range(0, len(keys), 500):
@@ -216,9 +216,9 @@ def bucket_row(bucket_ms: int, key: BucketKey, agg: Agg, now_ms: int) -> tuple[A
     """A bucket row in ``BUCKET_COLUMNS`` order, JSON columns encoded."""
     cols = agg.json_columns()
     return (bucket_ms, *key, *agg.scalars,
-            *agg.latency_sketch().quantiles((0.5, 0.95, 0.99, 1.0)),
-            *(orjson.dumps(cols[c]).decode() for c in ("latency", "spans", "feedback",
-                                                        "candidates")), now_ms)
+            *agg.latency_sketch().quantiles((0.5, 0.95, 0.99, 1.0)), agg.sketches_blob(),
+            *(orjson.dumps(cols[c]).decode() for c in ("spans", "feedback", "candidates")),
+            now_ms)
 
 
 def apply_deltas(conn: Connection, deltas: Mapping[DeltaKey, Agg], now_ms: int) -> int:
@@ -334,20 +334,37 @@ def _insert_buckets(conn: Connection, aggs: Mapping[DeltaKey, Agg], now_ms: int)
 # --- reads for reports -----------------------------------------------------------------------
 
 
-def read_buckets(conn: Connection, resolution: str, since_ms: int, until_ms: int,
-                 rollup: int, experiment_id: str | None = None) -> Iterator[Any]:
-    """Bucket rows of one rollup level with ``since_ms <= bucket_ms < until_ms``: the key
-    columns, the scalars, then the JSON columns as text (decoded by the caller, with orjson)."""
-    if since_ms >= until_ms:
-        return
-    table = BUCKETS[resolution]
-    cols: list[Any] = [table.c[c] for c in (*KEY_COLUMNS, *SCALAR_NAMES)]
-    cols += [cast(table.c[c], Text) for c in ("latency", "spans", "feedback", "candidates")]
-    query = select(*cols).where(table.c.bucket_ms >= since_ms, table.c.bucket_ms < until_ms,
-                                table.c.rollup == rollup)
-    if experiment_id is not None:
-        query = query.where(table.c.experiment_id == experiment_id)
-    yield from conn.execute(query)
+def read_buckets(conn: Connection, ranges: Sequence[tuple[str, int, int]], rollup: int,
+                 experiment_id: str | None = None) -> list[tuple[Any, ...]]:
+    """Bucket rows of one rollup level in the given ``(resolution, since_ms, until_ms)``
+    ranges, in one round trip: the key columns, the scalars, the sketches (bytes), then the
+    JSON columns as text (the caller decodes them). Through the DBAPI, in binary on PostgreSQL:
+    the report's whole cost is this query and the merge."""
+    pg = conn.dialect.name == "postgresql"
+    mark = "%s" if pg else "?"
+    cols = ", ".join([*(f'"{c}"' for c in (*KEY_COLUMNS, *SCALAR_NAMES, "sketches")),
+                      *(f'CAST("{c}" AS TEXT)' for c in ("spans", "feedback", "candidates"))])
+    parts: list[str] = []
+    params: list[Any] = []
+    for res, since, until in ranges:
+        if since >= until:
+            continue
+        where = f"bucket_ms >= {mark} AND bucket_ms < {mark} AND rollup = {mark}"
+        params += [since, until, rollup]
+        if experiment_id is not None:
+            where += f" AND experiment_id = {mark}"
+            params.append(experiment_id)
+        parts.append(f"SELECT {cols} FROM {BUCKETS[res].name} WHERE {where}")
+    if not parts:
+        return []
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    cur = dbapi.cursor(binary=True) if pg else dbapi.cursor()
+    try:
+        cur.execute(" UNION ALL ".join(parts), params)
+        return list(cur.fetchall())
+    finally:
+        cur.close()
 
 
 # --- retention -------------------------------------------------------------------------------

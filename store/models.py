@@ -169,10 +169,10 @@ class TagOutbox(Base):
 class _MetricBucket:
     """A metric bucket: one (start, experiment, trace name, dimension value) at one resolution.
 
-    Scalar columns are exact integer sums (``store.rollup.SCALARS``); ``latency`` and the span
-    histograms are sketch bins; ``p50_ms``/``p95_ms``/``p99_ms``/``max_ms`` are this bucket's
-    own percentiles (within 1%), kept for SQL views and alerting. Merging buckets merges bins,
-    never these columns.
+    Scalar columns are exact integer sums (``store.rollup.SCALARS``); ``sketches`` holds the
+    latency and span-type histograms (sketch bins), ``spans`` the span counts and totals.
+    ``p50_ms``/``p95_ms``/``p99_ms``/``max_ms`` are this bucket's own percentiles (within 1%),
+    kept for SQL views and alerting. Merging buckets merges bins, never these columns.
     """
 
     bucket_ms: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -194,7 +194,8 @@ class _MetricBucket:
     p95_ms: Mapped[float | None] = mapped_column(Float)
     p99_ms: Mapped[float | None] = mapped_column(Float)
     max_ms: Mapped[float | None] = mapped_column(Float)
-    latency: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The latency and per-span-type histograms, binary (``store.rollup.encode_sketches``).
+    sketches: Mapped[bytes] = mapped_column(LargeBinary)
     spans: Mapped[dict[str, Any]] = mapped_column(JSON)
     feedback: Mapped[dict[str, Any]] = mapped_column(JSON)
     candidates: Mapped[dict[str, Any]] = mapped_column(JSON)

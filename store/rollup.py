@@ -12,9 +12,14 @@ The metric families are declared once in ``SCALARS`` and read by generic code.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from store.sketch import DEFAULT_MAPPING, Sketch
 
@@ -294,40 +299,6 @@ class Agg:
             if not per_key:
                 del self.candidates[tag_key]
 
-    def merge_stored(self, scalars: Sequence[int], latency: Any, spans: Any, feedback: Any,
-                     candidates: Any) -> None:
-        """Add a stored bucket's columns (JSON already decoded) without building an ``Agg``:
-        the report's hot loop, one call per bucket row."""
-        sc = self.scalars
-        for i, v in enumerate(scalars):
-            sc[i] += v
-        if latency:
-            _merge_bins(self.latency, latency)
-        if spans:
-            for t, s in spans.items():
-                agg = self.spans.get(t)
-                if agg is None:
-                    agg = self.spans[t] = SpanAgg()
-                agg.count += s["count"]
-                agg.total_us += s["total_us"]
-                _merge_bins(agg.bins, s)
-        if feedback:
-            for name, f in feedback.items():
-                fa = self.feedback.get(name)
-                if fa is None:
-                    fa = self.feedback[name] = FeedbackAgg()
-                fa.count += f[0]
-                fa.numeric_count += f[1]
-                fa.numeric_sum_micro += f[2]
-                fa.passed += f[3]
-                fa.failed += f[4]
-                fa.judge_errors += f[5]
-        if candidates:
-            for key, values in candidates.items():
-                per_key = self.candidates.setdefault(key, {})
-                for value, n in values.items():
-                    per_key[value] = per_key.get(value, 0) + n
-
     def is_zero(self) -> bool:
         return not (any(self.scalars) or self.latency or self.spans or self.feedback
                     or self.candidates)
@@ -353,24 +324,32 @@ class Agg:
     def latency_sketch(self) -> Sketch:
         return _sketch(self.latency)
 
-    # --- storage form: JSON-able columns -----------------------------------------------------
+    # --- storage form: a binary sketches column and JSON columns ---------------------------
 
     def json_columns(self) -> dict[str, Any]:
         return {
-            "latency": _bins_json(self.latency),
-            "spans": {t: {"count": s.count, "total_us": s.total_us, **_bins_json(s.bins)}
+            "spans": {t: {"count": s.count, "total_us": s.total_us}
                       for t, s in sorted(self.spans.items())},
             "feedback": {n: f.as_list() for n, f in sorted(self.feedback.items())},
             "candidates": {k: dict(sorted(v.items())) for k, v in sorted(self.candidates.items())},
         }
 
+    def sketches_blob(self) -> bytes:
+        series = {LATENCY_SERIES: self.latency}
+        series.update({t: s.bins for t, s in self.spans.items()})
+        return encode_sketches(series)
+
     @classmethod
-    def from_columns(cls, scalars: Sequence[int], latency: Any, spans: Any, feedback: Any,
-                     candidates: Any) -> Agg:
+    def from_columns(cls, scalars: Sequence[int], sketches: bytes | None, spans: Any,
+                     feedback: Any, candidates: Any) -> Agg:
         agg = cls(scalars=[int(v) for v in scalars])
-        agg.latency = _bins_from(latency)
         for t, s in (spans or {}).items():
-            agg.spans[t] = SpanAgg(int(s["count"]), int(s["total_us"]), _bins_from(s))
+            agg.spans[t] = SpanAgg(int(s["count"]), int(s["total_us"]))
+        for name, bins in split_series(*decode_sketches(sketches or b""), agg.spans).items():
+            if name == LATENCY_SERIES:
+                agg.latency = bins
+            else:
+                agg.spans.setdefault(name, SpanAgg()).bins = bins
         for n, f in (feedback or {}).items():
             agg.feedback[n] = FeedbackAgg(*(int(x) for x in f))
         for k, values in (candidates or {}).items():
@@ -378,21 +357,60 @@ class Agg:
         return agg
 
 
-def _merge_bins(into: dict[int, int], data: Mapping[str, Any]) -> None:
-    get = into.get
-    for k, n in zip(data["k"], data["n"], strict=True):
-        into[k] = get(k, 0) + n
+# The sketches column, columnar: a header (<u4 format version, <u4 number of bins N), then N
+# series ids (<u4), N bin keys (<i4) and N counts (<u4), sorted by (series, key). Series 0 is
+# the trace latency; a span type's id is a 32-bit hash of its name (``series_id``), so rows
+# merge with plain array operations whatever span types they hold. Reports read it with numpy
+# and never touch a bin in Python.
+LATENCY_SERIES = ""
+_HEADER = struct.Struct("<II")
+_FORMAT = 1
 
 
-def _bins_json(bins: Mapping[int, int]) -> dict[str, list[int]]:
-    keys = sorted(bins)
-    return {"k": keys, "n": [bins[k] for k in keys]}
+@functools.lru_cache(maxsize=4096)
+def series_id(name: str) -> int:
+    if name == LATENCY_SERIES:
+        return 0
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "little") | 1
 
 
-def _bins_from(data: Any) -> dict[int, int]:
-    if not data:
-        return {}
-    return {int(k): int(n) for k, n in zip(data["k"], data["n"], strict=True)}
+def encode_sketches(series: Mapping[str, Mapping[int, int]]) -> bytes:
+    ids: list[int] = []
+    keys: list[int] = []
+    counts: list[int] = []
+    for sid, name in sorted((series_id(n), n) for n in series):
+        bins = series[name]
+        for k in sorted(bins):
+            ids.append(sid)
+            keys.append(k)
+            counts.append(bins[k])
+    return b"".join((_HEADER.pack(_FORMAT, len(ids)), np.asarray(ids, dtype="<u4").tobytes(),
+                     np.asarray(keys, dtype="<i4").tobytes(),
+                     np.asarray(counts, dtype="<u4").tobytes()))
+
+
+def decode_sketches(blob: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(series ids, bin keys, counts) as read-only views into ``blob``: no copies."""
+    if not blob:
+        empty = np.zeros(0, dtype="<u4")
+        return empty, empty.astype("<i4"), empty
+    version, n = _HEADER.unpack_from(blob, 0)
+    if version != _FORMAT:
+        raise ValueError(f"unknown sketches format {version}")
+    off = _HEADER.size
+    return (np.frombuffer(blob, dtype="<u4", count=n, offset=off),
+            np.frombuffer(blob, dtype="<i4", count=n, offset=off + 4 * n),
+            np.frombuffer(blob, dtype="<u4", count=n, offset=off + 8 * n))
+
+
+def split_series(ids: np.ndarray, keys: np.ndarray, counts: np.ndarray,
+                 names: Iterable[str]) -> dict[str, dict[int, int]]:
+    """Bins per series name (``names``: the span types that may appear; latency always may)."""
+    by_id = {series_id(n): n for n in (LATENCY_SERIES, *names)}
+    out: dict[str, dict[int, int]] = {}
+    for sid, k, n in zip(ids.tolist(), keys.tolist(), counts.tolist(), strict=True):
+        out.setdefault(by_id[sid], {})[k] = n
+    return out
 
 
 def _sketch(bins: Mapping[int, int]) -> Sketch:

@@ -6,8 +6,13 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import orjson
 import psycopg
+from sqlalchemy import Engine, select
+
+from store.metrics import BUCKETS
 
 
 @contextlib.contextmanager
@@ -31,3 +36,15 @@ def wait_until(cond: Callable[[], bool], timeout_s: float, what: str,
             return
         time.sleep(every_s)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def bucket_snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every bucket row, JSON decoded, without the write time: comparable across stores."""
+    out = {}
+    with engine.connect() as conn:
+        for res, table in BUCKETS.items():
+            cols = [c for c in table.c if c.name != "updated_ms"]
+            rows = conn.execute(select(*cols).order_by(*table.primary_key.columns)).all()
+            out[res] = [tuple(orjson.dumps(v).decode() if isinstance(v, dict) else v
+                              for v in r) for r in rows]
+    return out

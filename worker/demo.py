@@ -34,6 +34,7 @@ from consumers.embedded_broker import EmbeddedBroker
 from consumers.errors import ConfigError
 from store import schema
 from store.engine import make_engine
+from store.report import summary
 from worker.exit_codes import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -43,6 +44,7 @@ from worker.exit_codes import (
 )
 from worker.logs import setup_logging
 from worker.loop import RunStats, Worker
+from worker.report_format import to_table
 from worker.settings import Settings
 
 # mlflow (seconds) and kafka (~0.1 s) are imported where used: `trace-curator --help` stays fast.
@@ -479,15 +481,14 @@ def _restore_handlers(previous: dict[int, Handler]) -> None:
 
 def summarize(store_url: str, folder: Path, traffic: Traffic, published: int, stats: RunStats,
               elapsed_s: float, interrupted: bool = False) -> str:
-    """What this run did, then what the store holds (plain SQL), then where to look."""
+    """What this run did, what the store holds (plain SQL), the report, then where to look."""
     engine = make_engine(store_url)
+    now_ms = int(time.time() * 1000)
     try:
+        report = to_table(summary(engine, now_ms - 86_400_000, now_ms, now_ms=now_ms))
         with engine.connect() as conn:
             by_status = conn.execute(text(
                 "SELECT status, COUNT(*) FROM traces GROUP BY status ORDER BY status")).all()
-            latencies = sorted(r[0] for r in conn.execute(text(
-                "SELECT execution_time_ms FROM traces WHERE execution_time_ms IS NOT NULL")))
-            tokens = conn.execute(text("SELECT SUM(total_tokens) FROM traces")).scalar()
             by_name = conn.execute(text(
                 "SELECT name, kind, COUNT(*), AVG(numeric_value) FROM assessments "
                 "GROUP BY name, kind ORDER BY name")).all()
@@ -511,10 +512,6 @@ def summarize(store_url: str, folder: Path, traffic: Traffic, published: int, st
         f"  worker   {stats.summary()}",
         f"Store: {n_traces} traces, {n_assessments} assessments, {len(letters)} dead letters "
         "in total (this and earlier runs over the folder)",
-        "  traces by status    " + (", ".join(f"{s} {c}" for s, c in by_status) or "none"),
-        f"  latency             p50 {_percentile(latencies, 50):.0f} ms, "
-        f"p95 {_percentile(latencies, 95):.0f} ms (n={len(latencies)}); "
-        f"tokens {tokens or 0:,}",
         "  assessments by name",
         *(f"    {name:<18} {kind:<11} {count:>5}" + ("" if mean is None else f"  mean {mean:.2f}")
           for name, kind, count, mean in by_name),
@@ -525,6 +522,9 @@ def summarize(store_url: str, folder: Path, traffic: Traffic, published: int, st
         "  dead letters",
         *(f"    {topic}[{part}]@{offset} {etype}: {error[:90]}"
           for topic, part, offset, etype, error in letters),
+        "",
+        "The last 24 hours, from the rolling metric buckets (`trace-curator report --since 24h`):",
+        report,
         "Explore:",
         f"  mlflow ui --backend-store-uri sqlite:///{folder / 'mlflow.db'}",
         "           then search traces with: tags.eval_candidate = 'error_case'",
@@ -532,13 +532,3 @@ def summarize(store_url: str, folder: Path, traffic: Traffic, published: int, st
         f"  store     {store_url}",
     ]
     return "\n".join(lines)
-
-
-def _percentile(sorted_values: list[int], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default); 0 for no values."""
-    if not sorted_values:
-        return 0.0
-    pos = (len(sorted_values) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)

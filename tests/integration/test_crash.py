@@ -23,9 +23,11 @@ from kafka.admin import KafkaAdminClient
 from sqlalchemy import func, select
 
 from store.engine import make_engine
+from store.metrics import MetricsConfig, rebuild
 from store.models import Assessment, Trace
 from tests import payloads as P
 from tests.conftest import publish, settings_env
+from tests.helpers import bucket_snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -136,4 +138,12 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
     committed = admin.list_group_offsets(settings.group_id)[settings.group_id]
     admin.close()
     assert sum(o.offset for o in committed.values()) == len(traces) + len(assessments)
+
+    # Metric buckets (DESIGN.md invariant 2): after the kills and redeliveries they hold each
+    # trace once, in its final version: exactly what a recomputation from the raw rows gives.
+    buckets = bucket_snapshot(engine)
+    assert sum(r[5] for r in buckets["hour"] if r[1] == 2) == len(finals)  # rollup 2 traces
+    with engine.begin() as conn:
+        rebuild(conn, MetricsConfig(), 0)
+    assert bucket_snapshot(engine) == buckets
     engine.dispose()

@@ -20,14 +20,14 @@ from consumers.formats import decode_assessment, decode_trace
 from store import schema
 from store.engine import make_engine
 from store.frames import traces_frame
-from store.metrics import BUCKETS, MetricsConfig, Retention, prune, rebuild
+from store.metrics import MetricsConfig, Retention, prune, rebuild
 from store.models import Trace, TraceTag
 from store.report import summary
 from store.upserts import Batch
 from store.writer import SqlWriter
 from tests import metrics_data as M
 from tests import payloads as P
-from tests.helpers import fresh_pg_database
+from tests.helpers import bucket_snapshot, fresh_pg_database
 from worker.cli import main
 from worker.rules import load_rules
 
@@ -54,18 +54,6 @@ def _write(engine: Engine, traces: list[Any], assessments: list[Any], batch: int
     for i in range(0, max(len(traces), len(assessments)), batch):
         w.write(Batch(traces=traces[i:i + batch], assessments=assessments[i:i + batch]),
                 BASE_MS)
-
-
-def bucket_snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
-    """Every bucket row, JSON decoded, without the write time: comparable across stores."""
-    out = {}
-    with engine.connect() as conn:
-        for res, table in BUCKETS.items():
-            cols = [c for c in table.c if c.name != "updated_ms"]
-            rows = conn.execute(select(*cols).order_by(*table.primary_key.columns)).all()
-            out[res] = [tuple(orjson.dumps(v).decode() if isinstance(v, dict) else v
-                              for v in r) for r in rows]
-    return out
 
 
 @contextlib.contextmanager

@@ -106,8 +106,8 @@ def _bucket_table(name: str) -> None:
         *(sa.Column(c, sa.BigInteger(), nullable=False) for c in SCALARS),
         *(sa.Column(c, sa.Float(), nullable=True) for c in ("p50_ms", "p95_ms", "p99_ms",
                                                              "max_ms")),
-        *(sa.Column(c, sa.JSON(), nullable=False) for c in ("latency", "spans", "feedback",
-                                                            "candidates")),
+        sa.Column("sketches", sa.LargeBinary(), nullable=False),
+        *(sa.Column(c, sa.JSON(), nullable=False) for c in ("spans", "feedback", "candidates")),
         sa.Column("updated_ms", sa.BigInteger(), nullable=False),
     )
 

@@ -1,0 +1,203 @@
+"""The pure metric maths: contributions, signed aggregates, diffs, and the report figures."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from store.report import bucket_ranges, rollup_for, stats_of, window
+from store.rollup import (
+    HOUR_MS,
+    MINUTE_MS,
+    Agg,
+    BucketKey,
+    FeedbackFacts,
+    StreamRollup,
+    TraceFacts,
+    contribution,
+    diff,
+    expand,
+    span_bins,
+    verdict,
+)
+from store.sketch import key_for
+from worker.report_format import bar, to_csv, to_json, to_table
+
+T0 = 1_795_000_000_000
+
+
+def facts(tid: str = "t1", *, status: str = "OK", latency: int | None = 120, ts: int = T0,
+          env: str = "prod", name: str = "bot", spans: dict[str, Any] | None = None,
+          completeness: int = 1_000_002) -> TraceFacts:
+    summary = spans if spans is not None else {
+        "CHAT_MODEL": {"count": 2, "total_ms": 90.5, "max_ms": 60.0,
+                       "bins": sorted([k, n] for k, n in span_bins([30.5, 60.0]).items())}}
+    return TraceFacts(tid, "1", name, status, ts, latency, {"environment": env}, {}, 10, 5, 15,
+                      summary, completeness)
+
+
+def fb(name: str, value: Any, numeric: float | None, aid: str = "a1") -> FeedbackFacts:
+    return FeedbackFacts(aid, name, value, numeric, None)
+
+
+def test_contribution_counts_status_latency_tokens_spans_feedback_and_candidates() -> None:
+    c = contribution(facts(), [fb("relevance", 0.25, 0.25), fb("helpful", "no", 0.0, "a2")],
+                     [("eval_candidate", "low_score")], "environment")
+    assert c.key == BucketKey(0, "1", "bot", "prod")
+    agg = Agg()
+    agg.add(c)
+    s = stats_of(agg)
+    assert (s.total_traces, s.ok_count, s.error_count, s.avg_latency_ms) == (1, 1, 0, 120.0)
+    assert s.tokens == {"input": 10, "output": 5, "total": 15}
+    assert s.span_types["CHAT_MODEL"].count == 2
+    assert s.span_types["CHAT_MODEL"].total_time_s == pytest.approx(0.0905)
+    assert s.span_types["CHAT_MODEL"].max_time_s == pytest.approx(0.060, rel=0.01)
+    assert s.assessments["relevance"].mean == pytest.approx(0.25)
+    assert s.assessments["relevance"].pass_rate is None
+    assert s.assessments["helpful"].pass_rate == 0.0
+    assert s.candidates == {"low_score": 1}
+    assert s.candidates_by_tag == {"eval_candidate": {"low_score": 1}}
+
+
+def test_in_progress_traces_count_but_have_no_latency() -> None:
+    c = contribution(facts(status="IN_PROGRESS", latency=None), [], [], "environment")
+    agg = Agg()
+    agg.add(c)
+    s = stats_of(agg)
+    assert (s.total_traces, s.in_progress_count, s.success_rate) == (1, 1, 0.0)
+    assert s.p95_latency_ms == 0.0 and not agg.latency
+
+
+def test_dimension_falls_back_to_metadata_then_empty() -> None:
+    f = facts()._replace(tags={}, metadata={"environment": "meta-env"})
+    assert contribution(f, [], [], "environment").key.dimension == "meta-env"
+    assert contribution(facts()._replace(tags={}), [], [], "environment").key.dimension == ""
+
+
+def test_a_row_without_span_bins_contributes_all_spans_at_the_mean() -> None:
+    legacy = {"TOOL": {"count": 4, "total_ms": 40.0, "max_ms": 20.0}}
+    c = contribution(facts(spans=legacy), [], [], "environment")
+    assert c.spans[0].bins == ((key_for(10.0), 4),)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (True, True), (False, False), ("yes", True), ("No", False), (" PASS ", True), ("fail", False),
+    ("maybe", None), (0.7, None), (None, None), ({"a": 1}, None),
+])
+def test_verdict(value: Any, expected: bool | None) -> None:
+    assert verdict(value) is expected
+
+
+def test_subtracting_a_contribution_restores_the_aggregate_exactly() -> None:
+    a = contribution(facts("t1"), [fb("relevance", 0.3, 0.3)], [("k", "v")], "environment")
+    b = contribution(facts("t2", latency=999, status="ERROR"), [], [], "environment")
+    agg = Agg()
+    agg.add(a)
+    snapshot = Agg()
+    snapshot.merge(agg)
+    agg.add(b)
+    agg.add(b, -1)
+    assert agg == snapshot
+    agg.add(a, -1)
+    assert agg.is_zero()
+
+
+def test_negative_part_names_what_went_below_zero() -> None:
+    agg = Agg()
+    agg.add(contribution(facts(), [], [], "environment"), -1)
+    assert agg.negative_part() == "traces=-1"
+    ok = Agg()
+    ok.add(contribution(facts(), [fb("score", -3.0, -3.0)], [], "environment"))
+    assert ok.negative_part() is None  # a negative numeric feedback sum is fine
+
+
+def test_diff_is_zero_for_unchanged_and_moves_a_trace_between_buckets() -> None:
+    before = {"t1": contribution(facts(name="warming_up", status="IN_PROGRESS", latency=None),
+                                 [], [], "environment")}
+    assert diff(before, before) == {}
+    after = {"t1": contribution(facts(), [], [], "environment")}
+    deltas = diff(before, after)
+    minute = T0 - T0 % MINUTE_MS
+    old_key, new_key = BucketKey(0, "1", "warming_up", "prod"), BucketKey(0, "1", "bot", "prod")
+    assert deltas[("minute", minute, old_key)].scalars[0] == -1
+    assert deltas[("minute", minute, new_key)].scalars[0] == 1
+    # The coarser levels see the status change but not the rename.
+    level2 = deltas[("hour", T0 - T0 % HOUR_MS, BucketKey(2, "", "", ""))]
+    assert level2.scalars[:4] == [0, 1, 0, -1]
+
+
+@given(st.lists(st.tuples(st.integers(0, 7), st.integers(0, 3 * HOUR_MS),
+                          st.sampled_from(["OK", "ERROR", "IN_PROGRESS"]),
+                          st.integers(1, 50_000)), min_size=1, max_size=40), st.randoms())
+def test_any_order_of_adds_and_removals_gives_the_same_buckets(
+        ops: list[tuple[int, int, str, int]], rnd: random.Random) -> None:
+    contributions = [contribution(
+        facts(f"t{i}", status=s, latency=None if s == "IN_PROGRESS" else lat, ts=T0 + off,
+              env=f"e{i % 2}"), [], [("tag", f"v{i % 3}")], "environment")
+        for i, off, s, lat in ops]
+    forward = diff({}, {str(i): c for i, c in enumerate(contributions)})
+    shuffled = list(enumerate(contributions))
+    rnd.shuffle(shuffled)
+    total: dict[Any, Agg] = {}
+    for i, c in shuffled:  # add everything, then remove and re-add some: same result
+        for k, v in diff({}, {str(i): c}).items():
+            total.setdefault(k, Agg()).merge(v)
+    for i, c in shuffled[: len(shuffled) // 2]:
+        for k, v in diff({str(i): c}, {}).items():
+            total.setdefault(k, Agg()).merge(v)
+        for k, v in diff({}, {str(i): c}).items():
+            total.setdefault(k, Agg()).merge(v)
+    assert {k: v for k, v in total.items() if not v.is_zero()} == forward
+
+
+def test_stream_rollup_hands_over_each_bucket_once_and_equals_expand() -> None:
+    contributions = [contribution(facts(f"t{i}", ts=T0 + i * 7 * MINUTE_MS // 3), [], [],
+                                  "environment") for i in range(100)]
+    stream = StreamRollup()
+    got: dict[Any, Agg] = {}
+    for c in contributions:
+        stream.add(c)
+        for k, v in stream.completed(c.timestamp_ms).items():
+            assert k not in got
+            got[k] = v
+    got.update(stream.completed(None))
+    assert got == diff({}, {str(i): c for i, c in enumerate(contributions)})
+    assert expand({}) == {}
+
+
+def test_window_rounds_to_minutes_and_tiles_hours_and_edges() -> None:
+    h = 1_795_000_000_000 - 1_795_000_000_000 % HOUR_MS
+    assert window(h + 61_500, h + 3 * HOUR_MS + 1) == (h + 60_000, h + 3 * HOUR_MS + 60_000)
+    assert bucket_ranges(h + 60_000, h + 3 * HOUR_MS + 120_000) == [
+        ("minute", h + 60_000, h + HOUR_MS), ("hour", h + HOUR_MS, h + 3 * HOUR_MS),
+        ("minute", h + 3 * HOUR_MS, h + 3 * HOUR_MS + 120_000)]
+    assert bucket_ranges(h, h + 2 * HOUR_MS) == [("hour", h, h + 2 * HOUR_MS)]
+    assert bucket_ranges(h + 60_000, h + 120_000) == [("minute", h + 60_000, h + 120_000)]
+
+
+def test_rollup_level_is_the_coarsest_that_answers() -> None:
+    assert rollup_for(None, None) == 2
+    assert rollup_for(None, "3") == 1 and rollup_for("experiment", None) == 1
+    assert rollup_for("trace_name", "3") == 0 and rollup_for("environment", None) == 0
+
+
+def test_bar_chart_scales_to_the_peak() -> None:
+    assert bar(0, 10) == "" and bar(5, 0) == ""
+    assert bar(10, 10, width=8) == "█" * 8
+    assert bar(1, 10, width=8) == "▊"  # 0.8 of a cell, in eighths
+    assert len(bar(3, 10, width=40)) == 12
+
+
+def test_formats_render_an_empty_summary_without_nan() -> None:
+    from store.report import NO_TRACES_NOTE, Summary
+
+    s = Summary(T0, T0 + HOUR_MS, T0, None, None, stats_of(Agg()),
+                {"2026-11-18T00:00:00Z": 0}, {}, (NO_TRACES_NOTE,))
+    for text in (to_table(s), to_json(s), to_csv(s)):
+        assert "nan" not in text.lower()
+    assert "Note: no traces in this window" in to_table(s)
+    assert to_csv(s).splitlines()[0].startswith("total_traces,")
