@@ -32,7 +32,7 @@ from store.rollup import (
     SpanAgg,
     decode_sketches,
     floor_to,
-    split_series,
+    series_id,
 )
 from store.sketch import Sketch
 
@@ -235,17 +235,24 @@ class GroupAccumulator:
 
 def _sum_series(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
                 span_types: Iterable[str]) -> dict[str, dict[int, int]]:
-    """Sum the bins of every row, per (series, key), in one vectorized pass."""
+    """Sum the bins of every row per series and key: one ``bincount`` per series."""
     if not parts:
         return {}
-    ids = np.concatenate([p[0] for p in parts]).astype(np.int64)
-    keys = np.concatenate([p[1] for p in parts]).astype(np.int64)
+    ids = np.concatenate([p[0] for p in parts])
+    keys = np.concatenate([p[1] for p in parts])
     counts = np.concatenate([p[2] for p in parts]).astype(np.float64)
-    composite = (ids << 32) | (keys + (1 << 31))
-    uniq, inverse = np.unique(composite, return_inverse=True)
-    sums = np.bincount(inverse, weights=counts).astype(np.int64)
-    return split_series((uniq >> 32).astype(np.uint32),
-                        ((uniq & 0xFFFFFFFF) - (1 << 31)).astype(np.int32), sums, span_types)
+    out: dict[str, dict[int, int]] = {}
+    for name in (LATENCY_SERIES, *span_types):
+        mask = ids == series_id(name)
+        if not mask.any():
+            continue
+        k = keys[mask]
+        low = int(k.min())
+        total = np.bincount(k - low, weights=counts[mask])
+        nz = np.flatnonzero(total)
+        out[name] = dict(zip((nz + low).tolist(), total[nz].astype(np.int64).tolist(),
+                             strict=True))
+    return out
 
 
 def rollup_for(by: str | None, experiment_id: str | None) -> int:
