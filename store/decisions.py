@@ -48,6 +48,12 @@ class Decider(Protocol):
     def needs_assessments(self) -> bool: ...
 
 
+class TagChange(NamedTuple):
+    trace_id: str
+    tag_key: str
+    tag_value: str | None  # None: no rule tags the trace with this key any more
+
+
 class Prior(NamedTuple):
     completeness: int
     view: TraceView
@@ -112,8 +118,8 @@ def current_tags(conn: Connection, trace_ids: Sequence[str]) -> dict[tuple[str, 
 
 def decide_batch(conn: Connection, decider: Decider, traces: Sequence[TraceEvent],
                  assessments: Sequence[AssessmentEvent], prior: Mapping[str, Prior],
-                 now_ms: int) -> int:
-    """Evaluate every trace the batch touched; returns how many tags changed."""
+                 now_ms: int) -> list[TagChange]:
+    """Evaluate every trace the batch touched; returns the tags that changed."""
     with_feedback = decider.needs_assessments()
     views: dict[str, tuple[TraceView, str]] = {}
     for e in traces:
@@ -127,7 +133,7 @@ def decide_batch(conn: Connection, decider: Decider, traces: Sequence[TraceEvent
         for tid, pr in known.items():
             views[tid] = (pr.view, "assessment")
     if not views:
-        return 0
+        return []
     ids = list(views)
     feedback = valid_feedback(conn, ids) if with_feedback else {}
     evaluations = [(decider.evaluate(view, feedback.get(tid, ())), trigger)
@@ -140,8 +146,8 @@ def decide_batch(conn: Connection, decider: Decider, traces: Sequence[TraceEvent
 
 def record_decisions(conn: Connection, evaluations: Sequence[tuple[Evaluation, str]],
                      tag_keys: frozenset[str], now_ms: int,
-                     seen_before: Sequence[str] | None = None) -> int:
-    """Log informative evaluations, and queue every tag whose value changed.
+                     seen_before: Sequence[str] | None = None) -> list[TagChange]:
+    """Log informative evaluations, and queue every tag whose value changed (returned).
 
     An evaluation where no rule matched, of a trace that never had a tag, is not logged: it is
     most of the traffic, and ``rules explain`` re-evaluates such a trace on demand.
@@ -179,7 +185,7 @@ def record_decisions(conn: Connection, evaluations: Sequence[tuple[Evaluation, s
     dialect.bulk_upsert(conn, OUTBOX, ("trace_id", "tag_key"),
                         ("trace_id", "tag_key", "tag_value", "digest", "created_ms", "attempts",
                          "next_attempt_ms", "waiting_for_trace", "last_error"), outbox_rows)
-    return len(tag_rows)
+    return [TagChange(r[0], r[1], r[2]) for r in tag_rows]
 
 
 # ---------------------------------------------------------------------------------------------

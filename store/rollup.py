@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -92,7 +93,7 @@ class SpanPart(NamedTuple):
     span_type: str
     n: int
     total_us: int
-    bins: tuple[tuple[int, int], ...]
+    bins: Sequence[Sequence[int]]  # [(key, n), ...]
 
 
 class FeedbackPart(NamedTuple):
@@ -127,18 +128,17 @@ def span_bins(durations_ms: Iterable[float]) -> dict[int, int]:
 
 
 def _span_parts(summary: Mapping[str, Any]) -> tuple[SpanPart, ...]:
+    """Span types and bins in stored order (``span_summary``'s): a trace's contribution
+    computed from its event and from its stored row then compare equal."""
     parts = []
-    for span_type in sorted(summary):
-        s = summary[span_type]
-        count = int(s.get("count", 0))
+    for span_type, s in summary.items():
+        count = s.get("count", 0)
         if count <= 0:
             continue
-        total_ms = float(s.get("total_ms", 0.0))
-        raw = s.get("bins")
-        if raw:
-            bins = tuple(sorted((int(k), int(n)) for k, n in raw))
-        else:  # a row written before span bins were stored: all spans at the mean duration
-            bins = ((DEFAULT_MAPPING.key_for(max(total_ms / count, 0.0)), count),)
+        total_ms = s.get("total_ms", 0.0)
+        # [[key, n], ...] as stored; a row written before span bins were stored has all its
+        # spans at the mean duration.
+        bins = s.get("bins") or ((DEFAULT_MAPPING.key_for(max(total_ms / count, 0.0)), count),)
         parts.append(SpanPart(span_type, count, round(total_ms * 1000), bins))
     return tuple(parts)
 
@@ -201,7 +201,7 @@ class FeedbackAgg:
                 self.failed, self.judge_errors]
 
 
-def _add_bins(into: dict[int, int], bins: Iterable[tuple[int, int]], sign: int) -> None:
+def _add_bins(into: dict[int, int], bins: Iterable[Sequence[int]], sign: int) -> None:
     for k, n in bins:
         left = into.get(k, 0) + sign * n
         if left:
@@ -375,18 +375,23 @@ def series_id(name: str) -> int:
 
 
 def encode_sketches(series: Mapping[str, Mapping[int, int]]) -> bytes:
-    ids: list[int] = []
-    keys: list[int] = []
-    counts: list[int] = []
+    ids, keys, counts = [], [], []
     for sid, name in sorted((series_id(n), n) for n in series):
         bins = series[name]
-        for k in sorted(bins):
-            ids.append(sid)
-            keys.append(k)
-            counts.append(bins[k])
-    return b"".join((_HEADER.pack(_FORMAT, len(ids)), np.asarray(ids, dtype="<u4").tobytes(),
-                     np.asarray(keys, dtype="<i4").tobytes(),
-                     np.asarray(counts, dtype="<u4").tobytes()))
+        if not bins:
+            continue
+        k = np.fromiter(bins.keys(), dtype="<i4", count=len(bins))
+        order = np.argsort(k, kind="stable")
+        keys.append(k[order])
+        counts.append(np.fromiter(bins.values(), dtype="<i8", count=len(bins))[order])
+        ids.append(np.full(len(bins), sid, dtype="<u4"))
+    if not ids:
+        return _HEADER.pack(_FORMAT, 0)
+    c = np.concatenate(counts)
+    if c.min() < 0 or c.max() > 0xFFFFFFFF:
+        raise ValueError("sketch bin counts must be within [0, 2**32)")
+    return b"".join((_HEADER.pack(_FORMAT, len(c)), np.concatenate(ids).tobytes(),
+                     np.concatenate(keys).tobytes(), c.astype("<u4").tobytes()))
 
 
 def decode_sketches(blob: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -405,11 +410,16 @@ def decode_sketches(blob: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def split_series(ids: np.ndarray, keys: np.ndarray, counts: np.ndarray,
                  names: Iterable[str]) -> dict[str, dict[int, int]]:
-    """Bins per series name (``names``: the span types that may appear; latency always may)."""
+    """Bins per series name (``names``: the span types that may appear; latency always may).
+    ``ids`` must be grouped by series, as ``encode_sketches`` writes them."""
+    if not len(ids):
+        return {}
     by_id = {series_id(n): n for n in (LATENCY_SERIES, *names)}
+    starts = [0, *(np.flatnonzero(np.diff(ids)) + 1).tolist(), len(ids)]
     out: dict[str, dict[int, int]] = {}
-    for sid, k, n in zip(ids.tolist(), keys.tolist(), counts.tolist(), strict=True):
-        out.setdefault(by_id[sid], {})[k] = n
+    for a, b in itertools.pairwise(starts):
+        out[by_id[int(ids[a])]] = dict(zip(keys[a:b].tolist(), counts[a:b].tolist(),
+                                           strict=True))
     return out
 
 

@@ -26,11 +26,12 @@ from sqlalchemy.orm import aliased
 
 from consumers.events import AssessmentEvent, DeadLetter, TraceEvent, TraceView
 from store import dialect, metrics
-from store.decisions import Decider, Prior, decide_batch
+from store.decisions import Decider, Prior, TagChange, decide_batch
 from store.metrics import MetricsConfig
 from store.models import Assessment, Trace
 from store.models import DeadLetter as DeadLetterRow
-from store.rollup import TraceFacts, diff, span_bins
+from store.rollup import TraceFacts, diff
+from store.sketch import DEFAULT_MAPPING
 
 TRACES: Table = Trace.__table__  # type: ignore[assignment]
 ASSESSMENTS: Table = Assessment.__table__  # type: ignore[assignment]
@@ -82,13 +83,28 @@ def assessment_version(e: AssessmentEvent) -> int:
 
 def span_summary(e: TraceEvent) -> dict[str, dict[str, Any]]:
     """Per span type: count, total and max duration (ms), and the sketch bins of the durations
-    (``[[key, n], ...]``), so that the metric buckets can later subtract exactly this trace."""
-    durations: dict[str, list[float]] = {}
+    (``[[key, n], ...]``), so that the metric buckets can later subtract exactly this trace.
+    Types and bins appear in span order; the row stores them in that order."""
+    out: dict[str, dict[str, Any]] = {}
+    key_for = DEFAULT_MAPPING.key_for
     for s in e.spans:
-        durations.setdefault(s.span_type, []).append(s.duration_ms)
-    return {t: {"count": len(ds), "total_ms": sum(ds), "max_ms": max(ds),
-                "bins": sorted([k, n] for k, n in span_bins(ds).items())}
-            for t, ds in durations.items()}
+        d = s.duration_ms
+        k = key_for(d if d > 0.0 else 0.0)
+        agg = out.get(s.span_type)
+        if agg is None:
+            out[s.span_type] = {"count": 1, "total_ms": d, "max_ms": d, "bins": [[k, 1]]}
+            continue
+        agg["count"] += 1
+        agg["total_ms"] += d
+        if d > agg["max_ms"]:
+            agg["max_ms"] = d
+        for b in agg["bins"]:
+            if b[0] == k:
+                b[1] += 1
+                break
+        else:
+            agg["bins"].append([k, 1])
+    return out
 
 
 def _json(v: Any) -> str:
@@ -183,20 +199,20 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
         stmt = dialect.insert(conn, DEAD_LETTERS).on_conflict_do_nothing(
             index_elements=["topic", "partition", "offset"])
         conn.execute(stmt, [dead_letter_row(d) for d in batch.dead_letters])
-    changed = 0
+    changed: list[TagChange] = []
     if decider:
         prior = {tid: Prior(f.completeness, TraceView(*f[:8]))
                  for tid, f in before.facts.items()}
         changed = decide_batch(conn, decider, traces, assessments, prior, now_ms)
     if metrics_config:
-        _update_metrics(conn, metrics_config, before, traces, summaries, assessments,
-                        tags_may_change=changed > 0, now_ms=now_ms)
-    return BatchResult(len(traces), len(assessments), len(batch.dead_letters), changed)
+        _update_metrics(conn, metrics_config, before, traces, summaries, assessments, changed,
+                        now_ms)
+    return BatchResult(len(traces), len(assessments), len(batch.dead_letters), len(changed))
 
 
 def _update_metrics(conn: Connection, config: MetricsConfig, before: metrics.State,
                     traces: Sequence[TraceEvent], summaries: Sequence[dict[str, Any]],
-                    assessments: Sequence[AssessmentEvent], *, tags_may_change: bool,
+                    assessments: Sequence[AssessmentEvent], tag_changes: Sequence[TagChange],
                     now_ms: int) -> None:
     """Bucket deltas for the traces whose row, valid feedback or candidate tags changed."""
     after = metrics.State(dict(before.facts), dict(before.feedback), dict(before.tags))
@@ -216,13 +232,13 @@ def _update_metrics(conn: Connection, config: MetricsConfig, before: metrics.Sta
             after.feedback[tid] = fresh.get(tid, [])
             if after.feedback[tid] != before.feedback.get(tid, []):
                 dirty.add(tid)
-    if tags_may_change and after.facts:
-        stored = sorted(after.facts)
-        fresh_tags = metrics.candidate_tags(conn, stored)
-        for tid in stored:
-            after.tags[tid] = fresh_tags.get(tid, [])
-            if sorted(after.tags[tid]) != sorted(before.tags.get(tid, [])):
-                dirty.add(tid)
+    changed_tags: dict[str, dict[str, str | None]] = {}
+    for ch in tag_changes:  # the decisions of this batch, applied to the tags read before it
+        changed_tags.setdefault(ch.trace_id, dict(before.tags.get(ch.trace_id, ())))[
+            ch.tag_key] = ch.tag_value
+    for tid, tags in changed_tags.items():
+        after.tags[tid] = sorted((k, v) for k, v in tags.items() if v is not None)
+        dirty.add(tid)
     deltas = diff({t: c for t in dirty if (c := before.contribution(t, config)) is not None},
                   {t: c for t in dirty if (c := after.contribution(t, config)) is not None})
     metrics.apply_deltas(conn, deltas, now_ms)

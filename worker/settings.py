@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -109,6 +116,16 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO",
                                                                    description="Log level.")
     log_format: Literal["kv", "json"] = Field("kv", description="key=value lines or JSON lines.")
+
+    @model_validator(mode="after")
+    def _retention_order(self) -> Settings:
+        # A late update to a trace must find its buckets: they outlive its raw row.
+        if not self.retention_raw_days <= self.retention_minute_days <= self.retention_hour_days:
+            raise ValueError(
+                "retention must satisfy retention_raw_days <= retention_minute_days <= "
+                f"retention_hour_days, got {self.retention_raw_days:g} / "
+                f"{self.retention_minute_days:g} / {self.retention_hour_days:g}")
+        return self
 
     @field_validator("store_url")
     @classmethod

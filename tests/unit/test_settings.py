@@ -72,3 +72,11 @@ def test_every_setting_is_described() -> None:
     for name, field in Settings.model_fields.items():
         assert f"TRACE_CURATOR_{name.upper()}" in text
         assert field.description, name
+
+
+def test_buckets_must_outlive_raw_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRACE_CURATOR_RETENTION_RAW_DAYS", "60")
+    with pytest.raises(ConfigError, match="retention_raw_days <= retention_minute_days"):
+        load_settings()
+    monkeypatch.setenv("TRACE_CURATOR_RETENTION_MINUTE_DAYS", "60")
+    assert load_settings().retention_raw_days == 60
