@@ -320,3 +320,46 @@ def test_retention_prunes_raw_rows_but_reports_keep_them(store_url: str) -> None
         assert after[key] == before[key]
     # Minute buckets older than 31.05 days went too; whole hours still report.
     assert sum(p.minute_buckets for p in pruned) > 0
+
+
+def test_sql_views_add_up_to_the_report(store_url: str) -> None:
+    """The documented views: their sums equal the report's exact figures, on both backends."""
+    engine = make_engine(store_url)
+    docs = M.traffic(600, BASE_MS, 4 * HOUR, seed=21)
+    _write(engine, [_trace(d) for d in docs], [_assessment(a) for a in M.feedback_for(docs)])
+    s = summary(engine, BASE_MS - HOUR, BASE_MS + 5 * HOUR).overall
+    with engine.connect() as conn:
+        def one(sql: str) -> Any:
+            return conn.exec_driver_sql(sql).one()
+
+        assert one("SELECT SUM(traces), SUM(ok), SUM(errors) FROM tc_metrics_hour") == (
+            s.total_traces, s.ok_count, s.error_count)
+        assert one("SELECT SUM(traces) FROM tc_metrics_minute")[0] == s.total_traces
+        lat = one("SELECT SUM(avg_latency_ms * traces) / SUM(traces) FROM tc_metrics_hour")[0]
+        assert lat == pytest.approx(s.avg_latency_ms, rel=1e-9)  # all finished: weights agree
+        rows = conn.exec_driver_sql(
+            "SELECT span_type, SUM(spans), SUM(total_time_s) FROM tc_span_types_hour "
+            "GROUP BY span_type").all()
+        assert {t: n for t, n, _ in rows} == {t: v.count for t, v in s.span_types.items()}
+        for t, _, total in rows:
+            assert total == pytest.approx(s.span_types[t].total_time_s, rel=1e-9)
+        rows = conn.exec_driver_sql(
+            "SELECT assessment_name, SUM(feedback_count), SUM(passed), SUM(failed) "
+            "FROM tc_feedback_hour GROUP BY assessment_name").all()
+        assert {r[0]: r[1] for r in rows} == {n: a.count for n, a in s.assessments.items()}
+        assert {r[0]: (r[2], r[3]) for r in rows} == {
+            n: (a.passed, a.failed) for n, a in s.assessments.items()}
+        rows = conn.exec_driver_sql(
+            "SELECT tag_value, SUM(candidates) FROM tc_candidates_hour GROUP BY tag_value").all()
+        assert dict(rows) == s.candidates
+        hour_p95 = conn.exec_driver_sql(
+            "SELECT p95_ms FROM tc_metrics_hour WHERE traces > 5").scalars().all()
+        assert hour_p95 and all(p > 0 for p in hour_p95)
+
+
+def test_report_cli_rejects_a_bad_window(store_url: str, capsys: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv("TRACE_CURATOR_STORE_URL", store_url)
+    assert main(["report", "--since", "1h", "--until", "2h"]) == 2
+    assert "--until (2h) must be after --since (1h)" in capsys.readouterr().err
+    assert main(["report", "--since", "yesterday"]) == 2
+    assert "neither a duration" in capsys.readouterr().err

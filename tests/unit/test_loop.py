@@ -111,3 +111,23 @@ def test_next_offsets_is_max_plus_one_per_partition() -> None:
     recs = records(3, start=10, partition=0) + records(2, start=4, partition=1)
     recs.reverse()
     assert next_offsets(recs) == {(TRACES, 0): 13, (TRACES, 1): 6}
+
+
+class CountingMaintenance:
+    def __init__(self, journal: list[str]) -> None:
+        self.journal = journal
+        self.calls: list[int] = []
+
+    def run_due(self, now_ms: int) -> None:
+        self.calls.append(now_ms)
+        self.journal.append("maintain")
+
+
+def test_the_loop_maintains_between_batches_and_when_idle() -> None:
+    w, _src, _writer, _dlq, journal = make(records(25), batch=10)
+    w.maintenance = CountingMaintenance(journal)
+    w.run(exit_when_idle_s=0.05)
+    # Once per poll: three batches and the idle polls after them.
+    assert journal.count("maintain") >= 4
+    assert journal[:2] == ["poll:10", "maintain"]  # poll, then maintain, then the batch
+    assert set(w.maintenance.calls) == {1_800_000_000_000}  # the injected clock, in ms
