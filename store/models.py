@@ -217,3 +217,65 @@ class StoreMeta(Base):
 
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class Dataset(Base):
+    """A curated evaluation dataset: its sink, and the sink's own id once it exists."""
+
+    __tablename__ = "datasets"
+
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    sink: Mapped[str] = mapped_column(String(32))
+    sink_dataset_id: Mapped[str | None] = mapped_column(String(256))
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class DatasetVersion(Base):
+    """The version ledger (DESIGN.md invariant 4). A version is written ``pending`` with its
+    records before the sink is called, and becomes ``done`` only after the sink confirmed."""
+
+    __tablename__ = "dataset_versions"
+
+    dataset: Mapped[str] = mapped_column(String(256), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))  # pending | done
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    committed_ms: Mapped[int | None] = mapped_column(BigInteger)
+    record_count: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(64))  # sha256 over the version's records
+    rule_mix: Mapped[dict[str, int]] = mapped_column(JSON)  # candidate rule -> records
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class DatasetRecord(Base):
+    """Membership: each record (by inputs hash) belongs to exactly one version of a dataset."""
+
+    __tablename__ = "dataset_records"
+
+    dataset: Mapped[str] = mapped_column(String(256), primary_key=True)
+    input_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    trace_id: Mapped[str] = mapped_column(String(256))
+    record: Mapped[dict[str, Any]] = mapped_column(JSON)  # inputs, outputs, expectations, ...
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        Index("ix_dataset_records_version", "dataset", "version"),
+        Index("ix_dataset_records_trace", "dataset", "trace_id"),
+    )
+
+
+class DatasetSkip(Base):
+    """A candidate a dataset will not take (no inputs, or inputs it already holds), with why:
+    remembered so that later cycles do not select it again."""
+
+    __tablename__ = "dataset_skips"
+
+    dataset: Mapped[str] = mapped_column(String(256), primary_key=True)
+    trace_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    # "": for good (no inputs, inputs already held); else the digest of the spec's selection
+    # that passed the trace over, so that editing the selection looks at it again.
+    selection: Mapped[str] = mapped_column(String(64))
+    created_ms: Mapped[int] = mapped_column(BigInteger)

@@ -10,6 +10,9 @@ from consumers.kafka_source import KafkaClientConfig, KafkaDeadLetterSink, Kafka
 from store.engine import make_engine
 from store.metrics import MetricsConfig
 from store.writer import SqlWriter
+from worker.curation import load_specs
+from worker.curator import Curator, CuratorThread
+from worker.dataset_sinks import make_sink
 from worker.loop import Worker
 from worker.maintenance import Pruner
 from worker.rules import load_rules
@@ -53,7 +56,7 @@ def configure_mlflow_client(settings: Settings) -> None:
 
 def create_kafka_worker(settings: Settings, engine: Engine | None = None) -> Worker:
     """A worker over the Kafka topics. Raises kafka errors if the broker is unreachable, and
-    ConfigError for an invalid rules file."""
+    ConfigError for an invalid rules or datasets file."""
     rules = load_rules(settings.rules_file) if settings.rules_enabled else None
     engine = engine or create_engine_from(settings)
     client = kafka_client(settings)
@@ -65,8 +68,22 @@ def create_kafka_worker(settings: Settings, engine: Engine | None = None) -> Wor
         max_poll_records=settings.batch_max_records)
     dlq = KafkaDeadLetterSink(client, max_payload_bytes=settings.dlq_max_payload_bytes)
     tag_writer = create_tag_writer(settings, engine) if rules is not None else None
+    curator = (CuratorThread(create_curator(settings, engine), settings.curate_interval_s, engine)
+               if settings.curation_enabled else None)
     return Worker(settings, source, SqlWriter(engine, rules, metrics_config(settings)), dlq,
-                  tag_writer=tag_writer, maintenance=Pruner.from_settings(settings, engine))
+                  tag_writer=tag_writer, maintenance=Pruner.from_settings(settings, engine),
+                  curator=curator)
+
+
+def create_curator(settings: Settings, engine: Engine) -> Curator:
+    """The curator over the configured dataset specs. Raises ConfigError (bad specs, sinks)."""
+    specs = load_specs(settings.datasets_file)
+    sinks = {spec.name: make_sink(spec.sink, settings.mlflow_tracking_uri) for spec in specs}
+    if any(spec.sink.kind != "files" for spec in specs):
+        configure_mlflow_client(settings)
+    curator = Curator(engine, specs, sinks, dimension_tag=settings.metrics_dimension_tag)
+    curator.validate()
+    return curator
 
 
 def metrics_config(settings: Settings) -> MetricsConfig | None:

@@ -160,6 +160,132 @@ def cmd_metrics_rebuild(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _curator(settings: Settings, engine: Engine) -> Any:
+    from worker.app import create_curator
+
+    try:
+        return create_curator(settings, engine)
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_CONFIG) from None
+
+
+def cmd_curate(args: argparse.Namespace) -> int:
+    from worker.curator import CuratorThread
+
+    settings, engine = _current_store(args)
+    setup_logging(settings.log_level, settings.log_format)
+    curator = _curator(settings, engine)
+    if args.once:
+        results = curator.run_cycle()
+        for r in results:
+            print(r.line())
+        return EXIT_FAILURE if any(r.state == "pending" for r in results) else EXIT_OK
+    stop = threading.Event()
+    _install_signals(stop, settings.shutdown_timeout_s)
+    thread = CuratorThread(curator, settings.curate_interval_s, engine)
+    thread.start()
+    stop.wait()
+    thread.stop()
+    return EXIT_OK
+
+
+def cmd_datasets_list(args: argparse.Namespace) -> int:
+    from store import datasets as ds
+
+    _, engine = _current_store(args)
+    with engine.connect() as conn:
+        rows = ds.versions(conn)
+    if not rows:
+        print("no dataset versions yet (run `trace-curator curate --once`)")
+        return EXIT_OK
+    print(f"{'dataset':<32}{'version':>8}  {'state':<8}{'records':>8}  {'created (UTC)':<20}"
+          f"  rules")
+    for v in rows:
+        mix = ", ".join(f"{k} {n}" for k, n in sorted(v.rule_mix.items()))
+        print(f"{v.dataset:<32}{v.version:>8}  {v.state:<8}{v.record_count:>8}  "
+              f"{_iso(v.created_ms):<20}  {mix}")
+    return EXIT_OK
+
+
+def _iso(ms: int) -> str:
+    from store.report import iso
+
+    return iso(ms)
+
+
+def _version_of(conn: Any, name: str, version: int | None) -> Any:
+    from store import datasets as ds
+
+    rows = ds.versions(conn, name)
+    if not rows:
+        raise CliError(f"no dataset named {name!r} (see `trace-curator datasets list`)",
+                       EXIT_FAILURE)
+    if version is None:
+        return rows[-1]
+    for v in rows:
+        if v.version == version:
+            return v
+    raise CliError(f"dataset {name!r} has versions {rows[0].version}..{rows[-1].version}, "
+                   f"not {version}", EXIT_FAILURE)
+
+
+def cmd_datasets_show(args: argparse.Namespace) -> int:
+    from store import datasets as ds
+
+    _, engine = _current_store(args)
+    with engine.connect() as conn:
+        v = _version_of(conn, args.name, args.version)
+        added = ds.version_records(conn, args.name, v.version)
+        total = len(ds.version_records(conn, args.name, v.version, cumulative=True))
+    print(f"dataset {v.dataset} version {v.version} ({v.state})")
+    print(f"  created   {_iso(v.created_ms)}" + (f", confirmed by the sink {_iso(v.committed_ms)}"
+                                                   if v.committed_ms else ""))
+    print(f"  records   {v.record_count} added, {total} in the dataset as of this version")
+    print(f"  digest    {v.digest}")
+    print("  rules     " + ", ".join(f"{k} {n}" for k, n in sorted(v.rule_mix.items())))
+    if v.last_error:
+        print(f"  last error {v.last_error} (attempts {v.attempts})")
+    for rec in added[:args.limit]:
+        tags = rec.get("tags", {})
+        print(f"  - {tags.get('trace_curator.source_trace_id')} "
+              f"[{tags.get('trace_curator.tag')}] inputs={_preview(rec.get('inputs'))}")
+    if len(added) > args.limit:
+        print(f"  ... {len(added) - args.limit} more (`datasets export`)")
+    return EXIT_OK
+
+
+def _preview(value: Any, width: int = 80) -> str:
+    import orjson
+
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def cmd_datasets_export(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from store import datasets as ds
+    from worker.dataset_sinks import write_records
+
+    _, engine = _current_store(args)
+    with engine.connect() as conn:
+        v = _version_of(conn, args.name, args.version)
+        records = ds.version_records(conn, args.name, v.version, cumulative=not args.only_added)
+    if args.output:
+        write_records(records, Path(args.output), args.format)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"export.{args.format}"
+            write_records(records, path, args.format)
+            sys.stdout.flush()
+            sys.stdout.buffer.write(path.read_bytes())
+            sys.stdout.buffer.flush()
+    print(f"exported {len(records)} records of {args.name} version {v.version}"
+          + (f" to {args.output}" if args.output else ""), file=sys.stderr)
+    return EXIT_OK
+
+
 def _tune_gc() -> None:
     """The hot path allocates many short-lived objects per event and keeps none: move what
     start-up built out of the collector's way, and collect the young generation less often.
@@ -381,6 +507,44 @@ def build_parser() -> argparse.ArgumentParser:
                                      "first.")
     rb.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
     rb.set_defaults(func=cmd_metrics_rebuild)
+
+    cur = sub.add_parser(
+        "curate", help="merge tagged candidates into versioned evaluation datasets",
+        formatter_class=fmt,
+        description="One curation cycle per dataset spec (TRACE_CURATOR_DATASETS_FILE; unset: "
+                    "'trace_curator_candidates' in MLflow with every tagged candidate): finish "
+                    "a version an earlier cycle could not confirm, else select new candidates, "
+                    "build records (inputs, outputs, expectations, provenance tags), sample, "
+                    "write version N as pending, merge it into the sink, and mark it done. "
+                    "Without --once, cycles every TRACE_CURATOR_CURATE_INTERVAL_S until "
+                    "SIGTERM. Exit 1 when a merge failed (it is retried next cycle).")
+    cur.add_argument("--once", action="store_true", help="run one cycle now and exit")
+    cur.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
+    cur.set_defaults(func=cmd_curate)
+
+    dsp = sub.add_parser("datasets", help="list, show and export dataset versions")
+    dsub = dsp.add_subparsers(dest="datasets_command", required=True, metavar="COMMAND")
+    dl = dsub.add_parser("list", help="every dataset version: state, records, rule mix")
+    dl.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
+    dl.set_defaults(func=cmd_datasets_list)
+    dsh = dsub.add_parser("show", help="one version (the latest by default)")
+    dsh.add_argument("name")
+    dsh.add_argument("--version", type=int, default=None)
+    dsh.add_argument("--limit", type=int, default=10, help="records to preview (default 10)")
+    dsh.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
+    dsh.set_defaults(func=cmd_datasets_show)
+    dex = dsub.add_parser(
+        "export", help="the dataset as of version N, as JSONL or Parquet",
+        description="Write the records of NAME as of version N (every record added by versions "
+                    "1..N), exactly as they were merged; --only-added: only version N's.")
+    dex.add_argument("name")
+    dex.add_argument("--version", type=int, required=True)
+    dex.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
+    dex.add_argument("--only-added", action="store_true",
+                     help="only the records version N added")
+    dex.add_argument("--output", metavar="FILE", default=None, help="default: stdout")
+    dex.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
+    dex.set_defaults(func=cmd_datasets_export)
 
     from worker import demo
 

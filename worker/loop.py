@@ -52,6 +52,14 @@ class TagWriterPort(Protocol):
     def drained(self) -> bool: ...
 
 
+class BackgroundPort(Protocol):
+    """A job beside the loop (``worker.curator.CuratorThread``)."""
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout_s: float = 30.0) -> None: ...
+
+
 class MaintenancePort(Protocol):
     """Periodic upkeep (``worker.maintenance.Pruner``): cheap to call when nothing is due."""
 
@@ -106,8 +114,10 @@ class Worker:
     def __init__(self, settings: Settings, source: EventSource, writer: BatchWriter,
                  dlq: DeadLetterSink, *, clock: Clock = time.time,
                  tag_writer: TagWriterPort | None = None,
-                 maintenance: MaintenancePort | None = None) -> None:
+                 maintenance: MaintenancePort | None = None,
+                 curator: BackgroundPort | None = None) -> None:
         self.settings = settings
+        self.curator = curator
         self.maintenance = maintenance
         self.source = source
         self.writer = writer
@@ -128,13 +138,14 @@ class Worker:
 
     def run(self, *, max_records: int | None = None,
             exit_when_idle_s: float | None = None) -> RunStats:
-        if self.tag_writer is not None:
-            self.tag_writer.start()
+        jobs = [j for j in (self.tag_writer, self.curator) if j is not None]
+        for job in jobs:
+            job.start()
         try:
             return self._run(max_records, exit_when_idle_s)
         finally:
-            if self.tag_writer is not None:
-                self.tag_writer.stop()
+            for job in jobs:
+                job.stop()
 
     def _run(self, max_records: int | None, exit_when_idle_s: float | None) -> RunStats:
         s = self.settings

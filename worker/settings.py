@@ -107,8 +107,14 @@ class Settings(BaseSettings):
     retention_max_rows: int = Field(5_000, ge=1,
                                     description="Rows of each kind one pruning step deletes.")
 
-    # Files (read by the curator)
-    datasets_file: Path | None = Field(None, description="Dataset specs YAML.")
+    # Curation into versioned evaluation datasets
+    datasets_file: Path | None = Field(
+        None, description="Dataset specs YAML; unset: one dataset 'trace_curator_candidates' "
+                          "in MLflow with every tagged candidate.")
+    curation: Literal["auto", "on", "off"] = Field(
+        "auto", description="Curate datasets in the worker; auto: when a datasets file or an "
+                            "MLflow tracking URI is set.")
+    curate_interval_s: float = Field(300.0, gt=0, description="Pause between curation cycles.")
 
     # HTTP and logs
     http_host: str = Field("127.0.0.1", description="Bind address of the HTTP server.")
@@ -163,6 +169,12 @@ class Settings(BaseSettings):
     def writeback_enabled(self) -> bool:
         return self.tag_writeback == "on" or (
             self.tag_writeback == "auto" and bool(self.mlflow_tracking_uri))
+
+    @property
+    def curation_enabled(self) -> bool:
+        return self.curation == "on" or (
+            self.curation == "auto" and (self.datasets_file is not None
+                                         or bool(self.mlflow_tracking_uri)))
 
     @property
     def store_url_plain(self) -> str:
