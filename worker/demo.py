@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -149,8 +149,9 @@ def _demo(bootstrap_servers: str, folder: Path, n_traces: int, seed: int,
     published = publish(bootstrap_servers, traffic)
     settings = demo_settings(store_url, bootstrap_servers, f"sqlite:///{folder / 'mlflow.db'}")
     stats, interrupted = run_worker(settings, published)
+    curation = [] if interrupted else curate_once(settings)
     print(summarize(store_url, folder, traffic, published, stats, time.monotonic() - started_s,
-                    interrupted))
+                    interrupted, curation))
     if interrupted:
         return EXIT_INTERRUPTED
     if stats.records < published:
@@ -210,7 +211,9 @@ def demo_settings(store_url: str, bootstrap_servers: str,
         kafka_reconnect_backoff_max_ms=1000, poll_timeout_ms=200,
         # The rule tags go back onto the traces in the demo's own MLflow store.
         mlflow_tracking_uri=mlflow_uri, tag_writeback="on" if mlflow_uri else "off",
-        tag_writer_interval_s=0.2)
+        tag_writer_interval_s=0.2,
+        # One curation cycle runs at the end, once every record is in (see _demo).
+        curation="off")
     return Settings(**values)
 
 
@@ -452,6 +455,21 @@ def _report_progress(worker: Worker, expected_records: int, done: threading.Even
         last_records, last_s = s.records, now_s
 
 
+def curate_once(settings: Settings) -> list[str]:
+    """One curation cycle into the demo's MLflow store: the default dataset spec."""
+    from worker.app import create_curator, create_engine_from
+
+    engine = create_engine_from(settings)
+    try:
+        curator = create_curator(settings, engine)
+        return [r.line() for r in curator.run_cycle()]
+    except Exception as exc:  # the demo still prints what it has
+        logger.exception("curation failed")
+        return [f"curation failed: {exc}"]
+    finally:
+        engine.dispose()
+
+
 def _install_stop_handlers(stop: threading.Event) -> dict[int, Handler]:
     """First SIGINT/SIGTERM: drain and stop. A second: KeyboardInterrupt; the broker still stops."""
     if threading.current_thread() is not threading.main_thread():
@@ -480,7 +498,8 @@ def _restore_handlers(previous: dict[int, Handler]) -> None:
 
 
 def summarize(store_url: str, folder: Path, traffic: Traffic, published: int, stats: RunStats,
-              elapsed_s: float, interrupted: bool = False) -> str:
+              elapsed_s: float, interrupted: bool = False,
+              curation: Sequence[str] = ()) -> str:
     """What this run did, what the store holds (plain SQL), the report, then where to look."""
     engine = make_engine(store_url)
     now_ms = int(time.time() * 1000)
@@ -525,6 +544,8 @@ def summarize(store_url: str, folder: Path, traffic: Traffic, published: int, st
         "",
         "The last 24 hours, from the rolling metric buckets (`trace-curator report --since 24h`):",
         report,
+        "Datasets (`trace-curator curate --once`; the versions: `trace-curator datasets list`)",
+        *(f"  {line}" for line in curation),
         "Explore:",
         f"  mlflow ui --backend-store-uri sqlite:///{folder / 'mlflow.db'}",
         "           then search traces with: tags.eval_candidate = 'error_case'",
