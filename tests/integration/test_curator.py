@@ -163,3 +163,23 @@ def test_spec_selection_environment_filter_and_tag_values(store_url: str,
     assert results["slow"].records == 1
     slow = _lines(sinks["slow"].file_for("slow", 1))
     assert "outputs" not in slow[0]
+
+
+def test_the_worker_curates_beside_the_loop(settings_factory: Any, producer: Any,
+                                            run_worker: Any, store_url: str,
+                                            tmp_path: Path) -> None:
+    """Curation on: the worker's curator thread creates a version from what it ingested."""
+    from tests.conftest import publish
+
+    specs = tmp_path / "datasets.yaml"
+    specs.write_text(f"datasets:\n  - name: from_worker\n    sink: {{kind: files, path: "
+                     f"{tmp_path}}}\n")
+    settings = settings_factory(curation="on", datasets_file=specs, curate_interval_s=0.3)
+    publish(producer, settings.trace_topic, [_flat(i) for i in range(5)])
+    run_worker(settings, idle_s=2.0)
+    engine = make_engine(store_url)
+    with engine.connect() as conn:
+        versions = ds.versions(conn, "from_worker")
+    assert versions and all(v.state == "done" for v in versions)
+    assert sum(v.record_count for v in versions) == 5
+    engine.dispose()
