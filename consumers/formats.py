@@ -417,6 +417,14 @@ def decode_assessment(value: bytes | None, prov: Provenance, max_bytes: int) -> 
     if not isinstance(body, dict):
         raise DecodeError(f"expected an object, got {type(body).__name__}", kind)
     val = body.get("value")
+    serialized = body.get("serialized_value")
+    if val is None and kind == "expectation" and isinstance(serialized, dict):
+        # MLflow's to_dictionary() form of list and dict expectations (expected_facts, ...):
+        # {"serialized_value": {"serialization_format": "JSON_FORMAT", "value": "<JSON>"}}
+        try:
+            val = orjson.loads(serialized.get("value") or "null")
+        except (orjson.JSONDecodeError, TypeError):
+            raise DecodeError("is not JSON", "expectation.serialized_value.value") from None
     error: str | None = None
     err = body.get("error")
     if isinstance(err, dict):

@@ -482,6 +482,24 @@ def test_expectation_numbers_are_not_scores(fixture_json: FixtureJson) -> None:
     assert (ev.kind, ev.value, ev.numeric_value) == ("expectation", 1.0, None)
 
 
+def test_list_and_dict_expectations_in_mlflows_serialized_form() -> None:
+    """MLflow writes list and dict expectation values as serialized JSON, not as ``value``."""
+    from mlflow.entities import AssessmentSource, Expectation
+
+    for value in (["Paris is the capital of France", "MLflow Tracking"], {"a": [1, 2]}):
+        doc = Expectation(name="expected_facts", value=value, trace_id="tr-1",
+                          source=AssessmentSource(source_type="HUMAN", source_id="me")
+                          ).to_dictionary()
+        doc["assessment_id"] = "a-1"
+        assert "serialized_value" in doc["expectation"]  # the form this test is about
+        ev = _assessment(doc)
+        assert (ev.kind, ev.name, ev.value) == ("expectation", "expected_facts", value)
+    broken = dict(doc, expectation={"serialized_value": {"serialization_format": "JSON_FORMAT",
+                                                         "value": "[not json"}})
+    with pytest.raises(DecodeError, match=r"^expectation\.serialized_value\.value"):
+        _assessment(broken)
+
+
 # ---------------------------------------------------------------------------------------------
 # numeric_value
 
