@@ -29,10 +29,12 @@ from store.rollup import (
     SCALAR_NAMES,
     Agg,
     FeedbackAgg,
+    Packed,
     SpanAgg,
-    decode_sketches,
+    expand_packed,
     floor_to,
     series_id,
+    unpack_sketches,
 )
 from store.sketch import Sketch
 
@@ -191,7 +193,7 @@ class GroupAccumulator:
 
     def __init__(self) -> None:
         self.scalars = [0] * len(SCALAR_NAMES)
-        self.sketches: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.sketches: list[Packed] = []
         self.spans: dict[str, list[int]] = {}
         self.feedback: dict[str, list[int]] = {}
         self.candidates: dict[str, dict[str, int]] = {}
@@ -202,7 +204,7 @@ class GroupAccumulator:
         for i, v in enumerate(scalars):
             sc[i] += v
         if sketches:
-            self.sketches.append(decode_sketches(sketches))
+            self.sketches.append(unpack_sketches(sketches))
         if spans and spans != "{}":
             for t, sp in orjson.loads(spans).items():
                 acc = self.spans.setdefault(t, [0, 0])
@@ -233,14 +235,12 @@ class GroupAccumulator:
         return agg
 
 
-def _sum_series(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                span_types: Iterable[str]) -> dict[str, dict[int, int]]:
+def _sum_series(parts: list[Packed], span_types: Iterable[str]) -> dict[str, dict[int, int]]:
     """Sum the bins of every row per series and key: one ``bincount`` per series."""
     if not parts:
         return {}
-    ids = np.concatenate([p[0] for p in parts])
-    keys = np.concatenate([p[1] for p in parts])
-    counts = np.concatenate([p[2] for p in parts]).astype(np.float64)
+    ids, keys, counts_i = expand_packed(parts)
+    counts = counts_i.astype(np.float64)
     out: dict[str, dict[int, int]] = {}
     for name in (LATENCY_SERIES, *span_types):
         mask = ids == series_id(name)
@@ -319,7 +319,8 @@ def summary(engine: Engine, since_ms: int, until_ms: int | None = None, *,
     ``experiment``; ``experiment_id`` filters. ``until_ms`` defaults to now.
     """
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    with engine.connect() as conn:
+    # One read-only statement: autocommit saves the BEGIN and ROLLBACK round trips.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         return summary_conn(conn, since_ms, now if until_ms is None else until_ms,
                             experiment_id=experiment_id, by=by, now_ms=now,
                             minute_retention_days=minute_retention_days)
