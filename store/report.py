@@ -23,6 +23,8 @@ from sqlalchemy import Connection, Engine
 from store.metrics import read_buckets
 from store.rollup import (
     HOUR_MS,
+    KEY_BASE,
+    KEY_SLOTS,
     LATENCY_SERIES,
     MICRO,
     MINUTE_MS,
@@ -31,7 +33,6 @@ from store.rollup import (
     FeedbackAgg,
     Packed,
     SpanAgg,
-    expand_packed,
     floor_to,
     series_id,
     unpack_sketches,
@@ -236,22 +237,30 @@ class GroupAccumulator:
 
 
 def _sum_series(parts: list[Packed], span_types: Iterable[str]) -> dict[str, dict[int, int]]:
-    """Sum the bins of every row per series and key: one ``bincount`` per series."""
+    """Sum the bins of every row per series and key in one ``bincount``: each bin's series is
+    mapped to a small index (a vectorized lookup over the rows' series tables), and the
+    index and the 16-bit key offset make one dense position."""
     if not parts:
         return {}
-    ids, keys, counts_i = expand_packed(parts)
-    counts = counts_i.astype(np.float64)
+    names = [LATENCY_SERIES, *span_types]
+    by_id = sorted((series_id(n), i) for i, n in enumerate(names))
+    known = np.array([sid for sid, _ in by_id], dtype=np.int64)
+    slot = np.array([i for _, i in by_id], dtype=np.int64)
+    table = np.concatenate([p[0] for p in parts]).astype(np.int64)
+    where = np.searchsorted(known, table)
+    if (where >= len(known)).any() or (known[np.minimum(where, len(known) - 1)] != table).any():
+        raise ValueError("a bucket holds a span histogram without its span type")
+    per_bin = np.repeat(slot[where], np.concatenate([p[1] for p in parts]).astype(np.int64))
+    position = per_bin * KEY_SLOTS + np.concatenate([p[3] for p in parts])
+    total = np.bincount(position, weights=np.concatenate([p[2] for p in parts]),
+                        minlength=len(names) * KEY_SLOTS)
     out: dict[str, dict[int, int]] = {}
-    for name in (LATENCY_SERIES, *span_types):
-        mask = ids == series_id(name)
-        if not mask.any():
-            continue
-        k = keys[mask]
-        low = int(k.min())
-        total = np.bincount(k - low, weights=counts[mask])
-        nz = np.flatnonzero(total)
-        out[name] = dict(zip((nz + low).tolist(), total[nz].astype(np.int64).tolist(),
-                             strict=True))
+    for i, name in enumerate(names):
+        seg = total[i * KEY_SLOTS:(i + 1) * KEY_SLOTS]
+        nz = np.flatnonzero(seg)
+        if len(nz):
+            out[name] = dict(zip((nz + KEY_BASE).tolist(), seg[nz].astype(np.int64).tolist(),
+                                 strict=True))
     return out
 
 

@@ -368,6 +368,7 @@ _HEADER = struct.Struct("<III")
 _FORMAT = 2
 KEY_BASE = DEFAULT_MAPPING.zero_key  # the smallest key the default mapping produces
 _KEY_SPAN = DEFAULT_MAPPING.max_key - KEY_BASE
+KEY_SLOTS = _KEY_SPAN + 1  # distinct key offsets: a dense array per series in reports
 assert _KEY_SPAN < 1 << 16, "bin keys must fit in 16 bits above KEY_BASE"
 
 
