@@ -45,8 +45,9 @@ from sqlalchemy import Engine, text
 
 from consumers.events import AssessmentEvent, Provenance, SpanSummary, TraceEvent
 from store import dialect, schema
+from store.decisions import event_view
 from store.engine import make_engine
-from store.metrics import MetricsConfig, _insert_buckets
+from store.metrics import MetricsConfig, insert_buckets
 from store.models import Assessment, Trace
 from store.report import summary
 from store.rollup import FeedbackFacts, StreamRollup, TraceFacts
@@ -145,17 +146,15 @@ def load_bulk(engine: Engine, gen: Iterator[tuple[TraceEvent, AssessmentEvent | 
                                 on_conflict="nothing")
             dialect.bulk_upsert(conn, ASSESSMENTS, ("assessment_id",), ASSESSMENT_COLUMNS,  # type: ignore[arg-type]
                                 arows, on_conflict="nothing")
-            _insert_buckets(conn, stream.completed(last_ts), now_ms)
+            insert_buckets(conn, stream.completed(last_ts), now_ms)
         rows.clear()
         arows.clear()
 
     for t, fb in gen:
         summary_ = span_summary(t)
         rows.append(trace_row(t, now_ms, summary_))
-        facts = TraceFacts(t.trace_id, t.experiment_id, t.name, t.status, t.timestamp_ms,
-                           t.execution_time_ms, t.tags, t.metadata, t.input_tokens,
-                           t.output_tokens, t.total_tokens, orjson.loads(orjson.dumps(summary_)),
-                           t.completeness)
+        facts = TraceFacts(event_view(t), t.input_tokens, t.output_tokens, t.total_tokens,
+                           orjson.loads(orjson.dumps(summary_)), t.completeness)
         feedback: tuple[FeedbackFacts, ...] = ()
         if fb is not None:
             arows.append(assessment_row(fb, now_ms))

@@ -157,6 +157,16 @@ def _time_ms(d: Mapping[str, Any], key: str, path: str, *, required: bool) -> in
     return _int(d, key, path, required=required)
 
 
+def parse_json_text(text: str | None) -> Any:
+    """A stored request/response back as a value: its JSON if it is JSON, else the text."""
+    if text is None:
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
 def _json_text(v: Any, field: str) -> str | None:
     """Request/response as JSON text. Strings that already hold a JSON object or array are kept."""
     if v is None:

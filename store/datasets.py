@@ -12,9 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+import orjson
 from sqlalchemy import Connection, Table, and_, func, select, update
 
+from consumers.events import TraceView
 from store import dialect
+from store.decisions import VIEW_COLUMNS, row_view
 from store.models import (
     Assessment,
     Dataset,
@@ -37,21 +40,18 @@ SKIPS: Table = DatasetSkip.__table__  # type: ignore[assignment]
 class Candidate(NamedTuple):
     """A tagged trace, with what a dataset record is built from."""
 
-    trace_id: str
-    experiment_id: str | None
-    name: str | None
-    status: str
-    timestamp_ms: int
-    execution_time_ms: int | None
+    view: TraceView
     request: str | None
     response: str | None
-    tags: Mapping[str, str]
-    metadata: Mapping[str, str]
     tag_key: str
     tag_value: str
     rule: str | None
     feedback: Mapping[str, Any]  # valid feedback, name -> value (the newest per name)
     expectations: Mapping[str, Any]  # valid expectations, name -> value
+
+    @property
+    def trace_id(self) -> str:
+        return self.view.trace_id
 
 
 class VersionRow(NamedTuple):
@@ -72,9 +72,8 @@ def candidates(conn: Connection, dataset: str, tag_key: str, tag_values: Sequenc
                selection: str = "") -> list[Candidate]:
     """Tagged traces neither in ``dataset`` nor skipped by it, oldest first, at most ``limit``."""
     t, g, r, k = TRACES, TRACE_TAGS, RECORDS, SKIPS
-    query = (select(t.c.trace_id, t.c.experiment_id, t.c.name, t.c.status, t.c.timestamp_ms,
-                    t.c.execution_time_ms, t.c.request, t.c.response, t.c.tags,
-                    t.c.trace_metadata, g.c.tag_key, g.c.tag_value, g.c.rule)
+    query = (select(*VIEW_COLUMNS, t.c.request, t.c.response, g.c.tag_key, g.c.tag_value,
+                    g.c.rule)
              .join(g, g.c.trace_id == t.c.trace_id)
              .outerjoin(r, and_(r.c.dataset == dataset, r.c.trace_id == t.c.trace_id))
              .outerjoin(k, and_(k.c.dataset == dataset, k.c.trace_id == t.c.trace_id,
@@ -89,9 +88,8 @@ def candidates(conn: Connection, dataset: str, tag_key: str, tag_values: Sequenc
         query = query.where(t.c.experiment_id == experiment_id)
     rows = conn.execute(query.order_by(t.c.timestamp_ms, t.c.trace_id).limit(limit)).all()
     by_trace = _assessments(conn, [row.trace_id for row in rows])
-    return [Candidate(*row[:8], row.tags or {}, row.trace_metadata or {}, row.tag_key,
-                      row.tag_value, row.rule, *by_trace.get(row.trace_id, ({}, {})))
-            for row in rows]
+    return [Candidate(row_view(row), row.request, row.response, row.tag_key, row.tag_value,
+                      row.rule, *by_trace.get(row.trace_id, ({}, {}))) for row in rows]
 
 
 def _assessments(conn: Connection, trace_ids: Sequence[str]
@@ -135,6 +133,11 @@ def ensure_dataset(conn: Connection, name: str, sink: str, now_ms: int) -> tuple
     row = conn.execute(select(DATASETS.c.sink, DATASETS.c.sink_dataset_id)
                        .where(DATASETS.c.name == name)).one()
     return row.sink, row.sink_dataset_id
+
+
+def sink_dataset_id(conn: Connection, name: str) -> str | None:
+    return conn.execute(select(DATASETS.c.sink_dataset_id).where(DATASETS.c.name == name)
+                        ).scalar_one_or_none()
 
 
 def set_sink_dataset_id(conn: Connection, name: str, sink_dataset_id: str) -> None:
@@ -203,6 +206,4 @@ def version_records(conn: Connection, dataset: str, version: int,
 
 
 def _json(value: Any) -> str:
-    import orjson
-
     return orjson.dumps(value).decode()

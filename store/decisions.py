@@ -64,12 +64,13 @@ def _chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
         yield ids[i:i + IN_CHUNK]
 
 
-_VIEW_COLS = (TRACES.c.trace_id, TRACES.c.experiment_id, TRACES.c.name, TRACES.c.status,
+VIEW_COLUMNS = (TRACES.c.trace_id, TRACES.c.experiment_id, TRACES.c.name, TRACES.c.status,
               TRACES.c.timestamp_ms, TRACES.c.execution_time_ms, TRACES.c.tags,
               TRACES.c.trace_metadata, TRACES.c.completeness)
 
 
-def _view(row: Any) -> TraceView:
+def row_view(row: Any) -> TraceView:
+    """The rules' view of a ``traces`` row (selected with at least ``VIEW_COLUMNS``)."""
     return TraceView(row.trace_id, row.experiment_id, row.name, row.status, row.timestamp_ms,
                      row.execution_time_ms, row.tags or {}, row.trace_metadata or {})
 
@@ -78,9 +79,9 @@ def prior_versions(conn: Connection, trace_ids: Sequence[str]) -> dict[str, Prio
     """The stored version of each trace, read before the batch's upsert."""
     out: dict[str, Prior] = {}
     for chunk in _chunks(trace_ids):
-        query = select(*_VIEW_COLS).where(dialect.in_ids(conn, TRACES.c.trace_id, chunk))
+        query = select(*VIEW_COLUMNS).where(dialect.in_ids(conn, TRACES.c.trace_id, chunk))
         for row in conn.execute(query):
-            out[row.trace_id] = Prior(row.completeness, _view(row))
+            out[row.trace_id] = Prior(row.completeness, row_view(row))
     return out
 
 
@@ -89,21 +90,32 @@ def event_view(e: TraceEvent) -> TraceView:
                      e.execution_time_ms, e.tags, e.metadata)
 
 
-def valid_feedback(conn: Connection, trace_ids: Sequence[str]
-                   ) -> dict[str, list[AssessmentView]]:
+def feedback_rows(conn: Connection, trace_ids: Sequence[str]) -> dict[str, list[Any]]:
+    """Valid feedback rows per trace, oldest update first: what the rules read (``views_of``)
+    and what the metric buckets read (``store.metrics.facts_of``), in one query."""
     a = ASSESSMENTS
-    out: dict[str, list[AssessmentView]] = {}
+    out: dict[str, list[Any]] = {}
     for chunk in _chunks(trace_ids):
-        rows = conn.execute(select(a.c.trace_id, a.c.assessment_id, a.c.name, a.c.kind, a.c.value,
-                                   a.c.valid, a.c.last_update_time_ms)
+        rows = conn.execute(select(a.c.trace_id, a.c.assessment_id, a.c.name, a.c.value,
+                                   a.c.numeric_value, a.c.error, a.c.last_update_time_ms)
                             .where(dialect.in_ids(conn, a.c.trace_id, chunk),
                                    a.c.kind == "feedback", a.c.valid.is_(True)))
         for r in rows:
-            out.setdefault(r.trace_id, []).append(AssessmentView(
-                r.assessment_id, r.name, r.kind, r.value, r.valid, r.last_update_time_ms))
-    for views in out.values():
-        views.sort(key=lambda v: (v.last_update_time_ms, v.assessment_id))
+            out.setdefault(r.trace_id, []).append(r)
+    for found in out.values():
+        found.sort(key=lambda r: (r.last_update_time_ms, r.assessment_id))
     return out
+
+
+def views_of(rows: Mapping[str, Sequence[Any]]) -> dict[str, list[AssessmentView]]:
+    return {tid: [AssessmentView(r.assessment_id, r.name, "feedback", r.value, True,
+                                 r.last_update_time_ms) for r in found]
+            for tid, found in rows.items()}
+
+
+def valid_feedback(conn: Connection, trace_ids: Sequence[str]
+                   ) -> dict[str, list[AssessmentView]]:
+    return views_of(feedback_rows(conn, trace_ids))
 
 
 def current_tags(conn: Connection, trace_ids: Sequence[str]) -> dict[tuple[str, str], str | None]:
@@ -118,8 +130,10 @@ def current_tags(conn: Connection, trace_ids: Sequence[str]) -> dict[tuple[str, 
 
 def decide_batch(conn: Connection, decider: Decider, traces: Sequence[TraceEvent],
                  assessments: Sequence[AssessmentEvent], prior: Mapping[str, Prior],
-                 now_ms: int) -> list[TagChange]:
-    """Evaluate every trace the batch touched; returns the tags that changed."""
+                 now_ms: int, feedback: Mapping[str, Sequence[AssessmentView]] | None = None
+                 ) -> list[TagChange]:
+    """Evaluate every trace the batch touched; returns the tags that changed. ``feedback``:
+    the valid feedback of (at least) those traces, as stored now, if the caller read it."""
     with_feedback = decider.needs_assessments()
     views: dict[str, tuple[TraceView, str]] = {}
     for e in traces:
@@ -135,7 +149,10 @@ def decide_batch(conn: Connection, decider: Decider, traces: Sequence[TraceEvent
     if not views:
         return []
     ids = list(views)
-    feedback = valid_feedback(conn, ids) if with_feedback else {}
+    if not with_feedback:
+        feedback = {}
+    elif feedback is None:
+        feedback = valid_feedback(conn, ids)
     evaluations = [(decider.evaluate(view, feedback.get(tid, ())), trigger)
                    for tid, (view, trigger) in views.items()]
     # Only a trace the store held before this batch can have tags already.
@@ -211,12 +228,12 @@ def stored_traces(conn: Connection, since_ms: int, until_ms: int,
     last = (since_ms - 1, "")
     while True:
         rows = conn.execute(
-            select(*_VIEW_COLS).where(
+            select(*VIEW_COLUMNS).where(
                 TRACES.c.timestamp_ms < until_ms,
                 (TRACES.c.timestamp_ms > last[0])
                 | ((TRACES.c.timestamp_ms == last[0]) & (TRACES.c.trace_id > last[1])))
             .order_by(TRACES.c.timestamp_ms, TRACES.c.trace_id).limit(chunk)).all()
         if not rows:
             return
-        yield [_view(r) for r in rows]
+        yield [row_view(r) for r in rows]
         last = (rows[-1].timestamp_ms, rows[-1].trace_id)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import pandas as pd
 from sqlalchemy import Engine, Table, select
 
+from consumers.formats import parse_json_text
 from store import dialect
 from store.models import Assessment, Trace
 
@@ -24,15 +24,6 @@ TRACES: Table = Trace.__table__  # type: ignore[assignment]
 ASSESSMENTS: Table = Assessment.__table__  # type: ignore[assignment]
 COLUMNS = ["trace_id", "request", "response", "status", "execution_time_ms", "timestamp_ms",
            "tags", "trace_metadata", "experiment_id", "name", "assessments"]
-
-
-def _json_or_text(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return text
 
 
 def _assessment_dict(r: Any) -> dict[str, Any]:
@@ -67,8 +58,8 @@ def traces_frame(engine: Engine, since_ms: int, until_ms: int | None = None, *,
             for r in conn.execute(aq.order_by(a.c.create_time_ms, a.c.assessment_id)):
                 by_trace.setdefault(r.trace_id, []).append(_assessment_dict(r))
     records = [{
-        "trace_id": r.trace_id, "request": _json_or_text(r.request),
-        "response": _json_or_text(r.response), "status": r.status,
+        "trace_id": r.trace_id, "request": parse_json_text(r.request),
+        "response": parse_json_text(r.response), "status": r.status,
         "execution_time_ms": r.execution_time_ms, "timestamp_ms": r.timestamp_ms,
         "tags": dict(r.tags or {}), "trace_metadata": dict(r.trace_metadata or {}),
         "experiment_id": r.experiment_id, "name": r.name,

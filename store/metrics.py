@@ -23,7 +23,9 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Table, delete, func, select, text, tuple_
 
+from consumers.errors import ConfigError
 from store import dialect
+from store.decisions import VIEW_COLUMNS, feedback_rows, row_view
 from store.models import (
     Assessment,
     DeadLetter,
@@ -82,10 +84,8 @@ class MetricsConfig:
 
 # --- reading the state of traces -------------------------------------------------------------
 
-_FACT_COLS = (TRACES.c.trace_id, TRACES.c.experiment_id, TRACES.c.name, TRACES.c.status,
-              TRACES.c.timestamp_ms, TRACES.c.execution_time_ms, TRACES.c.tags,
-              TRACES.c.trace_metadata, TRACES.c.input_tokens, TRACES.c.output_tokens,
-              TRACES.c.total_tokens, TRACES.c.span_summary, TRACES.c.completeness)
+_FACT_COLS = (*VIEW_COLUMNS, TRACES.c.input_tokens, TRACES.c.output_tokens,
+              TRACES.c.total_tokens, TRACES.c.span_summary)
 
 
 def _chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -98,28 +98,24 @@ def trace_facts(conn: Connection, trace_ids: Sequence[str]) -> dict[str, TraceFa
     for chunk in _chunks(trace_ids):
         for r in conn.execute(select(*_FACT_COLS)
                               .where(dialect.in_ids(conn, TRACES.c.trace_id, chunk))):
-            out[r.trace_id] = TraceFacts(
-                r.trace_id, r.experiment_id, r.name, r.status, r.timestamp_ms,
-                r.execution_time_ms, r.tags or {}, r.trace_metadata or {}, r.input_tokens,
-                r.output_tokens, r.total_tokens, r.span_summary or {}, r.completeness)
+            out[r.trace_id] = TraceFacts(row_view(r), r.input_tokens, r.output_tokens,
+                                         r.total_tokens, r.span_summary or {}, r.completeness)
     return out
+
+
+def facts_of(rows: Mapping[str, Sequence[Any]]) -> dict[str, list[FeedbackFacts]]:
+    """Feedback rows (``store.decisions.feedback_rows``) as metrics read them, in a stable
+    order."""
+    return {tid: sorted((FeedbackFacts(r.assessment_id, r.name, r.value, r.numeric_value,
+                                       r.error) for r in found),
+                        key=lambda f: f.assessment_id)
+            for tid, found in rows.items()}
 
 
 def feedback_facts(conn: Connection, trace_ids: Sequence[str]
                    ) -> dict[str, list[FeedbackFacts]]:
     """Valid feedback per trace, in a stable order."""
-    a = ASSESSMENTS
-    out: dict[str, list[FeedbackFacts]] = {}
-    for chunk in _chunks(trace_ids):
-        rows = conn.execute(select(a.c.trace_id, a.c.assessment_id, a.c.name, a.c.value,
-                                   a.c.numeric_value, a.c.error)
-                            .where(dialect.in_ids(conn, a.c.trace_id, chunk),
-                                   a.c.kind == "feedback", a.c.valid.is_(True)))
-        for r in rows:
-            out.setdefault(r.trace_id, []).append(FeedbackFacts(*r[1:]))
-    for facts in out.values():
-        facts.sort(key=lambda f: f.assessment_id)
-    return out
+    return facts_of(feedback_rows(conn, trace_ids))
 
 
 def candidate_tags(conn: Connection, trace_ids: Sequence[str]
@@ -150,9 +146,12 @@ class State:
                             config.dimension_tag)
 
 
-def read_state(conn: Connection, trace_ids: Sequence[str]) -> State:
+def read_state(conn: Connection, trace_ids: Sequence[str], *,
+               with_assessments: bool = True) -> State:
+    """The stored traces among ``trace_ids``; with their valid feedback and candidate tags
+    unless ``with_assessments`` is off (the rules alone need only the rows)."""
     facts = trace_facts(conn, trace_ids)
-    stored = list(facts)
+    stored = list(facts) if with_assessments else []
     return State(facts, feedback_facts(conn, stored) if stored else {},
                  candidate_tags(conn, stored) if stored else {})
 
@@ -173,28 +172,26 @@ def lock_traces(conn: Connection, trace_ids: Iterable[str]) -> None:
     """On PostgreSQL, serialize batches that touch the same traces (transaction advisory locks,
     in key order): a trace's before/after states are then read and written by one worker at a
     time, so two workers never both count the same change."""
-    if conn.dialect.name != "postgresql":
-        return
-    ids = sorted({int.from_bytes(hashlib.blake2b(t.encode(), digest_size=4).digest(), "big",
-                                 signed=True) for t in trace_ids})
-    if ids:
-        conn.execute(text("SELECT pg_advisory_xact_lock(:cls, k) FROM "
-                          "unnest(CAST(:ids AS int[])) AS k ORDER BY k"),
-                     {"cls": _TRACE_LOCK_CLASS, "ids": ids})
+    if conn.dialect.name == "postgresql":
+        _xact_locks(conn, _TRACE_LOCK_CLASS, (_hash32(t) for t in trace_ids))
 
 
 # --- writing deltas --------------------------------------------------------------------------
 
 
+def _hash32(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "big",
+                          signed=True)
+
+
 def _lock_id(res: str, bucket_ms: int, key: BucketKey) -> int:
-    raw = orjson.dumps([res, bucket_ms, *key])
-    return int.from_bytes(hashlib.blake2b(raw, digest_size=4).digest(), "big", signed=True)
+    return _hash32(orjson.dumps([res, bucket_ms, *key]).decode())
 
 
-def _lock_buckets(conn: Connection, keys: Iterable[DeltaKey]) -> None:
-    ids = sorted({_lock_id(*k) for k in keys})
+def _xact_locks(conn: Connection, lock_class: int, ids: Iterable[int]) -> None:
+    """PostgreSQL transaction advisory locks (lock_class, id), taken in id order."""
     conn.execute(text("SELECT pg_advisory_xact_lock(:cls, k) FROM unnest(CAST(:ids AS int[])) "
-                      "AS k ORDER BY k"), {"cls": _BUCKET_LOCK_CLASS, "ids": ids})
+                      "AS k ORDER BY k"), {"cls": lock_class, "ids": sorted(set(ids))})
 
 
 def read_buckets_by_key(conn: Connection, table: Table,
@@ -226,7 +223,7 @@ def apply_deltas(conn: Connection, deltas: Mapping[DeltaKey, Agg], now_ms: int) 
     if not deltas:
         return 0
     if conn.dialect.name == "postgresql":
-        _lock_buckets(conn, deltas)
+        _xact_locks(conn, _BUCKET_LOCK_CLASS, (_lock_id(*k) for k in deltas))
     written = 0
     for res in RESOLUTIONS:
         table = BUCKETS[res.name]
@@ -271,8 +268,6 @@ def check_dimension_tag(conn: Connection, config: MetricsConfig) -> None:
         dialect.bulk_upsert(conn, META, ("key",), ("key", "value"),
                             [(DIMENSION_META_KEY, config.dimension_tag)])
     elif stored != config.dimension_tag:
-        from consumers.errors import ConfigError
-
         raise ConfigError(
             f"the metric buckets are keyed by the tag {stored!r}, but metrics_dimension_tag is "
             f"{config.dimension_tag!r}. Set it back, or run `trace-curator metrics rebuild` to "
@@ -319,12 +314,14 @@ def write_buckets_from_rows(conn: Connection, config: MetricsConfig, now_ms: int
             stream.add(c)
         seen += len(ids_rows)
         last = (ids_rows[-1].timestamp_ms, ids_rows[-1].trace_id)
-        _insert_buckets(conn, stream.completed(last[0]), now_ms)
-    _insert_buckets(conn, stream.completed(None), now_ms)
+        insert_buckets(conn, stream.completed(last[0]), now_ms)
+    insert_buckets(conn, stream.completed(None), now_ms)
     return seen
 
 
-def _insert_buckets(conn: Connection, aggs: Mapping[DeltaKey, Agg], now_ms: int) -> None:
+def insert_buckets(conn: Connection, aggs: Mapping[DeltaKey, Agg], now_ms: int) -> None:
+    """Write whole buckets (``StreamRollup`` output) into bucket ranges nothing else writes:
+    a rebuild, or a bulk load."""
     for res in RESOLUTIONS:
         rows = [bucket_row(b, k, agg, now_ms) for (r, b, k), agg in sorted(aggs.items())
                 if r == res.name and not agg.is_zero()]

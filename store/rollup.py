@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from consumers.events import TraceView
 from store.sketch import DEFAULT_MAPPING, Sketch
 
 MINUTE_MS = 60_000
@@ -62,16 +63,9 @@ class BucketKey(NamedTuple):
 
 
 class TraceFacts(NamedTuple):
-    """The stored trace row, as far as metrics read it."""
+    """The stored trace row, as far as metrics read it: the rules' view and the rest."""
 
-    trace_id: str
-    experiment_id: str | None
-    name: str | None
-    status: str
-    timestamp_ms: int
-    execution_time_ms: int | None
-    tags: Mapping[str, str]
-    metadata: Mapping[str, str]
+    view: TraceView
     input_tokens: int | None
     output_tokens: int | None
     total_tokens: int | None
@@ -113,18 +107,9 @@ class Contribution(NamedTuple):
     candidates: tuple[tuple[str, str], ...]  # (tag key, tag value)
 
 
-def bucket_key(trace: TraceFacts, dimension_tag: str) -> BucketKey:
+def bucket_key(trace: TraceView, dimension_tag: str) -> BucketKey:
     dim = trace.tags.get(dimension_tag) or trace.metadata.get(dimension_tag) or ""
     return BucketKey(0, trace.experiment_id or "", trace.name or "", str(dim))
-
-
-def span_bins(durations_ms: Iterable[float]) -> dict[int, int]:
-    """Sketch bins of span durations, as stored in ``span_summary[type]["bins"]``."""
-    bins: dict[int, int] = {}
-    for d in durations_ms:
-        k = DEFAULT_MAPPING.key_for(max(d, 0.0))
-        bins[k] = bins.get(k, 0) + 1
-    return bins
 
 
 def _span_parts(summary: Mapping[str, Any]) -> tuple[SpanPart, ...]:
@@ -166,14 +151,15 @@ def _feedback_part(f: FeedbackFacts) -> FeedbackPart:
 
 def contribution(trace: TraceFacts, feedback: Sequence[FeedbackFacts],
                  candidates: Iterable[tuple[str, str]], dimension_tag: str) -> Contribution:
-    status = trace.status
-    latency = trace.execution_time_ms
+    view = trace.view
+    status = view.status
+    latency = view.execution_time_ms
     has_latency = status != "IN_PROGRESS" and latency is not None and latency >= 0
     scalars = (1, int(status == "OK"), int(status == "ERROR"), int(status == "IN_PROGRESS"),
                int(has_latency), latency if has_latency and latency is not None else 0,
                trace.input_tokens or 0, trace.output_tokens or 0, trace.total_tokens or 0)
     return Contribution(
-        trace.timestamp_ms, bucket_key(trace, dimension_tag), scalars,
+        view.timestamp_ms, bucket_key(view, dimension_tag), scalars,
         DEFAULT_MAPPING.key_for(float(latency)) if has_latency and latency is not None else None,
         _span_parts(trace.span_summary or {}),
         tuple(sorted((_feedback_part(f) for f in feedback), key=lambda p: p.name)),

@@ -16,7 +16,7 @@ changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,13 +24,21 @@ import orjson
 from sqlalchemy import Connection, Table, and_, exists, select, update
 from sqlalchemy.orm import aliased
 
-from consumers.events import AssessmentEvent, DeadLetter, TraceEvent, TraceView
+from consumers.events import AssessmentEvent, DeadLetter, TraceEvent
 from store import dialect, metrics
-from store.decisions import Decider, Prior, TagChange, decide_batch
+from store.decisions import (
+    Decider,
+    Prior,
+    TagChange,
+    decide_batch,
+    event_view,
+    feedback_rows,
+    views_of,
+)
 from store.metrics import MetricsConfig
 from store.models import Assessment, Trace
 from store.models import DeadLetter as DeadLetterRow
-from store.rollup import TraceFacts, diff
+from store.rollup import FeedbackFacts, TraceFacts, diff
 from store.sketch import DEFAULT_MAPPING
 
 TRACES: Table = Trace.__table__  # type: ignore[assignment]
@@ -186,8 +194,8 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
     touched = list(dict.fromkeys([e.trace_id for e in traces]
                                  + [a.trace_id for a in assessments]))
     metrics.lock_traces(conn, touched)
-    before = metrics.read_state(conn, touched) if (decider or metrics_config) and touched \
-        else metrics.State({}, {}, {})
+    before = metrics.read_state(conn, touched, with_assessments=metrics_config is not None) \
+        if (decider or metrics_config) and touched else metrics.State({}, {}, {})
     summaries = [span_summary(e) for e in traces]
     dialect.upsert_newer(conn, TRACES, "trace_id", "completeness", TRACE_COLUMNS,
                          [trace_row(e, now_ms, s) for e, s in zip(traces, summaries, strict=True)])
@@ -199,20 +207,23 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
         stmt = dialect.insert(conn, DEAD_LETTERS).on_conflict_do_nothing(
             index_elements=["topic", "partition", "offset"])
         conn.execute(stmt, [dead_letter_row(d) for d in batch.dead_letters])
+    # The valid feedback as stored now, read once for both the rules and the metrics.
+    feedback_now = feedback_rows(conn, touched) if metrics_config and touched else None
     changed: list[TagChange] = []
     if decider:
-        prior = {tid: Prior(f.completeness, TraceView(*f[:8]))
-                 for tid, f in before.facts.items()}
-        changed = decide_batch(conn, decider, traces, assessments, prior, now_ms)
+        prior = {tid: Prior(f.completeness, f.view) for tid, f in before.facts.items()}
+        changed = decide_batch(conn, decider, traces, assessments, prior, now_ms,
+                               views_of(feedback_now) if feedback_now is not None else None)
     if metrics_config:
-        _update_metrics(conn, metrics_config, before, traces, summaries, assessments, changed,
-                        now_ms)
+        _update_metrics(metrics_config, before, traces, summaries, assessments, changed,
+                        metrics.facts_of(feedback_now or {}), conn, now_ms)
     return BatchResult(len(traces), len(assessments), len(batch.dead_letters), len(changed))
 
 
-def _update_metrics(conn: Connection, config: MetricsConfig, before: metrics.State,
+def _update_metrics(config: MetricsConfig, before: metrics.State,
                     traces: Sequence[TraceEvent], summaries: Sequence[dict[str, Any]],
                     assessments: Sequence[AssessmentEvent], tag_changes: Sequence[TagChange],
+                    feedback_now: Mapping[str, list[FeedbackFacts]], conn: Connection,
                     now_ms: int) -> None:
     """Bucket deltas for the traces whose row, valid feedback or candidate tags changed."""
     after = metrics.State(dict(before.facts), dict(before.feedback), dict(before.tags))
@@ -220,18 +231,15 @@ def _update_metrics(conn: Connection, config: MetricsConfig, before: metrics.Sta
     for e, summary in zip(traces, summaries, strict=True):
         old = before.facts.get(e.trace_id)
         if old is None or e.completeness > old.completeness:
-            after.facts[e.trace_id] = TraceFacts(
-                e.trace_id, e.experiment_id, e.name, e.status, e.timestamp_ms,
-                e.execution_time_ms, e.tags, e.metadata, e.input_tokens, e.output_tokens,
-                e.total_tokens, summary, e.completeness)
+            after.facts[e.trace_id] = TraceFacts(event_view(e), e.input_tokens,
+                                                 e.output_tokens, e.total_tokens, summary,
+                                                 e.completeness)
             dirty.add(e.trace_id)
     reread = sorted(({a.trace_id for a in assessments} | dirty) & after.facts.keys())
-    if reread:
-        fresh = metrics.feedback_facts(conn, reread)
-        for tid in reread:
-            after.feedback[tid] = fresh.get(tid, [])
-            if after.feedback[tid] != before.feedback.get(tid, []):
-                dirty.add(tid)
+    for tid in reread:
+        after.feedback[tid] = feedback_now.get(tid, [])
+        if after.feedback[tid] != before.feedback.get(tid, []):
+            dirty.add(tid)
     changed_tags: dict[str, dict[str, str | None]] = {}
     for ch in tag_changes:  # the decisions of this batch, applied to the tags read before it
         changed_tags.setdefault(ch.trace_id, dict(before.tags.get(ch.trace_id, ())))[

@@ -236,7 +236,7 @@ def cmd_datasets_show(args: argparse.Namespace) -> int:
     with engine.connect() as conn:
         v = _version_of(conn, args.name, args.version)
         added = ds.version_records(conn, args.name, v.version)
-        total = len(ds.version_records(conn, args.name, v.version, cumulative=True))
+        total = sum(x.record_count for x in ds.versions(conn, args.name) if x.version <= v.version)
     print(f"dataset {v.dataset} version {v.version} ({v.state})")
     print(f"  created   {_iso(v.created_ms)}" + (f", confirmed by the sink {_iso(v.committed_ms)}"
                                                    if v.committed_ms else ""))

@@ -156,7 +156,7 @@ class Curator:
         """Steps 6-7: merge the version's stored records; done only once the sink confirmed."""
         with self.engine.connect() as conn:
             records = ds.version_records(conn, spec.name, version)
-            _sink, sink_id = ds.ensure_dataset(conn, spec.name, spec.sink.kind, 0)
+            sink_id = ds.sink_dataset_id(conn, spec.name)
         try:
             new_id = self.sinks[spec.name].merge(spec.name, sink_id, records, version, digest)
         except Exception as exc:  # any failure: the version stays pending, retried next cycle

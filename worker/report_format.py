@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import orjson
 
-from store.report import Stats, Summary, scalar_row
+from store.report import Stats, Summary, iso, scalar_row
 
 BAR_WIDTH = 40
 _BLOCKS = " ▏▎▍▌▋▊▉█"
@@ -84,8 +84,7 @@ def _headline(st: Stats) -> list[str]:
 def to_table(s: Summary) -> str:
     st = s.overall
     scope = f"experiment {s.experiment_id}" if s.experiment_id else "all experiments"
-    lines = [f"trace-curator report  {s.to_dict()['window']['since']} -> "
-             f"{s.to_dict()['window']['until']}  ({scope})", ""]
+    lines = [f"trace-curator report  {iso(s.since_ms)} -> {iso(s.until_ms)}  ({scope})", ""]
     lines += _headline(st)
     title, volume = _volume(s)
     peak = max((v for _, v in volume), default=0)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from consumers.errors import ConfigError
+from consumers.events import TraceView
 from store.datasets import Candidate
 from worker.curation import (
     DEFAULT_DATASET,
@@ -29,11 +30,11 @@ from worker.curation import (
 
 def cand(i: int, *, status: str = "OK", ms: int | None = 100, request: str | None = None,
          env: str = "production") -> Candidate:
-    return Candidate(f"tr-{i:05d}", "1", "bot", status, 1_795_000_000_000 + i, ms,
-                     request if request is not None else json.dumps({"q": f"question {i}"}),
-                     json.dumps({"a": f"answer {i}"}), {"environment": env}, {},
-                     "eval_candidate", "error_case", "error_case", {"quality": 0.2},
-                     {"expected_facts": ["fact"]})
+    view = TraceView(f"tr-{i:05d}", "1", "bot", status, 1_795_000_000_000 + i, ms,
+                     {"environment": env}, {})
+    return Candidate(view, request if request is not None else json.dumps({"q": f"question {i}"}),
+                     json.dumps({"a": f"answer {i}"}), "eval_candidate", "error_case",
+                     "error_case", {"quality": 0.2}, {"expected_facts": ["fact"]})
 
 
 def test_default_spec_without_a_file() -> None:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from consumers.events import TraceView
 from store.report import bucket_ranges, rollup_for, stats_of, window
 from store.rollup import (
     HOUR_MS,
@@ -21,7 +22,6 @@ from store.rollup import (
     contribution,
     diff,
     expand,
-    span_bins,
     verdict,
 )
 from store.sketch import key_for
@@ -35,9 +35,9 @@ def facts(tid: str = "t1", *, status: str = "OK", latency: int | None = 120, ts:
           completeness: int = 1_000_002) -> TraceFacts:
     summary = spans if spans is not None else {
         "CHAT_MODEL": {"count": 2, "total_ms": 90.5, "max_ms": 60.0,
-                       "bins": sorted([k, n] for k, n in span_bins([30.5, 60.0]).items())}}
-    return TraceFacts(tid, "1", name, status, ts, latency, {"environment": env}, {}, 10, 5, 15,
-                      summary, completeness)
+                       "bins": [[key_for(30.5), 1], [key_for(60.0), 1]]}}
+    view = TraceView(tid, "1", name, status, ts, latency, {"environment": env}, {})
+    return TraceFacts(view, 10, 5, 15, summary, completeness)
 
 
 def fb(name: str, value: Any, numeric: float | None, aid: str = "a1") -> FeedbackFacts:
@@ -73,9 +73,12 @@ def test_in_progress_traces_count_but_have_no_latency() -> None:
 
 
 def test_dimension_falls_back_to_metadata_then_empty() -> None:
-    f = facts()._replace(tags={}, metadata={"environment": "meta-env"})
+    f = facts()
+    f = f._replace(view=f.view._replace(tags={}, metadata={"environment": "meta-env"}))
     assert contribution(f, [], [], "environment").key.dimension == "meta-env"
-    assert contribution(facts()._replace(tags={}), [], [], "environment").key.dimension == ""
+    bare = facts()
+    bare = bare._replace(view=bare.view._replace(tags={}))
+    assert contribution(bare, [], [], "environment").key.dimension == ""
 
 
 def test_a_row_without_span_bins_contributes_all_spans_at_the_mean() -> None:
