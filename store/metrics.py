@@ -71,6 +71,7 @@ DIMENSION_META_KEY = "metrics.dimension_tag"
 # single-key session locks that ``store.leader`` takes.
 _TRACE_LOCK_CLASS = 0x7C0A
 _BUCKET_LOCK_CLASS = 0x7C0B
+DAY_MS = 86_400_000
 
 
 class MetricsInconsistentError(RuntimeError):
@@ -79,7 +80,25 @@ class MetricsInconsistentError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
+    """``minute_days`` / ``hour_days``: the bucket retention. Deltas to a bucket older than its
+    retention are dropped, in both directions: such a bucket is gone, or due to be pruned, so
+    neither an add nor a subtract may recreate it (a subtract would go below zero)."""
+
     dimension_tag: str = "environment"
+    minute_days: float | None = None
+    hour_days: float | None = None
+
+    def horizons(self, now_ms: int) -> dict[str, int]:
+        """Per resolution, the oldest bucket start that still takes deltas."""
+        out = {}
+        for res, days in (("minute", self.minute_days), ("hour", self.hour_days)):
+            if days is not None:
+                out[res] = now_ms - int(days * DAY_MS)
+        return out
+
+    def retained(self, deltas: Mapping[DeltaKey, Agg], now_ms: int) -> dict[DeltaKey, Agg]:
+        horizons = self.horizons(now_ms)
+        return {k: a for k, a in deltas.items() if k[1] >= horizons.get(k[0], k[1])}
 
 
 # --- reading the state of traces -------------------------------------------------------------
@@ -314,8 +333,8 @@ def write_buckets_from_rows(conn: Connection, config: MetricsConfig, now_ms: int
             stream.add(c)
         seen += len(ids_rows)
         last = (ids_rows[-1].timestamp_ms, ids_rows[-1].trace_id)
-        insert_buckets(conn, stream.completed(last[0]), now_ms)
-    insert_buckets(conn, stream.completed(None), now_ms)
+        insert_buckets(conn, config.retained(stream.completed(last[0]), now_ms), now_ms)
+    insert_buckets(conn, config.retained(stream.completed(None), now_ms), now_ms)
     return seen
 
 
@@ -389,15 +408,19 @@ class PruneResult:
 def prune(conn: Connection, now_ms: int, retention: Retention) -> PruneResult:
     """Delete at most ``max_rows_per_cycle`` of each kind past retention, oldest first.
 
-    A pruned trace's assessments, tags and decision log go with it; its buckets stay, so
-    reports keep covering it. Redelivery of a trace older than ``raw_days`` would count again:
-    keep ``raw_days`` above the longest redelivery you expect (Kafka retention, backfills).
+    A trace row goes once both its start and its last write are older than ``raw_days``: a
+    late trace, or an IN_PROGRESS version with an old start, keeps its row for ``raw_days``
+    after it arrived, so its update or redelivery finds it and is not counted again. Its
+    assessments, tags and decision log go with it; its buckets stay, so reports keep covering
+    it. A redelivery more than ``raw_days`` after the first delivery would count again: keep
+    ``raw_days`` above the Kafka topics' retention.
     """
     limit = retention.max_rows_per_cycle
-    day = 86_400_000
+    day = DAY_MS
     t = TRACES
     cutoff = now_ms - int(retention.raw_days * day)
-    ids = list(conn.execute(select(t.c.trace_id).where(t.c.timestamp_ms < cutoff)
+    ids = list(conn.execute(select(t.c.trace_id).where(t.c.timestamp_ms < cutoff,
+                                                       t.c.ingested_ms < cutoff)
                             .order_by(t.c.timestamp_ms).limit(limit)).scalars())
     for chunk in _chunks(ids):
         for table, col in ((ASSESSMENTS, "trace_id"), (TRACE_TAGS, "trace_id"),

@@ -249,4 +249,4 @@ def _update_metrics(config: MetricsConfig, before: metrics.State,
         dirty.add(tid)
     deltas = diff({t: c for t in dirty if (c := before.contribution(t, config)) is not None},
                   {t: c for t in dirty if (c := after.contribution(t, config)) is not None})
-    metrics.apply_deltas(conn, deltas, now_ms)
+    metrics.apply_deltas(conn, config.retained(deltas, now_ms), now_ms)

@@ -87,6 +87,11 @@ def create_curator(settings: Settings, engine: Engine) -> Curator:
 
 
 def metrics_config(settings: Settings) -> MetricsConfig | None:
-    if not settings.metrics_enabled:
-        return None
-    return MetricsConfig(dimension_tag=settings.metrics_dimension_tag)
+    """The bucket settings the worker applies, or None with metrics off."""
+    return bucket_config(settings) if settings.metrics_enabled else None
+
+
+def bucket_config(settings: Settings) -> MetricsConfig:
+    return MetricsConfig(dimension_tag=settings.metrics_dimension_tag,
+                         minute_days=settings.retention_minute_days,
+                         hour_days=settings.retention_hour_days)

@@ -148,13 +148,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics_rebuild(args: argparse.Namespace) -> int:
-    from store.metrics import MetricsConfig, rebuild
+    from store.metrics import rebuild
+    from worker.app import bucket_config
 
     settings, engine = _current_store(args)
+    config = bucket_config(settings)
     started = time.monotonic()
     with engine.begin() as conn:
-        n = rebuild(conn, MetricsConfig(settings.metrics_dimension_tag),
-                    int(time.time() * 1000))
+        n = rebuild(conn, config, int(time.time() * 1000))
     print(f"rebuilt the metric buckets from {n:,} stored traces in "
           f"{time.monotonic() - started:.1f}s (dimension tag {settings.metrics_dimension_tag!r})")
     return EXIT_OK
