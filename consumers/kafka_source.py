@@ -84,6 +84,12 @@ class KafkaSource:
     def ready(self) -> bool:
         return bool(self._consumer.assignment())
 
+    def checkpoint(self) -> dict[str, dict[str, Any]]:
+        return {}  # offsets are committed to the broker, after the batch's transaction
+
+    def exhausted(self) -> bool:
+        return False  # a stream never ends
+
     def commit(self, next_offsets: Mapping[tuple[str, int], int]) -> bool:
         """Commit ``next_offsets`` (last processed + 1). False means "will be redelivered"."""
         if not next_offsets:

@@ -7,7 +7,7 @@ implement the same Protocols, so unit tests need no mocks.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from consumers.events import DeadLetter, RawRecord
 
@@ -24,8 +24,17 @@ class EventSource(Protocol):
         """True once the source can deliver (a Kafka consumer has joined and has partitions)."""
         ...
 
+    def checkpoint(self) -> dict[str, dict[str, Any]]:
+        """Progress to store in the transaction of the batch just polled (a polled source's
+        watermarks); empty for Kafka, whose offsets live in the broker."""
+        ...
+
     def commit(self, next_offsets: Mapping[tuple[str, int], int]) -> bool:
         """Record progress; False means the records will be redelivered (harmless)."""
+        ...
+
+    def exhausted(self) -> bool:
+        """True once a finite source (a backfill) has delivered everything."""
         ...
 
     def close(self) -> None: ...

@@ -219,6 +219,17 @@ class StoreMeta(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
+class SourceCheckpoint(Base):
+    """A polled source's progress (``consumers.mlflow_source``: one watermark per experiment and
+    per backfill), upserted in the same transaction as the data it covers."""
+
+    __tablename__ = "source_checkpoints"
+
+    name: Mapped[str] = mapped_column(String(512), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+
 class Dataset(Base):
     """A curated evaluation dataset: its sink, and the sink's own id once it exists."""
 

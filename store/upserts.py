@@ -6,7 +6,8 @@
   3. upsert assessments: a row changes only for a strictly newer version (update time, then
      invalid over valid);
   4. invalidate overridden assessments (order-independent: the override may arrive first);
-  5. insert dead letters, once per origin (topic, partition, offset);
+  5. insert dead letters, once per origin (topic, partition, offset), and upsert a polled
+     source's checkpoints (``store.checkpoints``), so a watermark never runs ahead of its data;
   6. with a rules engine, decide the touched traces (``store.decisions``);
   7. move the metric buckets by each touched trace's change of contribution (``store.metrics``).
 On PostgreSQL the batch first takes an advisory lock per touched trace, so concurrent workers
@@ -36,7 +37,7 @@ from store.decisions import (
     views_of,
 )
 from store.metrics import MetricsConfig
-from store.models import Assessment, Trace
+from store.models import Assessment, SourceCheckpoint, Trace
 from store.models import DeadLetter as DeadLetterRow
 from store.rollup import FeedbackFacts, TraceFacts, diff
 from store.sketch import DEFAULT_MAPPING
@@ -44,6 +45,7 @@ from store.sketch import DEFAULT_MAPPING
 TRACES: Table = Trace.__table__  # type: ignore[assignment]
 ASSESSMENTS: Table = Assessment.__table__  # type: ignore[assignment]
 DEAD_LETTERS: Table = DeadLetterRow.__table__  # type: ignore[assignment]
+CHECKPOINTS: Table = SourceCheckpoint.__table__  # type: ignore[assignment]
 
 
 @dataclass(slots=True)
@@ -52,6 +54,8 @@ class Batch:
     assessments: list[AssessmentEvent] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     dlq_flushed: bool = False  # the dead letters are already on the DLQ topic
+    # A polled source's progress (name -> JSON value), stored in the batch's transaction.
+    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.traces) + len(self.assessments) + len(self.dead_letters)
@@ -207,6 +211,9 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
         stmt = dialect.insert(conn, DEAD_LETTERS).on_conflict_do_nothing(
             index_elements=["topic", "partition", "offset"])
         conn.execute(stmt, [dead_letter_row(d) for d in batch.dead_letters])
+    if batch.checkpoints:
+        dialect.bulk_upsert(conn, CHECKPOINTS, ("name",), ("name", "value", "updated_ms"),
+                            [(k, _json(v), now_ms) for k, v in sorted(batch.checkpoints.items())])
     # The valid feedback as stored now, read once for both the rules and the metrics.
     feedback_now = feedback_rows(conn, touched) if metrics_config and touched else None
     changed: list[TagChange] = []

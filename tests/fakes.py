@@ -7,6 +7,7 @@ Every call is appended to a shared ``journal`` so tests can assert the order of 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from consumers.events import DeadLetter, RawRecord
 from store.upserts import Batch, BatchResult
@@ -31,6 +32,12 @@ class FakeSource:
 
     def ready(self) -> bool:
         return True
+
+    def checkpoint(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def exhausted(self) -> bool:
+        return False
 
     def commit(self, next_offsets: Mapping[tuple[str, int], int]) -> bool:
         self.journal.append("commit")

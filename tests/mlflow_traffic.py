@@ -16,10 +16,12 @@ MS = 1_000_000
 
 
 def log_trace(experiment_id: str, kind: str = "ok", *, duration_ms: int | None = None,
-              tags: dict[str, str] | None = None, question: str = "q") -> str:
-    """One trace: a CHAIN root with a CHAT_MODEL child. ``kind``: ok, error or slow."""
+              tags: dict[str, str] | None = None, question: str = "q",
+              start_ms: int | None = None) -> str:
+    """One trace: a CHAIN root with a CHAT_MODEL child. ``kind``: ok, error or slow. It starts
+    ``duration_ms`` before now (it lands in MLflow as it ends), or at ``start_ms``."""
     duration_ms = duration_ms or {"ok": 800, "error": 300, "slow": 6500}[kind]
-    t0 = time.time_ns() - duration_ms * MS - 5 * MS
+    t0 = (time.time_ns() - duration_ms * MS - 5 * MS) if start_ms is None else start_ms * MS
     root = mlflow.start_span_no_context(name="support_bot", span_type=SpanType.CHAIN,
                                         inputs={"question": question}, experiment_id=experiment_id,
                                         start_time_ns=t0, tags=tags or {})
@@ -58,3 +60,23 @@ def search_ids(experiment_id: str, filter_string: str) -> set[str]:
     traces = mlflow.search_traces(locations=[experiment_id], filter_string=filter_string,
                                   return_type="list", max_results=1000)
     return {t.info.trace_id for t in traces}
+
+
+def start_in_progress(experiment_id: str, name: str = "long_job") -> Any:
+    """A trace MLflow holds as IN_PROGRESS, as a span-streaming (OTLP) exporter leaves it while
+    the work runs: one finished child span is logged, the root is still open. Returns the open
+    root span; ``finish`` ends it, and MLflow's exporter then completes the trace in place."""
+    from mlflow.tracing.client import TracingClient
+
+    root = mlflow.start_span_no_context(name=name, span_type=SpanType.AGENT,
+                                        inputs={"job": "nightly"}, experiment_id=experiment_id)
+    step = mlflow.start_span_no_context(name="step_1", span_type=SpanType.TOOL,
+                                        parent_span=root, inputs={"n": 1})
+    step.end(outputs={"ok": True})
+    TracingClient().log_spans(experiment_id, [step])
+    return root
+
+
+def finish(root: Any) -> None:
+    root.end(outputs={"done": True})
+    flush()

@@ -7,6 +7,13 @@ import os
 from sqlalchemy import Engine
 
 from consumers.kafka_source import KafkaClientConfig, KafkaDeadLetterSink, KafkaSource
+from consumers.mlflow_source import (
+    MlflowSource,
+    MlflowTraceServer,
+    PollConfig,
+    TableOnlyDeadLetters,
+)
+from store.checkpoints import StoreCheckpoints
 from store.engine import make_engine
 from store.metrics import MetricsConfig
 from store.writer import SqlWriter
@@ -73,6 +80,41 @@ def create_kafka_worker(settings: Settings, engine: Engine | None = None) -> Wor
     return Worker(settings, source, SqlWriter(engine, rules, metrics_config(settings)), dlq,
                   tag_writer=tag_writer, maintenance=Pruner.from_settings(settings, engine),
                   curator=curator)
+
+
+def create_worker(settings: Settings, engine: Engine | None = None) -> Worker:
+    """The worker over the configured source (``settings.source``)."""
+    if settings.source == "mlflow":
+        return create_mlflow_worker(settings, engine)
+    return create_kafka_worker(settings, engine)
+
+
+def poll_config(settings: Settings, backfill: tuple[int, int] | None = None,
+                experiments: tuple[str, ...] | None = None) -> PollConfig:
+    return PollConfig(
+        experiment_ids=settings.mlflow_experiments if experiments is None else experiments,
+        poll_interval_s=settings.mlflow_poll_interval_s, overlap_s=settings.mlflow_poll_overlap_s,
+        start_lookback_s=settings.mlflow_start_lookback_s,
+        assessment_window_s=settings.mlflow_assessment_window_s,
+        assessment_rescan_interval_s=settings.mlflow_assessment_rescan_interval_s,
+        page_size=settings.mlflow_page_size, backfill=backfill)
+
+
+def create_mlflow_worker(settings: Settings, engine: Engine | None = None,
+                         config: PollConfig | None = None) -> Worker:
+    """A worker that polls the MLflow server (``consumers.mlflow_source``); with a ``config``
+    that holds a backfill window, a finite backfill. Dead letters go to the table only."""
+    rules = load_rules(settings.rules_file) if settings.rules_enabled else None
+    engine = engine or create_engine_from(settings)
+    configure_mlflow_client(settings)
+    source = MlflowSource(MlflowTraceServer(settings.mlflow_tracking_uri),
+                          StoreCheckpoints(engine), config or poll_config(settings))
+    tag_writer = create_tag_writer(settings, engine) if rules is not None else None
+    curator = (CuratorThread(create_curator(settings, engine), settings.curate_interval_s, engine)
+               if settings.curation_enabled and config is None else None)
+    return Worker(settings, source, SqlWriter(engine, rules, metrics_config(settings)),
+                  TableOnlyDeadLetters(), tag_writer=tag_writer,
+                  maintenance=Pruner.from_settings(settings, engine), curator=curator)
 
 
 def create_curator(settings: Settings, engine: Engine) -> Curator:

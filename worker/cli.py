@@ -26,7 +26,14 @@ from sqlalchemy import exc as sa_exc
 from consumers.errors import ConfigError, SchemaOutOfDateError
 from store import schema
 from worker import rules_view
-from worker.exit_codes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_SCHEMA, EXIT_UNAVAILABLE
+from worker.exit_codes import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SCHEMA,
+    EXIT_UNAVAILABLE,
+)
 from worker.logs import setup_logging
 from worker.settings import Settings, describe_settings, load_settings
 from worker.timeparse import parse_time_ms
@@ -76,7 +83,7 @@ def _current_store(args: argparse.Namespace) -> tuple[Settings, Engine]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from worker.app import create_kafka_worker
+    from worker.app import create_worker
 
     settings = _settings(args)
     setup_logging(settings.log_level, settings.log_format)
@@ -84,11 +91,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     engine = _engine(settings)
     _ensure_schema(engine)
     _check_metrics(settings, engine)
-    if settings.source != "kafka":
-        raise CliError("source=mlflow (the MLflow polling source) is not available yet; "
-                       "set TRACE_CURATOR_SOURCE=kafka", EXIT_CONFIG)
     try:
-        worker = create_kafka_worker(settings, engine)
+        worker = create_worker(settings, engine)
     except ConfigError as exc:  # an invalid rules file
         raise CliError(str(exc), EXIT_CONFIG) from None
     except Exception as exc:  # NoBrokersAvailable, KafkaTimeoutError
@@ -100,6 +104,49 @@ def cmd_run(args: argparse.Namespace) -> int:
         worker.run(exit_when_idle_s=args.exit_when_idle, max_records=args.max_records)
     finally:
         worker.close()
+    return EXIT_OK
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from worker.app import create_mlflow_worker, poll_config
+    from worker.backfill import ProgressReporter
+
+    now_ms = int(time.time() * 1000)
+    try:
+        since_ms = parse_time_ms(args.since, now_ms)
+        until_ms = parse_time_ms(args.until, now_ms) if args.until else now_ms
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_CONFIG) from None
+    if until_ms <= since_ms:
+        raise CliError(f"--until ({args.until}) must be after --since ({args.since})",
+                       EXIT_CONFIG)
+    settings = _settings(args)
+    if not settings.mlflow_tracking_uri:
+        raise CliError("backfill reads an MLflow server: set TRACE_CURATOR_MLFLOW_TRACKING_URI "
+                       "(or MLFLOW_TRACKING_URI)", EXIT_CONFIG)
+    setup_logging(settings.log_level, settings.log_format)
+    engine = _engine(settings)
+    _ensure_schema(engine)
+    _check_metrics(settings, engine)
+    experiments = tuple(args.experiment) if args.experiment else None
+    config = poll_config(settings, backfill=(since_ms, until_ms), experiments=experiments)
+    try:
+        worker = create_mlflow_worker(settings, engine, config)
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_CONFIG) from None
+    _install_signals(worker.stop, settings.shutdown_timeout_s)
+    reporter = ProgressReporter(worker, sys.stderr)
+    reporter.start()
+    try:
+        stats = worker.run()
+    finally:
+        reporter.stop()
+        worker.close()
+    print(reporter.final_line(stats))
+    if worker.stop.is_set():
+        print("interrupted: run the same command again to resume where it stopped",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_OK
 
 
@@ -423,7 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Consume the trace and assessment topics, upsert events into the store in "
                     "one transaction per batch, and commit Kafka offsets only after that "
                     "transaction. Malformed records are dead-lettered to <topic>.dlq and the "
-                    "dead_letters table. SIGTERM/SIGINT drain the batch in hand and exit.",
+                    "dead_letters table. With TRACE_CURATOR_SOURCE=mlflow, poll the MLflow "
+                    "server instead (new traces oldest first from a stored watermark, and "
+                    "rescans for late assessments). SIGTERM/SIGINT drain the batch in hand and "
+                    "exit.",
         epilog="Settings (environment variables; YAML keys are the lower-case names without "
                "the prefix):\n" + describe_settings())
     run.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
@@ -433,6 +483,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-records", type=int, metavar="N", default=None,
                      help="stop after about N records (whole batches)")
     run.set_defaults(func=cmd_run)
+
+    bf = sub.add_parser(
+        "backfill", help="load history from the MLflow server", formatter_class=fmt,
+        description="Read the traces that started in a window, with their assessments, from "
+                    "the MLflow server (TRACE_CURATOR_MLFLOW_TRACKING_URI or "
+                    "MLFLOW_TRACKING_URI) through the worker's path: decode, rules, metrics, "
+                    "store, in one transaction per page. Traces already stored are skipped. "
+                    "Progress (traces, rate, share of the window, ETA) goes to stderr. Ctrl+C "
+                    "stops after the page in hand; the same command then resumes from there.",
+        epilog="Examples:\n  trace-curator backfill --since 7d\n"
+               "  trace-curator backfill --since 2026-11-01 --until 2026-11-15 --experiment 3")
+    bf.add_argument("--since", required=True,
+                    help="window start: 24h, 7d, 2w, or an ISO time")
+    bf.add_argument("--until", default=None, help="window end (default now)")
+    bf.add_argument("--experiment", metavar="ID", action="append", default=None,
+                    help="experiment id (repeatable; default: TRACE_CURATOR_MLFLOW_EXPERIMENT_IDS, "
+                         "or every active experiment)")
+    bf.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
+    bf.set_defaults(func=cmd_backfill)
 
     db = sub.add_parser("db", help="database schema commands")
     dbsub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")

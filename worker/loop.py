@@ -29,6 +29,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from consumers import mlflow_source
 from consumers.errors import DecodeError, TransientError
 from consumers.events import AssessmentEvent, DeadLetter, RawRecord, TraceEvent
 from consumers.formats import dead_letter, decode_assessment, decode_trace
@@ -133,6 +134,10 @@ class Worker:
             settings.assessment_topic: lambda r: decode_assessment(r.value, r.provenance,
                                                                    max_bytes),
         }
+        # The MLflow polling source hands over the same JSON on its own pseudo topics.
+        self._decoders[mlflow_source.TRACES_TOPIC] = self._decoders[settings.trace_topic]
+        self._decoders[mlflow_source.ASSESSMENTS_TOPIC] = self._decoders[
+            settings.assessment_topic]
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -157,6 +162,9 @@ class Worker:
                 break  # stopped while the source was unavailable
             self.maintain()
             if not records:
+                if self._finished():
+                    logger.info("the source is exhausted and every tag is written back, exiting")
+                    break
                 if exit_when_idle_s is not None and self._idle_long_enough(
                         started, idle_since, exit_when_idle_s):
                     logger.info("idle for %.1fs, exiting", exit_when_idle_s)
@@ -169,6 +177,10 @@ class Worker:
                 break
         logger.info("worker stopped %s", self.stats.summary())
         return self.stats
+
+    def _finished(self) -> bool:
+        """A finite source (a backfill) has delivered everything, and the tags are written."""
+        return self.source.exhausted() and (self.tag_writer is None or self.tag_writer.drained())
 
     def _idle_long_enough(self, started: float, idle_since: float, idle_s: float) -> bool:
         """Idle means nothing to do *with partitions assigned*: waiting for a group join (or a
@@ -191,6 +203,7 @@ class Worker:
         if self.stats.first_record_s is None:
             self.stats.first_record_s = time.monotonic()
         batch = self.decode(records)
+        batch.checkpoints = self.source.checkpoint()
         if not self._retry(lambda: self.store(batch, records), "store"):
             return False
         if not self.source.commit(next_offsets(records)):
@@ -275,7 +288,8 @@ class Worker:
         self.dlq.flush()
         batch.traces, batch.assessments = kept_traces, kept_assessments
         batch.dead_letters.extend(refused)
-        self.writer.write(Batch(dead_letters=batch.dead_letters), now_ms)
+        self.writer.write(Batch(dead_letters=batch.dead_letters,
+                                checkpoints=batch.checkpoints), now_ms)
 
     def maintain(self) -> None:
         """(Maybe) maintain: retention pruning when its interval has passed."""

@@ -65,6 +65,24 @@ class Settings(BaseSettings):
                                             description="Longest pause between polls.")
     kafka_reconnect_backoff_max_ms: int = Field(5_000, ge=50,
                                                 description="Longest broker reconnect backoff.")
+    # MLflow polling (source=mlflow; the server is mlflow_tracking_uri)
+    mlflow_experiment_ids: str = Field(
+        "", description="Comma-separated experiment ids to poll; empty: every active one.")
+    mlflow_poll_interval_s: float = Field(5.0, gt=0,
+                                          description="Pause between polls of new traces.")
+    mlflow_poll_overlap_s: float = Field(
+        300.0, ge=0, description="Each poll re-reads traces started this long before the "
+                                 "newest seen: traces land in MLflow when they end.")
+    mlflow_start_lookback_s: float = Field(
+        3600.0, ge=0, description="On the first start, read traces started this long ago "
+                                  "(older history: `trace-curator backfill`).")
+    mlflow_assessment_window_s: float = Field(
+        86_400.0, ge=0, description="Traces started this recently are rescanned for new or "
+                                    "changed assessments (MLflow cannot list them by time).")
+    mlflow_assessment_rescan_interval_s: float = Field(
+        120.0, gt=0, description="Pause between assessment rescans.")
+    mlflow_page_size: int = Field(500, ge=1, le=500,
+                                  description="Trace infos per search_traces page (MLflow: 500).")
 
     # Loop
     batch_max_records: int = Field(2_000, ge=1, description="Records per batch (one transaction).")
@@ -124,6 +142,13 @@ class Settings(BaseSettings):
     log_format: Literal["kv", "json"] = Field("kv", description="key=value lines or JSON lines.")
 
     @model_validator(mode="after")
+    def _mlflow_source(self) -> Settings:
+        if self.source == "mlflow" and not self.mlflow_tracking_uri:
+            raise ValueError("source=mlflow polls an MLflow server: set "
+                             "TRACE_CURATOR_MLFLOW_TRACKING_URI (or MLFLOW_TRACKING_URI)")
+        return self
+
+    @model_validator(mode="after")
     def _retention_order(self) -> Settings:
         # A late update to a trace must find its buckets: they outlive its raw row.
         if not self.retention_raw_days <= self.retention_minute_days <= self.retention_hour_days:
@@ -164,6 +189,10 @@ class Settings(BaseSettings):
             else:
                 out[name] = value
         return out
+
+    @property
+    def mlflow_experiments(self) -> tuple[str, ...]:
+        return tuple(e.strip() for e in self.mlflow_experiment_ids.split(",") if e.strip())
 
     @property
     def writeback_enabled(self) -> bool:

@@ -1,0 +1,503 @@
+"""Polling an MLflow tracking server: the source for teams whose traces have no stream.
+
+Per experiment, a *scan* reads trace infos oldest first (``timestamp_ms ASC``, pages of at most
+500, without spans) from a start time to the end, and compares each page with the store
+(``StoreView.known``): a trace is fetched with its spans only when the store lacks it, or holds it
+IN_PROGRESS and MLflow has it finished; an assessment is emitted when its ``(assessment_id,
+last_update_time)`` is not what the store holds. Records are the same JSON as on Kafka
+(``Trace.to_json()``, ``Assessment.to_dictionary()``), on the pseudo topics ``mlflow:traces`` and
+``mlflow:assessments``, so decode -> rules -> store is the path the Kafka records take.
+
+Three kinds of scan:
+  * *tail*, every ``poll_interval_s``: from the experiment's watermark minus ``overlap_s``.
+    Ascending order means a trace that lands while we page only ever causes a duplicate, never
+    a skip; the overlap finds traces that land after newer ones (long traces, clock skew); the
+    store is the seen-set, bounded by that window.
+  * *rescan*, every ``assessment_rescan_interval_s``: the last ``assessment_window_s``. MLflow has
+    no "assessments since" query, so late feedback is found by diffing; traces that finished
+    after they were first seen IN_PROGRESS are completed here too.
+  * *backfill*: a closed window ``[since, until]``, once (``trace-curator backfill``).
+Invariant: a watermark moves only through ``checkpoint()``, which the worker writes in the same
+transaction as the batch it covers, and is applied in memory at ``commit``; a restart resumes from
+the stored watermark and the store check skips what is already in. Nothing is skipped or counted
+twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol
+
+import orjson
+
+from consumers.errors import ConfigError, TransientError
+from consumers.events import DeadLetter, RawRecord
+
+logger = logging.getLogger(__name__)
+
+TRACES_TOPIC = "mlflow:traces"
+ASSESSMENTS_TOPIC = "mlflow:assessments"
+MAX_PAGE = 500  # MLflow's own limit for search_traces
+FETCH_CHUNK = 100  # traces fetched with spans per call
+IN_PROGRESS = "IN_PROGRESS"
+
+ScanKind = Literal["tail", "rescan", "backfill"]
+
+
+# --- ports -----------------------------------------------------------------------------------
+
+
+class InfoLike(Protocol):
+    """What a scan reads of ``mlflow.entities.TraceInfo``."""
+
+    trace_id: str
+    request_time: int
+    assessments: Sequence[Any]
+
+    @property
+    def state(self) -> Any: ...
+
+
+class TraceLike(Protocol):
+    """What a scan reads of ``mlflow.entities.Trace``."""
+
+    @property
+    def info(self) -> Any: ...
+
+    def to_json(self) -> str: ...
+
+
+class TraceServer(Protocol):
+    """The MLflow calls a scan needs (``MlflowTraceServer``; a fake in unit tests)."""
+
+    def experiments(self) -> list[tuple[str, int]]:
+        """Active experiments: (id, creation time ms)."""
+        ...
+
+    def page(self, experiment_id: str, since_ms: int, until_ms: int | None,
+             page_token: str | None, max_results: int) -> tuple[list[Any], str | None]:
+        """Trace infos with ``since_ms <= timestamp_ms [<= until_ms]``, oldest first."""
+        ...
+
+    def fetch(self, trace_ids: Sequence[str]) -> list[Any]:
+        """The traces, with spans (missing ids are left out)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What the store holds of some traces: trace status, and assessment update times."""
+
+    traces: Mapping[str, str]
+    assessments: Mapping[str, int]
+
+
+class StoreView(Protocol):
+    """The store as the source reads it (``store.checkpoints.StoreCheckpoints``)."""
+
+    def checkpoints(self, prefix: str) -> dict[str, dict[str, Any]]: ...
+
+    def known(self, trace_ids: Sequence[str]) -> Known: ...
+
+
+# --- configuration and state -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PollConfig:
+    experiment_ids: tuple[str, ...] = ()  # empty: every active experiment
+    poll_interval_s: float = 5.0
+    overlap_s: float = 300.0
+    start_lookback_s: float = 3600.0
+    assessment_window_s: float = 86_400.0
+    assessment_rescan_interval_s: float = 120.0
+    page_size: int = MAX_PAGE
+    experiments_refresh_s: float = 60.0
+    backfill: tuple[int, int] | None = None  # (since_ms, until_ms): a finite backfill instead
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.page_size <= MAX_PAGE:
+            raise ConfigError(f"mlflow page size must be 1..{MAX_PAGE}, got {self.page_size}")
+
+
+@dataclass(slots=True)
+class Scan:
+    kind: ScanKind
+    experiment_id: str
+    start_ms: int
+    until_ms: int | None = None
+    token: str | None = None
+    newest_ms: int = -1  # the newest trace start read so far
+
+
+@dataclass(slots=True)
+class Progress:
+    """Backfill progress: traces and assessments emitted, and the window covered so far."""
+
+    since_ms: int = 0
+    until_ms: int = 0
+    covered: dict[str, int] = field(default_factory=dict)  # experiment -> watermark
+    traces: int = 0
+    assessments: int = 0
+    done: bool = False
+
+    def fraction(self) -> float:
+        span = max(self.until_ms - self.since_ms, 1)
+        if not self.covered:
+            return 1.0 if self.done else 0.0
+        return min(1.0, sum(max(0, min(w, self.until_ms) - self.since_ms)
+                            for w in self.covered.values()) / (span * len(self.covered)))
+
+
+def checkpoint_name(kind: Literal["tail", "backfill"], experiment_id: str) -> str:
+    return f"mlflow:{kind}:{experiment_id}"
+
+
+def record_offset(*parts: object) -> int:
+    """A stable offset for a polled record (63 bits), so a poison trace polled again maps to the
+    same dead letter."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def state_name(state: Any) -> str:
+    return str(getattr(state, "value", state))
+
+
+# --- the pure part: one page of infos -> what to fetch and what to emit -----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PagePlan:
+    fetch: list[str]  # trace ids to fetch with spans
+    assessments: list[Any]  # assessments to emit (of traces not fetched)
+
+
+def plan_page(infos: Sequence[InfoLike], known: Known) -> PagePlan:
+    """Compare a page with the store: fetch new traces and IN_PROGRESS ones that finished; emit
+    assessments that are new or newer than the stored version."""
+    fetch: list[str] = []
+    emit: list[Any] = []
+    for info in infos:
+        stored = known.traces.get(info.trace_id)
+        state = state_name(info.state)
+        if stored is None or (stored == IN_PROGRESS and state != IN_PROGRESS):
+            fetch.append(info.trace_id)  # its assessments come with the fetched trace
+            continue
+        emit.extend(new_assessments(info.assessments, known))
+    return PagePlan(fetch, emit)
+
+
+def new_assessments(assessments: Sequence[Any], known: Known) -> list[Any]:
+    out = []
+    for a in assessments:
+        updated = _ms(getattr(a, "last_update_time_ms", None))
+        stored = known.assessments.get(a.assessment_id)
+        if stored is None or (updated is not None and updated > stored):
+            out.append(a)
+    return out
+
+
+def _ms(value: Any) -> int | None:
+    return int(value) if value is not None else None
+
+
+def trace_record(trace: TraceLike) -> RawRecord:
+    info = trace.info
+    return RawRecord(TRACES_TOPIC, 0, record_offset(info.trace_id, state_name(info.state)),
+                     info.trace_id.encode(), trace.to_json().encode(), int(info.request_time))
+
+
+def assessment_record(a: Any) -> RawRecord:
+    doc = a.to_dictionary()
+    return RawRecord(ASSESSMENTS_TOPIC, 0,
+                     record_offset(a.assessment_id, getattr(a, "last_update_time_ms", "")),
+                     str(a.trace_id).encode(), orjson.dumps(doc, default=str),
+                     int(getattr(a, "last_update_time_ms", 0) or 0))
+
+
+# --- the source --------------------------------------------------------------------------------
+
+
+class MlflowSource:
+    """An ``EventSource`` over an MLflow tracking server (see the module docstring)."""
+
+    def __init__(self, server: TraceServer, store: StoreView, config: PollConfig, *,
+                 clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.server = server
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self._sleep = sleep
+        self._watermarks: dict[str, int] = {}  # tail or backfill watermark per experiment
+        self._saved: dict[str, int] = {}  # the watermarks as stored
+        self._offered: dict[str, int] = {}  # the watermarks the last checkpoint() handed over
+        self._experiments: list[str] = []
+        self._experiments_at = -1.0
+        self._due: dict[tuple[ScanKind, str], float] = {}  # next start of each scan (monotonic)
+        self._scan: Scan | None = None
+        self._queue: list[Scan] = []
+        self._pending: tuple[Scan | None, dict[str, int]] | None = None
+        self._ready = False
+        self.progress = Progress()
+        if config.backfill is not None:
+            self.progress.since_ms, self.progress.until_ms = config.backfill
+
+    @property
+    def name(self) -> str:
+        return "mlflow"
+
+    def ready(self) -> bool:
+        return self._ready
+
+    def exhausted(self) -> bool:
+        """A backfill has read its whole window; a live source never is."""
+        return self.progress.done
+
+    def checkpoint(self) -> dict[str, dict[str, Any]]:
+        """The watermarks not yet stored, as the last ``poll`` leaves them: the worker writes
+        them in the batch's transaction. Every trace a watermark passed is in the store by
+        then (it was on an earlier page, or is in this batch)."""
+        marks = dict(self._watermarks)
+        if self._pending is not None:
+            marks.update(self._pending[1])
+        kind: Literal["tail", "backfill"] = "backfill" if self.config.backfill else "tail"
+        out: dict[str, dict[str, Any]] = {}
+        for exp, wm in marks.items():
+            if self._saved.get(exp) == wm:
+                continue
+            value: dict[str, Any] = {"watermark_ms": wm}
+            if self.config.backfill is not None:
+                value.update(since_ms=self.config.backfill[0], until_ms=self.config.backfill[1])
+            out[checkpoint_name(kind, exp)] = value
+        self._offered = {exp: marks[exp] for exp in marks}
+        return out
+
+    def commit(self, next_offsets: Mapping[tuple[str, int], int]) -> bool:
+        """The batch is stored: move on to the next page, and keep the new watermarks."""
+        self._apply_pending()
+        self._saved.update(self._offered)
+        self._offered = {}
+        return True
+
+    def close(self) -> None:
+        self._scan = None
+
+    # -- poll ------------------------------------------------------------------------------------
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
+        """The records of the next page that holds something new, or [] after ``timeout_ms``.
+        Raises TransientError when MLflow or the store cannot be reached."""
+        self._pending = None  # a batch that was not committed is read again
+        deadline = time.monotonic() + timeout_ms / 1000
+        try:
+            self._refresh_experiments()
+            while True:
+                scan = self._scan or self._next_scan()
+                if scan is None:
+                    if self.config.backfill is not None and not self._queue:
+                        self.progress.done = True
+                    self._sleep(max(0.0, min(deadline - time.monotonic(),
+                                             self._until_next_due())))
+                    return []
+                self._scan = scan
+                records = self._read_page(scan, min(self.config.page_size, max_records))
+                if records:
+                    return records
+                self._apply_pending()  # nothing new on that page: move on at once
+                if time.monotonic() >= deadline:
+                    return []
+        except TransientError:
+            raise
+        except Exception as exc:  # MLflow's client and the DB driver raise many types
+            if _is_transient(exc):
+                raise TransientError(f"mlflow polling: {type(exc).__name__}: {exc}"[:500]
+                                     ) from exc
+            raise
+
+    def _read_page(self, scan: Scan, page_size: int) -> list[RawRecord]:
+        infos, token = self.server.page(scan.experiment_id, scan.start_ms, scan.until_ms,
+                                        scan.token, page_size)
+        known = self.store.known([i.trace_id for i in infos])
+        plan = plan_page(infos, known)
+        records: list[RawRecord] = []
+        for i in range(0, len(plan.fetch), FETCH_CHUNK):
+            for trace in self.server.fetch(plan.fetch[i:i + FETCH_CHUNK]):
+                records.append(trace_record(trace))
+                self.progress.traces += 1
+                for a in new_assessments(trace.info.assessments or (), known):
+                    records.append(assessment_record(a))
+                    self.progress.assessments += 1
+        for a in plan.assessments:
+            records.append(assessment_record(a))
+            self.progress.assessments += 1
+        newest = max((int(i.request_time) for i in infos), default=scan.newest_ms)
+        after = replace(scan, token=token, newest_ms=max(scan.newest_ms, newest))
+        marks: dict[str, int] = {}
+        if newest >= 0:  # every trace of the page is stored once the batch is
+            old = self._watermarks.get(scan.experiment_id, -1)
+            if newest > old:
+                marks[scan.experiment_id] = newest
+        self._pending = (after if token else None, marks)
+        return records
+
+    def _apply_pending(self) -> None:
+        if self._pending is None:
+            return
+        after, marks = self._pending
+        self._pending = None
+        self._watermarks.update(marks)
+        if self.config.backfill is not None:
+            self.progress.covered.update(marks)
+        finished = self._scan
+        self._scan = after
+        if after is None and finished is not None:
+            if finished.kind == "backfill" and self.config.backfill is not None:
+                self.progress.covered[finished.experiment_id] = self.config.backfill[1]
+            interval = (self.config.poll_interval_s if finished.kind == "tail"
+                        else self.config.assessment_rescan_interval_s)
+            self._due[(finished.kind, finished.experiment_id)] = time.monotonic() + interval
+
+    # -- scheduling ------------------------------------------------------------------------------
+
+    def _refresh_experiments(self) -> None:
+        now = time.monotonic()
+        if self._experiments_at >= 0 and (self.config.experiment_ids or now - self._experiments_at
+                                          < self.config.experiments_refresh_s):
+            return
+        if self.config.experiment_ids:
+            ids = list(self.config.experiment_ids)
+            created = dict.fromkeys(ids, 0)
+        else:
+            found = self.server.experiments()
+            ids, created = [e for e, _ in found], dict(found)
+        new = [e for e in ids if e not in self._experiments]
+        if new:
+            self._load_watermarks(new, created, first=self._experiments_at < 0)
+        self._experiments = ids
+        self._experiments_at = now
+        self._ready = True
+
+    def _load_watermarks(self, experiments: Sequence[str], created: Mapping[str, int],
+                         first: bool) -> None:
+        now_ms = int(self.clock() * 1000)
+        if self.config.backfill is not None:
+            since, until = self.config.backfill
+            stored = self.store.checkpoints("mlflow:backfill:")
+            for exp in experiments:
+                prev = stored.get(checkpoint_name("backfill", exp))
+                start = since
+                # Resume an interrupted backfill whose window covers this one's start.
+                if prev is not None and prev.get("since_ms", since) <= since:
+                    start = max(since, int(prev["watermark_ms"]))
+                    if start > since:
+                        logger.info("backfill resumes experiment=%s from_ms=%d", exp, start)
+                self._watermarks[exp] = start
+                self.progress.covered[exp] = start
+                self._queue.append(Scan("backfill", exp, start, until))
+            return
+        stored = self.store.checkpoints("mlflow:tail:")
+        lookback = now_ms - int(self.config.start_lookback_s * 1000)
+        for exp in experiments:
+            prev = stored.get(checkpoint_name("tail", exp))
+            if prev is not None:
+                self._watermarks[exp] = self._saved[exp] = int(prev["watermark_ms"])
+            else:  # a new experiment found later is read from its creation
+                self._watermarks[exp] = lookback if first else min(
+                    lookback, created.get(exp, lookback))
+            logger.info("mlflow polling experiment=%s watermark_ms=%d", exp,
+                        self._watermarks[exp])
+
+    def _next_scan(self) -> Scan | None:
+        if self._queue:
+            return self._queue.pop(0)
+        if self.config.backfill is not None:
+            return None
+        now, now_ms = time.monotonic(), int(self.clock() * 1000)
+        for exp in self._experiments:
+            if self._due.get(("tail", exp), 0.0) <= now:
+                start = self._watermarks[exp] - int(self.config.overlap_s * 1000)
+                return Scan("tail", exp, start)
+            if self._due.get(("rescan", exp), 0.0) <= now:
+                return Scan("rescan", exp, now_ms - int(self.config.assessment_window_s * 1000))
+        return None
+
+    def _until_next_due(self) -> float:
+        if self.config.backfill is not None:
+            return 0.05
+        if not self._due:
+            return 0.0
+        return max(0.0, min(self._due.values()) - time.monotonic())
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Connection trouble with MLflow or the store: retry, do not crash."""
+    name = type(exc).__name__
+    text = str(exc)
+    if name in {"ConnectionError", "Timeout", "ReadTimeout", "ConnectTimeout",
+                "OperationalError", "InterfaceError"}:
+        return True
+    markers = ("Max retries exceeded", "Connection refused", "timed out", "503", "502", "504",
+               "500 Server Error", "API request to", "database is locked")
+    return any(m in text for m in markers)
+
+
+class TableOnlyDeadLetters:
+    """The dead-letter sink with no broker: the worker's batch already writes each dead letter
+    to the ``dead_letters`` table, with the raw payload and the reason; nothing else to do."""
+
+    def publish(self, letters: Iterable[DeadLetter]) -> None:
+        for d in letters:
+            logger.warning("dead letter (table only) origin=%s error=%s", d.provenance.topic,
+                           d.error[:200])
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+# --- the MLflow adapter ------------------------------------------------------------------------
+
+
+class MlflowTraceServer:
+    """``TraceServer`` over MLflow's tracing client (REST server or a local store URI)."""
+
+    def __init__(self, tracking_uri: str | None) -> None:
+        from mlflow.tracing.client import TracingClient
+        from mlflow.tracking import MlflowClient
+
+        self._tracing = TracingClient(tracking_uri)
+        self._client = MlflowClient(tracking_uri)
+
+    def experiments(self) -> list[tuple[str, int]]:
+        from mlflow.entities import ViewType
+
+        out: list[tuple[str, int]] = []
+        token: str | None = None
+        while True:
+            page = self._client.search_experiments(view_type=ViewType.ACTIVE_ONLY,
+                                                   max_results=1000, page_token=token)
+            out.extend((e.experiment_id, int(e.creation_time or 0)) for e in page)
+            token = page.token
+            if not token:
+                return out
+
+    def page(self, experiment_id: str, since_ms: int, until_ms: int | None,
+             page_token: str | None, max_results: int) -> tuple[list[Any], str | None]:
+        where = f"attributes.timestamp_ms >= {max(since_ms, 0)}"
+        if until_ms is not None:
+            where += f" AND attributes.timestamp_ms <= {until_ms}"
+        page = self._tracing.search_traces(
+            locations=[experiment_id], filter_string=where, max_results=max_results,
+            order_by=["timestamp_ms ASC"], page_token=page_token, include_spans=False)
+        return [t.info for t in page], page.token or None
+
+    def fetch(self, trace_ids: Sequence[str]) -> list[Any]:
+        return list(self._tracing.batch_get_traces(list(trace_ids)))
