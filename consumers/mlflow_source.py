@@ -87,6 +87,11 @@ class TraceServer(Protocol):
         """The traces, with spans (missing ids are left out)."""
         ...
 
+    def page_traces(self, experiment_id: str, since_ms: int, until_ms: int | None,
+                    page_token: str | None, max_results: int) -> list[Any]:
+        """The same page as ``page``, as whole traces with spans."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Known:
@@ -326,13 +331,12 @@ class MlflowSource:
         known = self.store.known([i.trace_id for i in infos])
         plan = plan_page(infos, known)
         records: list[RawRecord] = []
-        for i in range(0, len(plan.fetch), FETCH_CHUNK):
-            for trace in self.server.fetch(plan.fetch[i:i + FETCH_CHUNK]):
-                records.append(trace_record(trace))
-                self.progress.traces += 1
-                for a in new_assessments(trace.info.assessments or (), known):
-                    records.append(assessment_record(a))
-                    self.progress.assessments += 1
+        for trace in self._fetch(scan, page_size, plan.fetch, len(infos)):
+            records.append(trace_record(trace))
+            self.progress.traces += 1
+            for a in new_assessments(trace.info.assessments or (), known):
+                records.append(assessment_record(a))
+                self.progress.assessments += 1
         for a in plan.assessments:
             records.append(assessment_record(a))
             self.progress.assessments += 1
@@ -345,6 +349,25 @@ class MlflowSource:
                 marks[scan.experiment_id] = newest
         self._pending = (after if token else None, marks)
         return records
+
+    def _fetch(self, scan: Scan, page_size: int, ids: list[str], page_len: int) -> list[Any]:
+        """The traces ``ids`` with spans, in page order. When many of the page are needed (a
+        backfill, a busy tail), reading the page again with spans is about twice as fast as
+        fetching by id; what that read misses (the page moved) is fetched by id."""
+        if not ids:
+            return []
+        found: dict[str, Any] = {}
+        if len(ids) * 4 >= page_len:
+            wanted = set(ids)
+            for t in self.server.page_traces(scan.experiment_id, scan.start_ms, scan.until_ms,
+                                             scan.token, page_size):
+                if t.info.trace_id in wanted:
+                    found[t.info.trace_id] = t
+        missing = [t for t in ids if t not in found]
+        for i in range(0, len(missing), FETCH_CHUNK):
+            for t in self.server.fetch(missing[i:i + FETCH_CHUNK]):
+                found[t.info.trace_id] = t
+        return [found[t] for t in ids if t in found]
 
     def _apply_pending(self) -> None:
         if self._pending is None:
@@ -491,13 +514,23 @@ class MlflowTraceServer:
 
     def page(self, experiment_id: str, since_ms: int, until_ms: int | None,
              page_token: str | None, max_results: int) -> tuple[list[Any], str | None]:
+        page = self._search(experiment_id, since_ms, until_ms, page_token, max_results,
+                            spans=False)
+        return [t.info for t in page], page.token or None
+
+    def _search(self, experiment_id: str, since_ms: int, until_ms: int | None,
+                page_token: str | None, max_results: int, *, spans: bool) -> Any:
         where = f"attributes.timestamp_ms >= {max(since_ms, 0)}"
         if until_ms is not None:
             where += f" AND attributes.timestamp_ms <= {until_ms}"
-        page = self._tracing.search_traces(
+        return self._tracing.search_traces(
             locations=[experiment_id], filter_string=where, max_results=max_results,
-            order_by=["timestamp_ms ASC"], page_token=page_token, include_spans=False)
-        return [t.info for t in page], page.token or None
+            order_by=["timestamp_ms ASC"], page_token=page_token, include_spans=spans)
 
     def fetch(self, trace_ids: Sequence[str]) -> list[Any]:
         return list(self._tracing.batch_get_traces(list(trace_ids)))
+
+    def page_traces(self, experiment_id: str, since_ms: int, until_ms: int | None,
+                    page_token: str | None, max_results: int) -> list[Any]:
+        return list(self._search(experiment_id, since_ms, until_ms, page_token, max_results,
+                                 spans=True))

@@ -59,6 +59,8 @@ class FakeServer:
         self.fetched: list[str] = []
         self.pages: list[tuple[int, str | None]] = []
         self.fail_pages = fail_pages
+        self.paged_with_spans = 0
+        self.drop_from_page: set[str] = set()  # as if the page moved before it was re-read
 
     def experiments(self) -> list[tuple[str, int]]:
         return [("1", 0)]
@@ -80,6 +82,13 @@ class FakeServer:
         self.fetched.extend(trace_ids)
         by_id = {i.trace_id: i for i in self.infos}
         return [FakeTrace(by_id[t]) for t in trace_ids if t in by_id]
+
+    def page_traces(self, experiment_id: str, since_ms: int, until_ms: int | None,
+                    page_token: str | None, max_results: int) -> list[Any]:
+        self.paged_with_spans += 1
+        rows, _ = self.page(experiment_id, since_ms, until_ms, page_token, max_results)
+        self.pages.pop()
+        return [FakeTrace(i) for i in rows if i.trace_id not in self.drop_from_page]
 
 
 class FakeStore:
@@ -163,6 +172,22 @@ def test_a_restart_resumes_from_the_stored_watermark_minus_the_overlap() -> None
     wm = store.marks["mlflow:tail:1"]["watermark_ms"]
     assert server2.pages[0][0] == wm - 10_000  # the overlap window
     assert server2.fetched == []
+
+
+def test_a_mostly_new_page_is_read_again_with_spans_a_mostly_stored_one_by_id() -> None:
+    infos = [FakeInfo(f"t{i}", NOW_MS - 100 + i) for i in range(8)]
+    server, store = FakeServer(infos), FakeStore()
+    server.drop_from_page = {"t1"}  # the page moved before it was read again
+    store.traces.update(dict.fromkeys(["t2", "t3", "t4", "t5", "t6"], "OK"))
+    source = _source(server, store, page_size=8)
+    records = source.poll(0, 100)  # 3 of 8 needed: the page again, with spans
+    assert [r.key for r in records] == [b"t0", b"t1", b"t7"]  # in page order
+    assert server.paged_with_spans == 1 and server.fetched == ["t1"]
+    server2, store2 = FakeServer(infos), FakeStore()
+    store2.traces.update({i.trace_id: "OK" for i in infos[:7]})
+    records = _source(server2, store2, page_size=8).poll(0, 100)  # 1 of 8: by id
+    assert [r.key for r in records] == [b"t7"]
+    assert server2.paged_with_spans == 0 and server2.fetched == ["t7"]
 
 
 def test_unreachable_mlflow_is_transient_and_the_page_is_read_after() -> None:
