@@ -290,6 +290,9 @@ class MlflowSource:
         self._offered = {}
         return True
 
+    def lag(self) -> dict[tuple[str, int], int]:
+        return {}  # MLflow cannot count what is not read yet without reading it
+
     def close(self) -> None:
         self._scan = None
 

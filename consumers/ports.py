@@ -37,6 +37,10 @@ class EventSource(Protocol):
         """True once a finite source (a backfill) has delivered everything."""
         ...
 
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records not yet processed, per (topic, partition) assigned here; may do I/O."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -109,6 +109,8 @@ def settings_factory(broker: EmbeddedBroker, store_url: str,
         # Curation only where a test asks for it: it would otherwise create datasets on the
         # MLflow server of every test that sets a tracking URI for write-back.
         "curation": "off",
+        # No HTTP server unless a test asks: several workers run side by side.
+        "http_port": 0,
     }
 
     def make(**overrides: Any) -> Settings:

@@ -39,6 +39,9 @@ class FakeSource:
     def exhausted(self) -> bool:
         return False
 
+    def lag(self) -> dict[tuple[str, int], int]:
+        return {("fake", 0): len(self.pending)}
+
     def commit(self, next_offsets: Mapping[tuple[str, int], int]) -> bool:
         self.journal.append("commit")
         self.committed.update(next_offsets)

@@ -98,13 +98,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     except Exception as exc:  # NoBrokersAvailable, KafkaTimeoutError
         raise CliError(f"Kafka at {settings.kafka_bootstrap_servers} is unreachable: {exc!r}",
                        EXIT_UNAVAILABLE) from None
+    http = _start_http(settings, worker, engine)
     _install_signals(worker.stop, settings.shutdown_timeout_s)
     _tune_gc()
     try:
         worker.run(exit_when_idle_s=args.exit_when_idle, max_records=args.max_records)
     finally:
+        if http is not None:
+            http.stop()
         worker.close()
     return EXIT_OK
+
+
+def _start_http(settings: Settings, worker: Any, engine: Engine) -> Any:
+    """/metrics, /healthz and /readyz beside the worker, unless TRACE_CURATOR_HTTP_PORT=0."""
+    if settings.http_port == 0:
+        return None
+    from worker.http_server import HttpServer
+    from worker.telemetry import routes
+
+    try:
+        return HttpServer(settings.http_host, settings.http_port,
+                          routes(worker, engine)).start()
+    except ConfigError as exc:
+        worker.close()
+        raise CliError(str(exc), EXIT_CONFIG) from None
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:

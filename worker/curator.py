@@ -183,6 +183,10 @@ class CuratorThread:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="curator", daemon=True)
         self.cycles = 0
+        # For /metrics: dataset cycles by outcome ("done", "pending", "nothing new", "failed"),
+        # and the wall time of the last cycle in which every dataset succeeded.
+        self.outcomes: dict[str, int] = {}
+        self.last_success_unix: float | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -196,8 +200,13 @@ class CuratorThread:
         while not self._stop.is_set():
             try:
                 if self.lock.ensure():
-                    self.curator.run_cycle()
+                    results = self.curator.run_cycle()
                     self.cycles += 1
+                    for r in results:
+                        self.outcomes[r.state] = self.outcomes.get(r.state, 0) + 1
+                    if all(r.state != "pending" for r in results):
+                        self.last_success_unix = time.time()
             except Exception:  # a store outage or a bug in one cycle must not end curation
+                self.outcomes["failed"] = self.outcomes.get("failed", 0) + 1
                 logger.exception("curation cycle failed; retrying in %.0fs", self.interval_s)
             self._stop.wait(self.interval_s)

@@ -77,6 +77,9 @@ class BatchWriter(Protocol):
     def close(self) -> None: ...
 T = TypeVar("T")
 JOIN_GRACE_S = 60.0  # how long --exit-when-idle waits for a group join before giving up
+LAG_EVERY_S = 5.0  # how often the loop asks the source for its lag (a broker round trip)
+# Upper bounds (s) of the batch latency histogram that /metrics exposes.
+BATCH_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 @dataclass
@@ -88,9 +91,24 @@ class RunStats:
     batches: int = 0
     retries: int = 0
     commit_failures: int = 0
+    tags_changed: int = 0
     started_s: float = field(default_factory=time.monotonic)
     first_record_s: float | None = None  # monotonic time the first records arrived
     last_checkpoint_s: float | None = None  # monotonic time of the last completed checkpoint
+    last_checkpoint_unix: float | None = None  # wall time of the same, for /metrics
+    heartbeat_s: float = field(default_factory=time.monotonic)  # the loop is alive (liveness)
+    failing: str | None = None  # "poll" or "store" while that step is being retried
+    lag: dict[tuple[str, int], int] = field(default_factory=dict)  # per partition, refreshed
+    batch_seconds_counts: list[int] = field(
+        default_factory=lambda: [0] * (len(BATCH_SECONDS_BUCKETS) + 1))
+    batch_seconds_sum: float = 0.0
+
+    def observe_batch(self, seconds: float) -> None:
+        """One batch from decode to offset commit, into the latency histogram."""
+        i = next((i for i, b in enumerate(BATCH_SECONDS_BUCKETS) if seconds <= b),
+                 len(BATCH_SECONDS_BUCKETS))
+        self.batch_seconds_counts[i] += 1
+        self.batch_seconds_sum += seconds
 
     @property
     def busy_s(self) -> float:
@@ -155,12 +173,17 @@ class Worker:
     def _run(self, max_records: int | None, exit_when_idle_s: float | None) -> RunStats:
         s = self.settings
         started = idle_since = time.monotonic()
+        next_lag = started
         while not self.stop.is_set():
+            self.stats.heartbeat_s = time.monotonic()
             records = self._retry(lambda: self.source.poll(s.poll_timeout_ms,
                                                            s.batch_max_records), "poll")
             if records is None:
                 break  # stopped while the source was unavailable
             self.maintain()
+            if self.stats.heartbeat_s >= next_lag:
+                next_lag = self.stats.heartbeat_s + LAG_EVERY_S
+                self.stats.lag = self.source.lag()
             if not records:
                 if self._finished():
                     logger.info("the source is exhausted and every tag is written back, exiting")
@@ -200,8 +223,9 @@ class Worker:
 
     def process(self, records: list[RawRecord]) -> bool:
         """Decode, store and checkpoint one batch. False if stopped before the checkpoint."""
+        began = time.monotonic()
         if self.stats.first_record_s is None:
-            self.stats.first_record_s = time.monotonic()
+            self.stats.first_record_s = began
         batch = self.decode(records)
         batch.checkpoints = self.source.checkpoint()
         if not self._retry(lambda: self.store(batch, records), "store"):
@@ -214,6 +238,8 @@ class Worker:
         self.stats.assessments += len(batch.assessments)
         self.stats.dead_letters += len(batch.dead_letters)
         self.stats.last_checkpoint_s = time.monotonic()
+        self.stats.last_checkpoint_unix = time.time()
+        self.stats.observe_batch(self.stats.last_checkpoint_s - began)
         return True
 
     # -- the named steps -----------------------------------------------------------------------
@@ -251,7 +277,8 @@ class Worker:
             self.dlq.flush()
             batch.dlq_flushed = True
         try:
-            self.writer.write(batch, now_ms)
+            result = self.writer.write(batch, now_ms)
+            self.stats.tags_changed += result.tags_changed
         except StoreRejectedError:
             self._store_isolating(batch, records, now_ms)
         return True
@@ -310,6 +337,8 @@ class Worker:
 
         def before_sleep(state: RetryCallState) -> None:
             self.stats.retries += 1
+            self.stats.failing = what
+            self.stats.heartbeat_s = time.monotonic()  # waiting out an outage is being alive
             exc = state.outcome.exception() if state.outcome else None
             logger.warning("%s failed, retrying attempt=%d wait_s=%.1f error=%s", what,
                            state.attempt_number, state.upcoming_sleep, exc)
@@ -320,7 +349,10 @@ class Worker:
             stop=stop_when_event_set(self.stop), sleep=self._sleep,
             before_sleep=before_sleep, reraise=True)
         try:
-            return retrying(fn)
+            out = retrying(fn)
+            if self.stats.failing == what:
+                self.stats.failing = None
+            return out
         except TransientError:
             if self.stop.is_set():
                 return None

@@ -136,7 +136,8 @@ class Settings(BaseSettings):
 
     # HTTP and logs
     http_host: str = Field("127.0.0.1", description="Bind address of the HTTP server.")
-    http_port: int = Field(0, ge=0, le=65535, description="HTTP port; 0 turns the server off.")
+    http_port: int = Field(9464, ge=0, le=65535,
+                           description="Port of /metrics, /healthz, /readyz; 0 turns it off.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO",
                                                                    description="Log level.")
     log_format: Literal["kv", "json"] = Field("kv", description="key=value lines or JSON lines.")

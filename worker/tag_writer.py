@@ -94,6 +94,7 @@ class TagWriter:
         self.clock = clock
         self.written = 0
         self.failed_attempts = 0
+        self.last_round_unix: float | None = None  # the last round that ran through (/metrics)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="tag")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -117,6 +118,7 @@ class TagWriter:
                 continue
             try:
                 sent = self.run_round()
+                self.last_round_unix = time.time()
                 if time.monotonic() >= next_report:
                     next_report = time.monotonic() + LAG_REPORT_S
                     self._report_lag()
