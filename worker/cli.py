@@ -639,10 +639,14 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "demo", help="run the whole path on embedded defaults, with demo traffic",
         formatter_class=fmt,
-        description="Write real MLflow traces of a small support bot (and feedback on them) to a "
-                    "local MLflow store, publish them with 3 malformed records to an embedded "
-                    "Kafka-protocol broker, run the real worker into a SQLite store, and print "
-                    "what it holds. Needs the demo extra: pip install 'trace-curator[demo]'.")
+        description="Run the whole product live with no infrastructure: a backdated history of "
+                    "real MLflow traces of a small support bot in a local MLflow store, then "
+                    "live traffic (feedback on about half, some of it late) while the real "
+                    "worker ingests it into a SQLite store, from an embedded Kafka-protocol "
+                    "broker (with 3 malformed records) or, with --source mlflow, by polling "
+                    "MLflow. Progress once a second; at the end the report, the rule tags, the "
+                    "dataset versions and how to open the MLflow UI. Needs the demo extra: "
+                    "pip install 'trace-curator[demo]'.")
     demo.configure_parser(d)
     d.set_defaults(func=demo.cmd_demo)
     return p
