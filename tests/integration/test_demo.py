@@ -1,13 +1,15 @@
 """``trace-curator demo`` end to end: the store ends up holding exactly what MLflow holds.
 
-The demo is run in-process on its embedded defaults (its own tansu broker, SQLite stores in
-``tmp_path``); MLflow's own store is the oracle for trace and assessment ids.
+The demo is run in-process on its embedded defaults (its own tansu broker, or polling MLflow;
+SQLite stores in ``tmp_path``), with a short history and a few seconds of live traffic. MLflow's
+own store is the oracle for trace and assessment ids and for the rule tags written back.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from consumers.embedded_broker import tansu_binary
 from consumers.errors import ConfigError
 from store.engine import make_engine
 from tests.conftest import service_missing
-from worker.demo import EXPERIMENT_NAME, cmd_demo, configure_parser
+from worker.demo import EXPERIMENT_NAME, cmd_demo, configure_parser, mlflow_source_missing
 
 pytestmark = [
     pytest.mark.integration,
@@ -29,6 +31,9 @@ pytestmark = [
     # warning would make MLflow swallow it and return a no-op span, and no trace would be written.
     pytest.mark.filterwarnings("ignore:.*Any type hint is inferred as AnyType:UserWarning"),
 ]
+
+HISTORY = 20
+DURATION_S = 5
 
 
 @pytest.fixture
@@ -52,18 +57,29 @@ def _tansu_children() -> list[str]:
     return out
 
 
-def test_demo_store_matches_mlflow(tmp_path: Path, mlflow_uri_restored: None) -> None:
-    try:
-        tansu_binary()
-    except ConfigError as exc:
-        service_missing(f"tansu broker unavailable: {exc}")
-    from mlflow import MlflowClient
-
+def _run_demo(*argv: str) -> int:
     parser = argparse.ArgumentParser()
     configure_parser(parser)
+    return cmd_demo(parser.parse_args(list(argv)))
+
+
+@pytest.mark.parametrize("source", ["kafka", "mlflow"])
+def test_demo_store_matches_mlflow(tmp_path: Path, mlflow_uri_restored: None,
+                                   source: str) -> None:
+    if source == "kafka":
+        try:
+            tansu_binary()
+        except ConfigError as exc:
+            service_missing(f"tansu broker unavailable: {exc}")
+    elif mlflow_source_missing():
+        pytest.skip(f"no MLflow polling source in this build: {mlflow_source_missing()}")
+    from mlflow import MlflowClient
+
     before = set(_tansu_children())  # the session's broker fixture may be running
-    assert cmd_demo(parser.parse_args(["--traces", "30", "--dir", str(tmp_path)])) == 0
-    assert set(_tansu_children()) <= before  # the demo's own broker was stopped
+    started_ms = int(time.time() * 1000)
+    assert _run_demo("--history", str(HISTORY), "--duration", str(DURATION_S),
+                     "--source", source, "--dir", str(tmp_path)) == 0
+    assert set(_tansu_children()) <= before  # the demo's own broker was stopped (or never ran)
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
@@ -72,26 +88,59 @@ def test_demo_store_matches_mlflow(tmp_path: Path, mlflow_uri_restored: None) ->
                                   include_spans=False)
     mlflow_traces = {t.info.trace_id for t in traces}
     mlflow_assessments = {a.assessment_id for t in traces for a in t.info.assessments}
-    assert len(mlflow_traces) == 30
+    # The history is backdated (5 min to 23 h); live traces start at most ~10 s before "now".
+    history = [t for t in traces if t.info.request_time < started_ms - 4 * 60_000]
+    live = [t for t in traces if t.info.request_time >= started_ms - 60_000]
+    assert len(history) == HISTORY
+    assert len(live) >= DURATION_S  # even a slow machine writes one live trace a second
+    assert len(history) + len(live) == len(mlflow_traces)
     assert mlflow_assessments  # feedback on about half of the traces
 
     engine = make_engine(f"sqlite:///{tmp_path}/trace_curator.db")
     with engine.connect() as conn:
         store_traces = set(conn.execute(text("SELECT trace_id FROM traces")).scalars())
+        in_progress = conn.execute(text(
+            "SELECT COUNT(*) FROM traces WHERE status = 'IN_PROGRESS'")).scalar()
         store_assessments = set(
             conn.execute(text("SELECT assessment_id FROM assessments")).scalars())
         dead_letters = conn.execute(text("SELECT COUNT(*) FROM dead_letters")).scalar()
         decided = set(conn.execute(text(
             "SELECT trace_id, tag_value FROM trace_tags WHERE tag_value IS NOT NULL")).all())
         outbox = conn.execute(text("SELECT COUNT(*) FROM tag_outbox")).scalar()
+        versions = conn.execute(text("SELECT COUNT(*) FROM dataset_versions")).scalar()
     engine.dispose()
     # Every rule tag was written back onto its trace in the demo's MLflow store.
     tagged = client.search_traces(locations=[experiment.experiment_id], max_results=500,
                                   filter_string="tags.eval_candidate IS NOT NULL",
                                   include_spans=False)
-    assert decided  # 30 traces of this traffic always include errors and slow calls
+    assert decided  # this traffic always includes errors and slow calls
     assert {(t.info.trace_id, t.info.tags["eval_candidate"]) for t in tagged} == decided
     assert outbox == 0
     assert store_traces == mlflow_traces
+    assert in_progress == 0
     assert store_assessments == mlflow_assessments
-    assert dead_letters == 3
+    assert dead_letters == (3 if source == "kafka" else 0)  # malformed records only on Kafka
+    assert versions >= 1  # candidates were curated into a dataset version
+
+
+def test_demo_rejects_bad_options(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    for bad in (["--duration", "0"], ["--rate", "-1"], ["--history", "-5"],
+                ["--source", "files"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*bad, "--dir", str(tmp_path)])
+
+
+def test_demo_source_mlflow_needs_the_polling_source(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A build without the MLflow source's settings refuses --source mlflow, before any work."""
+    from worker import demo
+    from worker.exit_codes import EXIT_CONFIG
+
+    monkeypatch.setattr(demo, "MLFLOW_SOURCE_FIELDS",
+                        (*demo.MLFLOW_SOURCE_FIELDS, "mlflow_no_such_setting_s"))
+    assert _run_demo("--source", "mlflow", "--dir", str(tmp_path / "demo")) == EXIT_CONFIG
+    assert "--source mlflow needs the MLflow polling source" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()  # nothing was written

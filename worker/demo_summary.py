@@ -1,0 +1,202 @@
+"""What the demo's store holds: progress counts, what this run still lacks, the final summary.
+
+Read-only, plain SQL over the trace-curator store: each caller passes its own engine, or the
+function makes and disposes one, so it runs beside the worker. ``missing_ids`` counts a trace still
+IN_PROGRESS as missing and binds at most 500 ids per query (SQLite's parameter limit).
+``summarize`` prints, in order: this run, the store's totals (this and earlier runs over the
+folder), the 24 h report, the dataset versions, then where to explore.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, TextClause, bindparam, text
+
+from store.engine import make_engine
+from store.report import iso, summary
+from worker.demo_outlet import MALFORMED
+from worker.demo_traffic import EXPERIMENT_NAME, HISTORY_HOURS, TrafficGenerator, TrafficStats
+from worker.loop import RunStats
+from worker.report_format import to_table
+
+CURATE_INTERVAL_S = 10.0  # the worker's curator runs a cycle this often during the run
+
+
+@dataclass
+class StoreCounts:
+    traces: int
+    assessments: int
+    dead_letters: int
+    tags: dict[str, int]  # tag value -> traces
+
+    @classmethod
+    def read(cls, engine: Engine) -> StoreCounts:
+        with engine.connect() as conn:
+            traces, assessments, letters = conn.execute(text(
+                "SELECT (SELECT COUNT(*) FROM traces), (SELECT COUNT(*) FROM assessments), "
+                "(SELECT COUNT(*) FROM dead_letters)")).one()
+            tags = conn.execute(text(
+                "SELECT tag_value, COUNT(*) FROM trace_tags WHERE tag_value IS NOT NULL "
+                "GROUP BY tag_value ORDER BY tag_value")).all()
+        return cls(traces, assessments, letters, {v: n for v, n in tags})
+
+
+def missing_ids(engine: Engine, gen: TrafficGenerator) -> tuple[int, int]:
+    """(traces, assessments) the generator produced that the store lacks; a trace still
+    IN_PROGRESS in the store counts as missing."""
+    trace_ids, assessment_ids = gen.produced()
+    with engine.connect() as conn:
+        return (len(trace_ids) - _count_in(conn, TRACES_FOUND, trace_ids),
+                len(assessment_ids) - _count_in(conn, ASSESSMENTS_FOUND, assessment_ids))
+
+
+TRACES_FOUND = text("SELECT COUNT(*) FROM traces WHERE status != 'IN_PROGRESS' "
+                    "AND trace_id IN :ids").bindparams(bindparam("ids", expanding=True))
+ASSESSMENTS_FOUND = text("SELECT COUNT(*) FROM assessments WHERE assessment_id IN :ids"
+                         ).bindparams(bindparam("ids", expanding=True))
+
+
+def _count_in(conn: Connection, query: TextClause, ids: set[str]) -> int:
+    ordered = sorted(ids)  # in chunks: SQLite limits the number of bound parameters
+    return sum(conn.execute(query, {"ids": ordered[i:i + 500]}).scalar_one()
+               for i in range(0, len(ordered), 500))
+
+
+def produced_missing(store_url: str, gen: TrafficGenerator) -> tuple[int, int]:
+    engine = make_engine(store_url)
+    try:
+        return missing_ids(engine, gen)
+    finally:
+        engine.dispose()
+
+
+@dataclass
+class Outcome:
+    store_url: str
+    folder: Path
+    source: str
+    experiment_id: str
+    traffic: TrafficStats
+    published: int
+    stats: RunStats | None  # None: interrupted before the worker ran
+    elapsed_s: float
+    interrupted: bool
+    curation: Sequence[str] = ()
+    missing: tuple[int, int] = (0, 0)
+    rate_per_s: float = 0.0
+
+
+def summarize(o: Outcome) -> str:
+    """What this run did, what the store holds (plain SQL), the report, then where to look."""
+    engine = make_engine(o.store_url)
+    now_ms = int(time.time() * 1000)
+    try:
+        report = to_table(summary(engine, now_ms - 86_400_000, now_ms, now_ms=now_ms))
+        facts = _store_facts(engine)
+    finally:
+        engine.dispose()
+    return "\n".join([*_run_lines(o), *_store_lines(facts), "",
+                      "The last 24 hours, from the rolling metric buckets "
+                      "(`trace-curator report --since 24h`):",
+                      report, *_dataset_lines(facts, o.curation), *_explore_lines(o)])
+
+
+def _store_facts(engine: Engine) -> dict[str, Any]:
+    from store import datasets as ds
+
+    with engine.connect() as conn:
+        return {
+            "by_status": conn.execute(text(
+                "SELECT status, COUNT(*) FROM traces GROUP BY status ORDER BY status")).all(),
+            "by_name": conn.execute(text(
+                "SELECT name, kind, COUNT(*), AVG(numeric_value) FROM assessments "
+                "GROUP BY name, kind ORDER BY name")).all(),
+            "tags": conn.execute(text(
+                "SELECT t.tag_key, t.tag_value, COUNT(*), COUNT(o.trace_id) FROM trace_tags t "
+                "LEFT JOIN tag_outbox o ON o.trace_id = t.trace_id AND o.tag_key = t.tag_key "
+                "WHERE t.tag_value IS NOT NULL GROUP BY t.tag_key, t.tag_value "
+                "ORDER BY t.tag_value")).all(),
+            "letters": conn.execute(text(
+                'SELECT topic, "partition", "offset", error_type, error FROM dead_letters '
+                'ORDER BY topic, "partition", "offset"')).all(),
+            "versions": ds.versions(conn),
+        }
+
+
+def _run_lines(o: Outcome) -> list[str]:
+    t = o.traffic
+    live = (f"live {t.live} of {t.live_requested} traces at {t.achieved_per_s():.1f}/s "
+            f"(asked {o.rate_per_s:g}/s; the generator manages about "
+            f"{t.capacity_per_s():.1f}/s here{', so it fell behind' if t.behind else ''})"
+            if t.live_requested else "no live traffic")
+    if o.source == "kafka":
+        feed = (f"  Kafka    {o.published} records published as they were produced, "
+                f"{len(MALFORMED)} of them malformed")
+    else:
+        feed = "  MLflow   polled by the worker (--source mlflow); nothing published to Kafka"
+    missing = ("holds every trace and assessment of this run" if o.missing == (0, 0) else
+               f"lacks {o.missing[0]} traces and {o.missing[1]} assessments of this run"
+               + (" (interrupted)" if o.interrupted else ""))
+    return [
+        f"trace-curator demo: {'interrupted' if o.interrupted else 'done'} after "
+        f"{o.elapsed_s:.1f} s (source {o.source})",
+        f"  traffic  history {t.history} of {t.history_requested} traces over the past "
+        f"{HISTORY_HOURS} h; {live}",
+        f"           {t.assessments} assessments ({t.late} late feedback, "
+        f"{t.expectations} expectations); experiment {EXPERIMENT_NAME!r}, id {o.experiment_id}",
+        feed,
+        f"  worker   {o.stats.summary() if o.stats else 'not started'}",
+        f"  store    {missing}",
+    ]
+
+
+def _store_lines(facts: dict[str, Any]) -> list[str]:
+    n_traces = sum(r[1] for r in facts["by_status"])
+    n_assessments = sum(r[2] for r in facts["by_name"])
+    return [
+        f"Store: {n_traces} traces, {n_assessments} assessments, {len(facts['letters'])} dead "
+        "letters in total (this and earlier runs over the folder)",
+        "  assessments by name",
+        *(f"    {name:<18} {kind:<11} {count:>5}" + ("" if mean is None else f"  mean {mean:.2f}")
+          for name, kind, count, mean in facts["by_name"]),
+        "  rule tags (also on the traces in MLflow once written back)",
+        *(f"    {key}={value:<14} {count:>5}" + (f"  ({pending} not yet written back)"
+                                                  if pending else "")
+          for key, value, count, pending in facts["tags"]),
+        "  dead letters",
+        *(f"    {topic}[{part}]@{offset} {etype}: {error[:90]}"
+          for topic, part, offset, etype, error in facts["letters"]),
+        *([] if facts["letters"] else ["    none"]),
+    ]
+
+
+def _dataset_lines(facts: dict[str, Any], curation: Sequence[str]) -> list[str]:
+    versions = facts["versions"]
+    return [
+        "Dataset versions (the worker curates every "
+        f"{CURATE_INTERVAL_S:.0f} s; `trace-curator datasets list`):",
+        *(f"  {v.dataset} v{v.version} {v.state} {v.record_count} records, created "
+          f"{iso(v.created_ms)}; rules "
+          + (", ".join(f"{k} {n}" for k, n in sorted(v.rule_mix.items())) or "-")
+          for v in versions),
+        *([] if versions else ["  none yet"]),
+        *(["  the final cycle (`trace-curator curate --once`):"] if curation else []),
+        *(f"    {line}" for line in curation),
+    ]
+
+
+def _explore_lines(o: Outcome) -> list[str]:
+    return [
+        "Explore:",
+        f"  mlflow ui --backend-store-uri sqlite:///{o.folder / 'mlflow.db'}",
+        f"           then, in experiment {EXPERIMENT_NAME!r}, search traces with: "
+        "tags.eval_candidate IS NOT NULL",
+        "           (or one rule: tags.eval_candidate = 'error_case')",
+        f"  TRACE_CURATOR_STORE_URL={o.store_url} trace-curator report --since 24h",
+        "  trace-curator rules explain <trace id>   (with the same TRACE_CURATOR_STORE_URL)",
+    ]
