@@ -84,37 +84,10 @@ def _count(engine: Any) -> int:
         return int(conn.execute(select(func.count()).select_from(Trace)).scalar() or 0)
 
 
-def test_kill_9_at_random_points_loses_and_duplicates_nothing(
-        settings_factory: Any, producer: Any, tmp_path: Any) -> None:
-    rng = random.Random(SEED)
-    settings = settings_factory(batch_max_records=150)
-    traces, assessments, finals, expected_a = _build(rng)
-    publish(producer, settings.trace_topic, traces, key=lambda d: d["info"]["trace_id"].encode())
-    publish(producer, settings.assessment_topic, assessments,
-            key=lambda d: d["trace_id"].encode())
-
-    env = settings_env(settings)
-    engine = make_engine(settings.store_url_plain)
-    cmd = [sys.executable, "-m", "worker", "run", "--exit-when-idle", "4"]
-    kills_mid_run = 0
-    for attempt in range(4):
-        target = rng.randint(300, 3300)  # kill once the store holds this many traces
-        log = open(tmp_path / f"worker-{attempt}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None and _count(engine) < target:
-            time.sleep(0.02)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            log.close()
-            if _count(engine) < len(finals):
-                kills_mid_run += 1
-    assert kills_mid_run >= 2, f"only {kills_mid_run} kills landed mid-run (seed {SEED})"
-
-    final = subprocess.run(cmd, env=env, capture_output=True, timeout=300)
-    assert final.returncode == 0, final.stderr.decode()[-3000:]
-
+def assert_exact(engine: Any, settings: Any, traces: list[Any], assessments: list[Any],
+                 finals: dict[str, Any], expected_a: dict[str, Any]) -> None:
+    """The store holds each final trace and assessment version once, no dead letter, the
+    committed offsets cover every record, and the buckets count each trace once."""
     with engine.connect() as conn:
         rows = {r.trace_id: r for r in conn.execute(select(Trace))}
         arows = {r.assessment_id: r for r in conn.execute(select(Assessment))}
@@ -146,4 +119,38 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
     with engine.begin() as conn:
         rebuild(conn, MetricsConfig(), 0)
     assert bucket_snapshot(engine) == buckets
+
+
+def test_kill_9_at_random_points_loses_and_duplicates_nothing(
+        settings_factory: Any, producer: Any, tmp_path: Any) -> None:
+    rng = random.Random(SEED)
+    settings = settings_factory(batch_max_records=150)
+    traces, assessments, finals, expected_a = _build(rng)
+    publish(producer, settings.trace_topic, traces, key=lambda d: d["info"]["trace_id"].encode())
+    publish(producer, settings.assessment_topic, assessments,
+            key=lambda d: d["trace_id"].encode())
+
+    env = settings_env(settings)
+    engine = make_engine(settings.store_url_plain)
+    cmd = [sys.executable, "-m", "worker", "run", "--exit-when-idle", "4"]
+    kills_mid_run = 0
+    for attempt in range(4):
+        target = rng.randint(300, 3300)  # kill once the store holds this many traces
+        log = open(tmp_path / f"worker-{attempt}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None and _count(engine) < target:
+            time.sleep(0.02)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            log.close()
+            if _count(engine) < len(finals):
+                kills_mid_run += 1
+    assert kills_mid_run >= 2, f"only {kills_mid_run} kills landed mid-run (seed {SEED})"
+
+    final = subprocess.run(cmd, env=env, capture_output=True, timeout=300)
+    assert final.returncode == 0, final.stderr.decode()[-3000:]
+
+    assert_exact(engine, settings, traces, assessments, finals, expected_a)
     engine.dispose()
