@@ -33,6 +33,9 @@ from consumers.errors import ConfigError
 
 ENV_PREFIX = "TRACE_CURATOR_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
+# Secrets can come from files (Docker/Kubernetes secrets): TRACE_CURATOR_<NAME>_FILE holds the
+# path of a file whose content (stripped) is the value.
+SECRET_FILE_FIELDS = ("store_url", "kafka_sasl_password", "mlflow_tracking_uri")
 
 
 class Settings(BaseSettings):
@@ -185,6 +188,8 @@ class Settings(BaseSettings):
         for name, value in self:
             if name == "store_url":
                 out[name] = _mask_url(self.store_url_plain)
+            elif name == "mlflow_tracking_uri" and value:
+                out[name] = _mask_http_url(str(value))
             elif isinstance(value, SecretStr):
                 out[name] = "**********"
             else:
@@ -223,11 +228,42 @@ def _mask_url(url: str) -> str:
         return "**********"
 
 
+def _mask_http_url(url: str) -> str:
+    """``http://user:pw@host`` -> ``http://user:***@host``; other URLs unchanged."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _secret_files(env: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Values of TRACE_CURATOR_<NAME>_FILE secrets, unless given otherwise."""
+    out: dict[str, Any] = {}
+    for name in SECRET_FILE_FIELDS:
+        path = env.get(f"{ENV_PREFIX}{name.upper()}_FILE")
+        if not path or name in overrides:
+            continue
+        if env.get(ENV_PREFIX + name.upper()):
+            raise ConfigError(f"set {ENV_PREFIX}{name.upper()} or {ENV_PREFIX}{name.upper()}"
+                              "_FILE, not both")
+        try:
+            out[name] = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()}_FILE: cannot read {path}: "
+                              f"{exc.strerror}") from None
+    return out
+
+
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Read settings once. Raises ``ConfigError`` with every problem listed."""
     env = os.environ
     path = config_file or env.get(CONFIG_ENV)
-    known = {ENV_PREFIX + f.upper() for f in Settings.model_fields} | {CONFIG_ENV}
+    known = ({ENV_PREFIX + f.upper() for f in Settings.model_fields} | {CONFIG_ENV}
+             | {f"{ENV_PREFIX}{n.upper()}_FILE" for n in SECRET_FILE_FIELDS})
     typos = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known)
     if typos:
         raise ConfigError(f"unknown setting(s) in the environment: {', '.join(typos)}. "
@@ -244,6 +280,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must hold a mapping of setting: value")
         _CONFIG_FILE["path"] = p
+    overrides = {**_secret_files(env, overrides), **overrides}
     try:
         return Settings(**overrides)
     except ValidationError as exc:
