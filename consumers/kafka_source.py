@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import kafka.errors as kafka_errors
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from consumers.errors import TransientError
@@ -49,6 +49,24 @@ class KafkaClientConfig:
         return cfg
 
 
+class _RebalanceLog(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Logs partition moves. Nothing needs saving on revoke: the loop commits each batch's
+    offsets right after its transaction, before it polls again, so a partition is never revoked
+    with processed-but-uncommitted records. A commit refused because a rebalance came first
+    means redelivery to the new owner, which the idempotent upserts absorb."""
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        if revoked:
+            logger.info("partitions revoked %s", _names(revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        logger.info("partitions assigned %s", _names(assigned) or "none")
+
+
+def _names(tps: Any) -> str:
+    return " ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in tps))
+
+
 class KafkaSource:
     """An ``EventSource`` over a Kafka consumer group."""
 
@@ -57,13 +75,14 @@ class KafkaSource:
                  max_poll_interval_ms: int = 300_000, max_poll_records: int = 5_000) -> None:
         self.topics = list(topics)
         self._consumer = KafkaConsumer(
-            *self.topics, group_id=group_id, enable_auto_commit=False,
+            group_id=group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=heartbeat_interval_ms,
             max_poll_interval_ms=max_poll_interval_ms, max_poll_records=max_poll_records,
             # Bounded prefetch: raw records buffered ahead of the loop cost memory, not speed.
             fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024,
             **client.common())
+        self._consumer.subscribe(self.topics, listener=_RebalanceLog())
 
     @property
     def name(self) -> str:
