@@ -59,9 +59,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _engine(settings: Settings) -> Engine:
-    from worker.app import create_engine_from
+    # Not worker.app: it imports the rules, hence MLflow (seconds), which `check` does not need.
+    from store.engine import make_engine
 
-    return create_engine_from(settings)
+    return make_engine(settings.store_url_plain, pool_size=settings.db_pool_size,
+                       connect_timeout_s=settings.db_connect_timeout_s)
 
 
 def _ensure_schema(engine: Engine) -> None:

@@ -65,12 +65,6 @@ DRAIN_TIMEOUT_S = 60.0  # after the traffic, how long the worker may take to cat
 JOIN_TIMEOUT_S = 30.0  # for the demo's own threads at the end (an MLflow write can wait on SQLite)
 Handler = Callable[[int, FrameType | None], Any] | int | None  # what signal.getsignal returns
 
-# The settings the MLflow polling source needs (worker.settings); see mlflow_source_missing.
-MLFLOW_SOURCE_FIELDS = ("mlflow_experiment_ids", "mlflow_poll_interval_s",
-                        "mlflow_start_lookback_s", "mlflow_assessment_rescan_interval_s",
-                        "mlflow_assessment_window_s")
-
-
 # ---------------------------------------------------------------------------------------------
 # The command
 
@@ -105,11 +99,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     started_s = time.monotonic()
     folder = Path(args.dir).resolve()
     setup_logging("INFO")
-    if args.source == "mlflow" and (missing := mlflow_source_missing()):
-        print("trace-curator demo: error: --source mlflow needs the MLflow polling source, which "
-              f"this build does not have yet (no setting {', '.join(missing)}); use --source "
-              "kafka", file=sys.stderr)
-        return EXIT_CONFIG
     folder.mkdir(parents=True, exist_ok=True)
     switch = StopSwitch()
     switch.install()
@@ -269,11 +258,6 @@ def prepare_store(folder: Path) -> str:
     return url
 
 
-def mlflow_source_missing() -> list[str]:
-    """The MLflow polling source's settings this build lacks ([] when it has them all)."""
-    return [name for name in MLFLOW_SOURCE_FIELDS if name not in Settings.model_fields]
-
-
 def demo_settings(store_url: str, bootstrap_servers: str | None, mlflow_uri: str | None = None,
                   *, source: str = "kafka", experiment_id: str = "") -> Settings:
     from consumers.producer import DEFAULT_ASSESSMENT_TOPIC, DEFAULT_TRACE_TOPIC
@@ -292,10 +276,6 @@ def demo_settings(store_url: str, bootstrap_servers: str | None, mlflow_uri: str
         # Dataset versions appear during the run; one more cycle runs at the end (see _demo).
         curation="on" if mlflow_uri else "off", curate_interval_s=CURATE_INTERVAL_S)
     if source == "mlflow":
-        missing = mlflow_source_missing()
-        if missing:
-            raise ConfigError(f"the MLflow polling source is not available (no setting "
-                              f"{', '.join(missing)})")
         values.update(
             source="mlflow", mlflow_experiment_ids=experiment_id, mlflow_poll_interval_s=1.0,
             # The first start reads back past the history; assessments are rescanned often.

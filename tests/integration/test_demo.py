@@ -20,7 +20,7 @@ from consumers.embedded_broker import tansu_binary
 from consumers.errors import ConfigError
 from store.engine import make_engine
 from tests.conftest import service_missing
-from worker.demo import EXPERIMENT_NAME, cmd_demo, configure_parser, mlflow_source_missing
+from worker.demo import EXPERIMENT_NAME, cmd_demo, configure_parser
 
 pytestmark = [
     pytest.mark.integration,
@@ -71,8 +71,6 @@ def test_demo_store_matches_mlflow(tmp_path: Path, mlflow_uri_restored: None,
             tansu_binary()
         except ConfigError as exc:
             service_missing(f"tansu broker unavailable: {exc}")
-    elif mlflow_source_missing():
-        pytest.skip(f"no MLflow polling source in this build: {mlflow_source_missing()}")
     from mlflow import MlflowClient
 
     before = set(_tansu_children())  # the session's broker fixture may be running
@@ -130,17 +128,3 @@ def test_demo_rejects_bad_options(tmp_path: Path) -> None:
                 ["--source", "files"]):
         with pytest.raises(SystemExit):
             parser.parse_args([*bad, "--dir", str(tmp_path)])
-
-
-def test_demo_source_mlflow_needs_the_polling_source(tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    """A build without the MLflow source's settings refuses --source mlflow, before any work."""
-    from worker import demo
-    from worker.exit_codes import EXIT_CONFIG
-
-    monkeypatch.setattr(demo, "MLFLOW_SOURCE_FIELDS",
-                        (*demo.MLFLOW_SOURCE_FIELDS, "mlflow_no_such_setting_s"))
-    assert _run_demo("--source", "mlflow", "--dir", str(tmp_path / "demo")) == EXIT_CONFIG
-    assert "--source mlflow needs the MLflow polling source" in capsys.readouterr().err
-    assert not (tmp_path / "demo").exists()  # nothing was written
