@@ -18,12 +18,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import mlflow
 import pytest
 from sqlalchemy import Engine, select, text
 
+from consumers.mlflow_source import TableOnlyDeadLetters
 from store.engine import make_engine
 from store.metrics import rebuild
 from store.models import Assessment, SourceCheckpoint, Trace, TraceTag
@@ -265,4 +267,41 @@ def test_polled_records_are_stored_with_their_origin(
     with engine.connect() as conn:
         row = conn.execute(text("SELECT src_topic, src_partition FROM traces")).one()
     assert tuple(row) == ("mlflow:traces", 0)
+    engine.dispose()
+
+
+def test_all_experiments_mode_finds_an_experiment_created_after_the_start(
+        poll_settings: Callable[..., Settings], experiment: str) -> None:
+    from consumers.mlflow_source import MlflowSource, MlflowTraceServer
+    from store.checkpoints import StoreCheckpoints
+    from store.writer import SqlWriter
+    from worker.app import metrics_config
+    from worker.loop import Worker
+    from worker.rules import load_rules
+
+    settings = poll_settings(mlflow_experiment_ids="")  # every active experiment
+    before = [T.log_trace(experiment, "ok") for _ in range(3)]
+    T.fetch(before)
+    engine = make_engine(settings.store_url_plain)
+    config = replace(poll_config(settings), experiments_refresh_s=0.5)
+    source = MlflowSource(MlflowTraceServer(settings.mlflow_tracking_uri),
+                          StoreCheckpoints(engine), config)
+    worker = Worker(settings, source, SqlWriter(engine, load_rules(None),
+                                                metrics_config(settings)), TableOnlyDeadLetters())
+    runner = threading.Thread(target=worker.run)
+    runner.start()
+    try:
+        wait_until(lambda: set(before) <= set(store_state(engine)[0]), 60, "the first experiment")
+        later = mlflow.create_experiment(f"poll-late-{uuid.uuid4().hex[:8]}")
+        after = [T.log_trace(later, "error") for _ in range(3)]
+        T.fetch(after)
+        wait_until(lambda: set(after) <= set(store_state(engine)[0]), 60,
+                   "the experiment created after the start")
+    finally:
+        worker.stop.set()
+        runner.join(60)
+        worker.close()
+    with engine.connect() as conn:
+        marks = set(conn.execute(select(SourceCheckpoint.name)).scalars())
+    assert {f"mlflow:tail:{experiment}", f"mlflow:tail:{later}"} <= marks
     engine.dispose()
