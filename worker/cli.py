@@ -113,15 +113,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _start_http(settings: Settings, worker: Any, engine: Engine) -> Any:
-    """/metrics, /healthz and /readyz beside the worker, unless TRACE_CURATOR_HTTP_PORT=0."""
+    """/metrics, /healthz, /readyz and the dashboard (/, /api/report) beside the worker, unless
+    TRACE_CURATOR_HTTP_PORT=0."""
     if settings.http_port == 0:
         return None
+    from worker.dashboard_routes import dashboard_routes
     from worker.http_server import HttpServer
     from worker.telemetry import routes
 
+    served = {**routes(worker, engine),
+              **dashboard_routes(engine, minute_retention_days=settings.retention_minute_days)}
     try:
-        return HttpServer(settings.http_host, settings.http_port,
-                          routes(worker, engine)).start()
+        return HttpServer(settings.http_host, settings.http_port, served).start()
     except ConfigError as exc:
         worker.close()
         raise CliError(str(exc), EXIT_CONFIG) from None
@@ -132,14 +135,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from worker.backfill import ProgressReporter
 
     now_ms = int(time.time() * 1000)
-    try:
-        since_ms = parse_time_ms(args.since, now_ms)
-        until_ms = parse_time_ms(args.until, now_ms) if args.until else now_ms
-    except ConfigError as exc:
-        raise CliError(str(exc), EXIT_CONFIG) from None
-    if until_ms <= since_ms:
-        raise CliError(f"--until ({args.until}) must be after --since ({args.since})",
-                       EXIT_CONFIG)
+    since_ms, until_ms = _window(args, now_ms)
     settings = _settings(args)
     if not settings.mlflow_tracking_uri:
         raise CliError("backfill reads an MLflow server: set TRACE_CURATOR_MLFLOW_TRACKING_URI "
@@ -170,6 +166,19 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _window(args: argparse.Namespace, now_ms: int) -> tuple[int, int]:
+    """``--since`` / ``--until`` as epoch ms, or a CliError that says what is wrong."""
+    try:
+        since_ms = parse_time_ms(args.since, now_ms)
+        until_ms = parse_time_ms(args.until, now_ms) if args.until else now_ms
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_CONFIG) from None
+    if until_ms <= since_ms:
+        raise CliError(f"--until ({args.until}) must be after --since ({args.since})",
+                       EXIT_CONFIG)
+    return since_ms, until_ms
+
+
 def _check_metrics(settings: Settings, engine: Engine) -> None:
     """Buckets are keyed by one dimension tag; refuse to mix in another (ConfigError)."""
     from store.metrics import check_dimension_tag
@@ -186,26 +195,30 @@ def _check_metrics(settings: Settings, engine: Engine) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from store.dashboard import DAY_MS, MAX_WINDOW_DAYS, gather
     from store.report import summary
     from worker.report_format import FORMATS
+    from worker.report_html import render
 
     now_ms = int(time.time() * 1000)
-    try:
-        since_ms = parse_time_ms(args.since, now_ms)
-        until_ms = parse_time_ms(args.until, now_ms) if args.until else now_ms
-    except ConfigError as exc:
-        raise CliError(str(exc), EXIT_CONFIG) from None
-    if until_ms <= since_ms:
-        raise CliError(f"--until ({args.until}) must be after --since ({args.since})",
-                       EXIT_CONFIG)
+    since_ms, until_ms = _window(args, now_ms)
+    if args.format == "html" and until_ms - since_ms > MAX_WINDOW_DAYS * DAY_MS:
+        raise CliError(f"--format html charts at most {MAX_WINDOW_DAYS} days: use a shorter "
+                       "--since/--until", EXIT_CONFIG)
     settings, engine = _current_store(args)
     try:
-        result = summary(engine, since_ms, until_ms, experiment_id=args.experiment, by=args.by,
-                         now_ms=now_ms, minute_retention_days=settings.retention_minute_days)
+        if args.format == "html":  # the page needs more than the summary (store.dashboard)
+            text = render(gather(engine, since_ms, until_ms, experiment_id=args.experiment,
+                                 by=args.by, now_ms=now_ms,
+                                 minute_retention_days=settings.retention_minute_days))
+        else:
+            result = summary(engine, since_ms, until_ms, experiment_id=args.experiment,
+                             by=args.by, now_ms=now_ms,
+                             minute_retention_days=settings.retention_minute_days)
+            text = FORMATS[args.format](result)
     except sa_exc.OperationalError as exc:
         raise CliError(f"the store is unreachable: {str(exc.orig).strip()[:300]}",
                        EXIT_UNAVAILABLE) from None
-    text = FORMATS[args.format](result)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(text)
@@ -572,7 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Examples:\n  trace-curator report --since 24h\n"
                "  trace-curator report --since 7d --by trace_name --format csv\n"
                "  trace-curator report --since 2026-11-26 --until 2026-11-27 --experiment 3 "
-               "--format json")
+               "--format json\n"
+               "  trace-curator report --since 24h --format html --output report.html")
     rep.add_argument("--since", default="24h",
                      help="window start: 30m, 24h, 7d, 2w, or an ISO time (default 24h)")
     rep.add_argument("--until", default=None, help="window end (default now)")
@@ -580,8 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="only this experiment id")
     rep.add_argument("--by", choices=("trace_name", "environment", "experiment"),
                      default=None, help="also break the figures down by this dimension")
-    rep.add_argument("--format", choices=("table", "json", "csv"), default="table",
-                     help="output format (default table)")
+    rep.add_argument("--format", choices=("table", "json", "csv", "html"), default="table",
+                     help="output format (default table); html: one self-contained page with "
+                          "charts, candidates, dataset versions, dead letters and the outbox")
     rep.add_argument("--output", metavar="FILE", default=None,
                      help="write to FILE instead of stdout")
     rep.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)

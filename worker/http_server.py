@@ -1,4 +1,5 @@
-"""The worker's small HTTP server: ``/metrics``, ``/healthz``, ``/readyz`` (``worker.telemetry``).
+"""The worker's small HTTP server: ``/metrics``, ``/healthz``, ``/readyz`` (``worker.telemetry``)
+and the live report, ``/`` and ``/api/report`` (``worker.dashboard_routes``).
 
 Bound to ``TRACE_CURATOR_HTTP_HOST`` (127.0.0.1 by default) and ``TRACE_CURATOR_HTTP_PORT``
 (0 turns it off). GET only; a route is a function of the query string that returns (status,

@@ -73,7 +73,7 @@ class WorkerCollector(Collector):
             lag.add_metric([topic, str(partition)], n)
         yield lag
         last = GaugeMetricFamily(f"{PREFIX}_last_success_timestamp_seconds",
-                                 "Unix time of the last success of each job.", labels=["job"])
+                                 "Unix time of the last success of each task.", labels=["task"])
         if s.last_checkpoint_unix is not None:
             last.add_metric(["batch"], s.last_checkpoint_unix)
         yield from self._jobs(last)
@@ -89,7 +89,7 @@ class WorkerCollector(Collector):
     def _jobs(self, last: GaugeMetricFamily) -> Iterator[Metric]:
         leader = GaugeMetricFamily(f"{PREFIX}_leader",
                                    "1 while this worker leads the job (PostgreSQL lock).",
-                                   labels=["job"])
+                                   labels=["task"])
         tw = self.worker.tag_writer
         writer: Any = tw
         if writer is not None:

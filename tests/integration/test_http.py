@@ -68,7 +68,7 @@ def test_metrics_move_as_events_flow_and_probes_answer(
         assert mid[("trace_curator_batches_total", ())] >= 3  # 122 records, 50 a batch
         assert mid[("trace_curator_batch_seconds_count", ())] == mid[
             ("trace_curator_batches_total", ())]
-        assert mid[("trace_curator_last_success_timestamp_seconds", (("job", "batch"),))] \
+        assert mid[("trace_curator_last_success_timestamp_seconds", (("task", "batch"),))] \
             == pytest.approx(time.time(), abs=60)
 
         publish(producer, settings.assessment_topic, [P.assessment_doc(

@@ -65,7 +65,7 @@ class Proc:
                 for f in text_string_to_metric_families(body) for s in f.samples}
 
     def leads(self, job: str) -> bool:
-        return self.metrics().get(("trace_curator_leader", (("job", job),))) == 1.0
+        return self.metrics().get(("trace_curator_leader", (("task", job),))) == 1.0
 
     def kill9(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)

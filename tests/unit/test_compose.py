@@ -34,8 +34,9 @@ ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-EXPECTED_SERVICES = {"kafka", "kafka-init", "postgres", "mlflow", "migrate", "worker"}
-LONG_RUNNING = {"kafka", "postgres", "mlflow", "worker"}
+EXPECTED_SERVICES = {"kafka", "kafka-init", "postgres", "mlflow", "migrate", "worker", "prometheus",
+                     "grafana"}
+LONG_RUNNING = {"kafka", "postgres", "mlflow", "worker", "prometheus", "grafana"}
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 WORKER_REPLICAS = 2
 WORKER_WIRING = {  # what the workers must be told, after interpolation
