@@ -198,5 +198,7 @@ def _explore_lines(o: Outcome) -> list[str]:
         "tags.eval_candidate IS NOT NULL",
         "           (or one rule: tags.eval_candidate = 'error_case')",
         f"  TRACE_CURATOR_STORE_URL={o.store_url} trace-curator report --since 24h",
+        "  trace-curator report --since 24h --format html --output report.html   (the same "
+        "store: charts, candidates, dataset versions, in one file)",
         "  trace-curator rules explain <trace id>   (with the same TRACE_CURATOR_STORE_URL)",
     ]
