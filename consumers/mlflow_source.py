@@ -247,6 +247,10 @@ class MlflowSource:
         self._due: dict[tuple[ScanKind, str], float] = {}  # next start of each scan (monotonic)
         self._scan: Scan | None = None
         self._queue: list[Scan] = []
+        # A long rescan (a busy day of infos) yields to a due tail scan, one page at a time, so
+        # new traces stay fresh; after each tail scan the paused rescan is owed one page.
+        self._paused: list[Scan] = []
+        self._rescan_owed = False
         self._pending: tuple[Scan | None, dict[str, int]] | None = None
         self._ready = False
         self.progress = Progress()
@@ -313,8 +317,14 @@ class MlflowSource:
                     self._sleep(max(0.0, min(deadline - time.monotonic(),
                                              self._until_next_due())))
                     return []
+                if scan.kind == "rescan" and not self._rescan_owed and (
+                        tail := self._due_tail()) is not None:
+                    self._paused.append(scan)  # new traces first; the rescan resumes after
+                    scan = tail
                 self._scan = scan
                 records = self._read_page(scan, min(self.config.page_size, max_records))
+                if scan.kind == "rescan":
+                    self._rescan_owed = False
                 if records:
                     return records
                 self._apply_pending()  # nothing new on that page: move on at once
@@ -387,6 +397,8 @@ class MlflowSource:
                 self.progress.covered[finished.experiment_id] = self.config.backfill[1]
             interval = (self.config.poll_interval_s if finished.kind == "tail"
                         else self.config.assessment_rescan_interval_s)
+            if finished.kind == "tail":
+                self._rescan_owed = True  # a paused or due rescan gets the next page
             self._due[(finished.kind, finished.experiment_id)] = time.monotonic() + interval
 
     # -- scheduling ------------------------------------------------------------------------------
@@ -444,13 +456,33 @@ class MlflowSource:
             return self._queue.pop(0)
         if self.config.backfill is not None:
             return None
+        if self._rescan_owed:
+            rescan = self._paused.pop(0) if self._paused else self._due_rescan()
+            if rescan is not None:
+                return rescan
+            self._rescan_owed = False
+        tail = self._due_tail()
+        if tail is not None:
+            return tail
+        if self._paused:
+            return self._paused.pop(0)
+        return self._due_rescan()
+
+    def _due_rescan(self) -> Scan | None:
         now, now_ms = time.monotonic(), int(self.clock() * 1000)
+        for exp in self._experiments:
+            if self._due.get(("rescan", exp), 0.0) <= now:
+                return Scan("rescan", exp, now_ms - int(self.config.assessment_window_s * 1000))
+        return None
+
+    def _due_tail(self) -> Scan | None:
+        if self.config.backfill is not None:
+            return None
+        now = time.monotonic()
         for exp in self._experiments:
             if self._due.get(("tail", exp), 0.0) <= now:
                 start = self._watermarks[exp] - int(self.config.overlap_s * 1000)
                 return Scan("tail", exp, start)
-            if self._due.get(("rescan", exp), 0.0) <= now:
-                return Scan("rescan", exp, now_ms - int(self.config.assessment_window_s * 1000))
         return None
 
     def _until_next_due(self) -> float:

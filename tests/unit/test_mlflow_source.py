@@ -226,3 +226,20 @@ def test_record_offsets_are_stable_and_assessments_go_to_their_topic() -> None:
 def test_page_size_is_bounded_by_mlflow() -> None:
     with pytest.raises(ConfigError, match="1..500"):
         PollConfig(page_size=501)
+
+
+def test_a_long_rescan_yields_to_due_tail_scans_and_still_finishes() -> None:
+    infos = [FakeInfo(f"t{i}", NOW_MS - 1_000_000 + i) for i in range(10)]
+    server, store = FakeServer(infos), FakeStore()
+    store.traces.update({i.trace_id: "OK" for i in infos})  # nothing new: pure scanning
+    source = _source(server, store, page_size=2, poll_interval_s=0.0,
+                     assessment_rescan_interval_s=3600.0, assessment_window_s=3600.0,
+                     start_lookback_s=60.0)
+    for _ in range(40):
+        assert source.poll(0, 100) == []
+    rescan_since = NOW_MS - 3_600_000
+    kinds = ["rescan" if since == rescan_since else "tail" for since, _ in server.pages]
+    rescan_tokens = [tok for since, tok in server.pages if since == rescan_since]
+    assert rescan_tokens[:5] == [None, "2", "4", "6", "8"]  # it got through, page by page
+    at = [i for i, k in enumerate(kinds) if k == "rescan"]
+    assert "tail" in kinds[at[0]:at[4]]  # tails ran while the rescan was under way
