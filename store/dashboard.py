@@ -147,7 +147,7 @@ def series(conn: Connection, since_ms: int, until_ms: int, experiment_id: str | 
         start = floor_to(r[0], step_ms)
         acc = accumulators.get(start)
         if acc is None:
-            acc = accumulators[start] = GroupAccumulator()
+            acc = accumulators[start] = GroupAccumulator(latency_only=True)
         acc.add_row(r[5:5 + n], *r[5 + n:])
     points = []
     for start in range(floor_to(since_ms, step_ms), until_ms, step_ms):

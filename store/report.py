@@ -190,9 +190,11 @@ class GroupAccumulator:
     summed once at the end (``np.bincount``), so the cost per row is a few array slices, not
     a Python operation per bin."""
 
-    __slots__ = ("candidates", "feedback", "scalars", "sketches", "spans")
+    __slots__ = ("candidates", "feedback", "latency_only", "scalars", "sketches", "spans")
 
-    def __init__(self) -> None:
+    def __init__(self, *, latency_only: bool = False) -> None:
+        # latency_only: scalars and the latency histogram only (the dashboard's series).
+        self.latency_only = latency_only
         self.scalars = [0] * len(SCALAR_NAMES)
         self.sketches: list[Packed] = []
         self.spans: dict[str, list[int]] = {}
@@ -206,6 +208,8 @@ class GroupAccumulator:
             sc[i] += v
         if sketches:
             self.sketches.append(unpack_sketches(sketches))
+        if self.latency_only:
+            return
         if spans and spans != "{}":
             for t, sp in orjson.loads(spans).items():
                 acc = self.spans.setdefault(t, [0, 0])
@@ -226,7 +230,8 @@ class GroupAccumulator:
         agg = Agg(scalars=list(self.scalars))
         for t, (count, total_us) in self.spans.items():
             agg.spans[t] = SpanAgg(count, total_us)
-        for name, bins in _sum_series(self.sketches, self.spans).items():
+        for name, bins in _sum_series(self.sketches, self.spans,
+                                      latency_only=self.latency_only).items():
             if name == LATENCY_SERIES:
                 agg.latency = bins
             else:
@@ -236,24 +241,32 @@ class GroupAccumulator:
         return agg
 
 
-def _sum_series(parts: list[Packed], span_types: Iterable[str]) -> dict[str, dict[int, int]]:
+def _sum_series(parts: list[Packed], span_types: Iterable[str], *,
+                latency_only: bool = False) -> dict[str, dict[int, int]]:
     """Sum the bins of every row per series and key in one ``bincount``: each bin's series is
     mapped to a small index (a vectorized lookup over the rows' series tables), and the
-    index and the 16-bit key offset make one dense position."""
+    index and the 16-bit key offset make one dense position. With ``latency_only``, the span
+    histograms are left out (a chart of latency needs no span types)."""
     if not parts:
         return {}
-    names = [LATENCY_SERIES, *span_types]
+    names = [LATENCY_SERIES] if latency_only else [LATENCY_SERIES, *span_types]
     by_id = sorted((series_id(n), i) for i, n in enumerate(names))
     known = np.array([sid for sid, _ in by_id], dtype=np.int64)
     slot = np.array([i for _, i in by_id], dtype=np.int64)
     table = np.concatenate([p[0] for p in parts]).astype(np.int64)
-    where = np.searchsorted(known, table)
-    if (where >= len(known)).any() or (known[np.minimum(where, len(known) - 1)] != table).any():
+    where = np.minimum(np.searchsorted(known, table), len(known) - 1)
+    hit = known[where] == table
+    if not latency_only and not hit.all():
         raise ValueError("a bucket holds a span histogram without its span type")
-    per_bin = np.repeat(slot[where], np.concatenate([p[1] for p in parts]).astype(np.int64))
-    position = per_bin * KEY_SLOTS + np.concatenate([p[3] for p in parts])
-    total = np.bincount(position, weights=np.concatenate([p[2] for p in parts]),
-                        minlength=len(names) * KEY_SLOTS)
+    per_bin = np.repeat(np.where(hit, slot[where], -1),
+                        np.concatenate([p[1] for p in parts]).astype(np.int64))
+    keys = np.concatenate([p[3] for p in parts])
+    weights = np.concatenate([p[2] for p in parts])
+    if latency_only:
+        keep = per_bin >= 0
+        per_bin, keys, weights = per_bin[keep], keys[keep], weights[keep]
+    position = per_bin * KEY_SLOTS + keys
+    total = np.bincount(position, weights=weights, minlength=len(names) * KEY_SLOTS)
     out: dict[str, dict[int, int]] = {}
     for i, name in enumerate(names):
         seg = total[i * KEY_SLOTS:(i + 1) * KEY_SLOTS]

@@ -324,3 +324,30 @@ def test_grafana_sql_runs_on_the_real_views(store_url: str, capsys: Any,
     assert results["Success rate"][0][0] == pytest.approx(report["success_rate"])
     assert results["Candidates"][0][0] == sum(report["candidates"].values())
     assert {r[0] for r in results["experiment"]} == set(M.EXPERIMENTS)
+
+
+def test_each_point_of_the_series_is_the_report_of_its_hour(store_url: str) -> None:
+    """The series reads only the latency histograms of the bucket rows; each hourly point must
+    still equal what ``report`` says of that hour alone (counts, success rate, percentiles),
+    for all experiments and for one."""
+    from store.dashboard import series
+    from store.report import summary
+
+    engine = make_engine(store_url)
+    seed(engine, BASE_MS, 6 * HOUR, n=300)
+    since, until = BASE_MS - BASE_MS % HOUR, BASE_MS - BASE_MS % HOUR + 7 * HOUR
+    for experiment in (None, "2"):
+        with engine.connect() as conn:
+            points = series(conn, since, until, experiment)
+        assert [p.start_ms for p in points] == list(range(since, until, HOUR))
+        assert sum(p.traces for p in points) > 0
+        assert any(p.p95_ms is not None for p in points)
+        for p in points:
+            hour = summary(engine, p.start_ms, p.start_ms + HOUR, experiment_id=experiment,
+                           now_ms=until).overall
+            assert (p.traces, p.ok, p.errors) == (hour.total_traces, hour.ok_count,
+                                                  hour.error_count)
+            if p.p95_ms is not None:
+                assert (p.p50_ms, p.p95_ms, p.p99_ms) == (
+                    hour.p50_latency_ms, hour.p95_latency_ms, hour.p99_latency_ms)
+    engine.dispose()
