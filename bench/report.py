@@ -48,7 +48,7 @@ from store import dialect, schema
 from store.decisions import event_view
 from store.engine import make_engine
 from store.metrics import MetricsConfig, insert_buckets
-from store.models import Assessment, Trace
+from store.models import ASSESSMENTS, TRACES
 from store.report import summary
 from store.rollup import FeedbackFacts, StreamRollup, TraceFacts
 from store.rollup import contribution as contribution_of
@@ -106,10 +106,6 @@ def events(n: int, end_ms: int, days: float, seed: int = 1
 # --- loading ---------------------------------------------------------------------------------
 
 
-TRACES = Trace.__table__
-ASSESSMENTS = Assessment.__table__
-
-
 def load_upsert(engine: Engine, gen: Iterator[tuple[TraceEvent, AssessmentEvent | None]],
                 now_ms: int, batch: int = 2000) -> None:
     cfg = MetricsConfig()
@@ -142,9 +138,9 @@ def load_bulk(engine: Engine, gen: Iterator[tuple[TraceEvent, AssessmentEvent | 
 
     def flush(last_ts: int | None) -> None:
         with engine.begin() as conn:
-            dialect.bulk_upsert(conn, TRACES, ("trace_id",), TRACE_COLUMNS, rows,  # type: ignore[arg-type]
+            dialect.bulk_upsert(conn, TRACES, ("trace_id",), TRACE_COLUMNS, rows,
                                 on_conflict="nothing")
-            dialect.bulk_upsert(conn, ASSESSMENTS, ("assessment_id",), ASSESSMENT_COLUMNS,  # type: ignore[arg-type]
+            dialect.bulk_upsert(conn, ASSESSMENTS, ("assessment_id",), ASSESSMENT_COLUMNS,
                                 arows, on_conflict="nothing")
             insert_buckets(conn, stream.completed(last_ts), now_ms)
         rows.clear()

@@ -11,15 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, Table, select
+from sqlalchemy import Engine, select
 
 from consumers.mlflow_source import Known
 from store import dialect
-from store.models import Assessment, SourceCheckpoint, Trace
-
-CHECKPOINTS: Table = SourceCheckpoint.__table__  # type: ignore[assignment]
-TRACES: Table = Trace.__table__  # type: ignore[assignment]
-ASSESSMENTS: Table = Assessment.__table__  # type: ignore[assignment]
+from store.models import ASSESSMENTS, CHECKPOINTS, TRACES
 
 
 class StoreCheckpoints:

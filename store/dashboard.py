@@ -22,8 +22,9 @@ from typing import NamedTuple
 
 from sqlalchemy import Connection, Engine, Table, func, select
 
-from store.datasets import VERSIONS, VersionRow
-from store.metrics import BUCKETS, DEAD_LETTERS, TRACE_TAGS, TRACES, read_buckets
+from store.datasets import VersionRow
+from store.metrics import BUCKETS, read_buckets
+from store.models import DEAD_LETTERS, TRACE_TAGS, TRACES, VERSIONS
 from store.outbox import OutboxStats
 from store.outbox import stats as outbox_stats
 from store.report import (

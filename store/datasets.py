@@ -13,28 +13,20 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import Connection, Table, and_, func, select, update
+from sqlalchemy import Connection, and_, func, select, update
 
 from consumers.events import TraceView
 from store import dialect
 from store.decisions import VIEW_COLUMNS, row_view
 from store.models import (
-    Assessment,
-    Dataset,
-    DatasetRecord,
-    DatasetSkip,
-    DatasetVersion,
-    Trace,
-    TraceTag,
+    ASSESSMENTS,
+    DATASETS,
+    RECORDS,
+    SKIPS,
+    TRACE_TAGS,
+    TRACES,
+    VERSIONS,
 )
-
-TRACES: Table = Trace.__table__  # type: ignore[assignment]
-ASSESSMENTS: Table = Assessment.__table__  # type: ignore[assignment]
-TRACE_TAGS: Table = TraceTag.__table__  # type: ignore[assignment]
-DATASETS: Table = Dataset.__table__  # type: ignore[assignment]
-VERSIONS: Table = DatasetVersion.__table__  # type: ignore[assignment]
-RECORDS: Table = DatasetRecord.__table__  # type: ignore[assignment]
-SKIPS: Table = DatasetSkip.__table__  # type: ignore[assignment]
 
 
 class Candidate(NamedTuple):

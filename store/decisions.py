@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import orjson
-from sqlalchemy import Connection, Table, select
+from sqlalchemy import Connection, select
 
 from consumers.events import (
     AssessmentEvent,
@@ -27,13 +27,14 @@ from consumers.events import (
     TraceView,
 )
 from store import dialect
-from store.models import Assessment, DecisionLog, TagOutbox, Trace, TraceTag
+from store.models import (
+    ASSESSMENTS,
+    DECISION_LOG,
+    OUTBOX,
+    TRACE_TAGS,
+    TRACES,
+)
 
-TRACES: Table = Trace.__table__  # type: ignore[assignment]
-ASSESSMENTS: Table = Assessment.__table__  # type: ignore[assignment]
-TRACE_TAGS: Table = TraceTag.__table__  # type: ignore[assignment]
-DECISION_LOG: Table = DecisionLog.__table__  # type: ignore[assignment]
-OUTBOX: Table = TagOutbox.__table__  # type: ignore[assignment]
 IN_CHUNK = 2000  # ids per IN (...) list
 
 

@@ -14,14 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Engine, Table, select
+from sqlalchemy import Engine, select
 
 from consumers.formats import parse_json_text
 from store import dialect
-from store.models import Assessment, Trace
+from store.models import ASSESSMENTS, TRACES
 
-TRACES: Table = Trace.__table__  # type: ignore[assignment]
-ASSESSMENTS: Table = Assessment.__table__  # type: ignore[assignment]
 COLUMNS = ["trace_id", "request", "response", "status", "execution_time_ms", "timestamp_ms",
            "tags", "trace_metadata", "experiment_id", "name", "assessments"]
 

@@ -27,14 +27,14 @@ from consumers.errors import ConfigError
 from store import dialect
 from store.decisions import VIEW_COLUMNS, feedback_rows, row_view
 from store.models import (
-    Assessment,
-    DeadLetter,
-    DecisionLog,
+    ASSESSMENTS,
+    DEAD_LETTERS,
+    DECISION_LOG,
+    META,
+    TRACE_TAGS,
+    TRACES,
     MetricHour,
     MetricMinute,
-    StoreMeta,
-    Trace,
-    TraceTag,
 )
 from store.rollup import (
     RESOLUTIONS,
@@ -52,12 +52,6 @@ from store.rollup import (
 
 logger = logging.getLogger(__name__)
 
-TRACES: Table = Trace.__table__  # type: ignore[assignment]
-ASSESSMENTS: Table = Assessment.__table__  # type: ignore[assignment]
-TRACE_TAGS: Table = TraceTag.__table__  # type: ignore[assignment]
-DECISION_LOG: Table = DecisionLog.__table__  # type: ignore[assignment]
-DEAD_LETTERS: Table = DeadLetter.__table__  # type: ignore[assignment]
-META: Table = StoreMeta.__table__  # type: ignore[assignment]
 BUCKETS: dict[str, Table] = {
     "minute": MetricMinute.__table__,  # type: ignore[dict-item]
     "hour": MetricHour.__table__,  # type: ignore[dict-item]

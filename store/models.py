@@ -21,6 +21,7 @@ from sqlalchemy import (
     LargeBinary,
     SmallInteger,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -290,3 +291,19 @@ class DatasetSkip(Base):
     # that passed the trace over, so that editing the selection looks at it again.
     selection: Mapped[str] = mapped_column(String(64))
     created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+# The Core tables, named once for the modules that write SQL against them (mypy sees a
+# declarative model's ``__table__`` as a FromClause, hence the one ignore per name).
+TRACES: Table = Trace.__table__  # type: ignore[assignment]
+ASSESSMENTS: Table = Assessment.__table__  # type: ignore[assignment]
+TRACE_TAGS: Table = TraceTag.__table__  # type: ignore[assignment]
+DECISION_LOG: Table = DecisionLog.__table__  # type: ignore[assignment]
+DEAD_LETTERS: Table = DeadLetter.__table__  # type: ignore[assignment]
+META: Table = StoreMeta.__table__  # type: ignore[assignment]
+OUTBOX: Table = TagOutbox.__table__  # type: ignore[assignment]
+CHECKPOINTS: Table = SourceCheckpoint.__table__  # type: ignore[assignment]
+DATASETS: Table = Dataset.__table__  # type: ignore[assignment]
+VERSIONS: Table = DatasetVersion.__table__  # type: ignore[assignment]
+RECORDS: Table = DatasetRecord.__table__  # type: ignore[assignment]
+SKIPS: Table = DatasetSkip.__table__  # type: ignore[assignment]

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from sqlalchemy import Connection, Table, and_, func, select, update
+from sqlalchemy import Connection, and_, func, select, update
 from sqlalchemy import delete as sa_delete
 
-from store.models import TagOutbox
-
-OUTBOX: Table = TagOutbox.__table__  # type: ignore[assignment]
+from store.models import OUTBOX
 
 
 class OutboxRow(NamedTuple):

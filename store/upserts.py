@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, and_, exists, select, update
+from sqlalchemy import Connection, and_, exists, select, update
 from sqlalchemy.orm import aliased
 
 from consumers.events import AssessmentEvent, DeadLetter, TraceEvent
@@ -37,15 +37,15 @@ from store.decisions import (
     views_of,
 )
 from store.metrics import MetricsConfig
-from store.models import Assessment, SourceCheckpoint, Trace
-from store.models import DeadLetter as DeadLetterRow
+from store.models import (
+    ASSESSMENTS,
+    CHECKPOINTS,
+    DEAD_LETTERS,
+    TRACES,
+    Assessment,
+)
 from store.rollup import FeedbackFacts, TraceFacts, diff
 from store.sketch import DEFAULT_MAPPING
-
-TRACES: Table = Trace.__table__  # type: ignore[assignment]
-ASSESSMENTS: Table = Assessment.__table__  # type: ignore[assignment]
-DEAD_LETTERS: Table = DeadLetterRow.__table__  # type: ignore[assignment]
-CHECKPOINTS: Table = SourceCheckpoint.__table__  # type: ignore[assignment]
 
 
 @dataclass(slots=True)
