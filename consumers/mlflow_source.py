@@ -333,7 +333,7 @@ class MlflowSource:
         except TransientError:
             raise
         except Exception as exc:  # MLflow's client and the DB driver raise many types
-            if _is_transient(exc):
+            if is_transient(exc):
                 raise TransientError(f"mlflow polling: {type(exc).__name__}: {exc}"[:500]
                                      ) from exc
             raise
@@ -493,16 +493,17 @@ class MlflowSource:
         return max(0.0, min(self._due.values()) - time.monotonic())
 
 
-def _is_transient(exc: BaseException) -> bool:
-    """Connection trouble with MLflow or the store: retry, do not crash."""
-    name = type(exc).__name__
-    text = str(exc)
-    if name in {"ConnectionError", "Timeout", "ReadTimeout", "ConnectTimeout",
-                "OperationalError", "InterfaceError"}:
+def is_transient(exc: BaseException) -> bool:
+    """Retry, do not crash: MLflow unreachable (connection errors derive from OSError), a
+    server-side MLflow error (HTTP 5xx or 429, by the exception's own status), or the store
+    away. A 4xx from MLflow (a bad filter, an unknown experiment) is a real error."""
+    if isinstance(exc, OSError):
         return True
-    markers = ("Max retries exceeded", "Connection refused", "timed out", "503", "502", "504",
-               "500 Server Error", "API request to", "database is locked")
-    return any(m in text for m in markers)
+    http_status = getattr(exc, "get_http_status_code", None)
+    if callable(http_status):  # MlflowException
+        code = int(http_status())
+        return code >= 500 or code == 429
+    return type(exc).__name__ in {"OperationalError", "InterfaceError"}  # SQLAlchemy, DBAPI
 
 
 class TableOnlyDeadLetters:

@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from consumers.errors import CuratorError, TransientError
+from consumers.mlflow_source import is_transient
 from store import outbox
 from store.leader import LeaderLock
 from store.outbox import OutboxRow, OutboxStats
@@ -72,7 +73,7 @@ class MlflowTagSink:
             status = exc.get_http_status_code()  # type: ignore[no-untyped-call]
             if missing_is_done and exc.error_code == "RESOURCE_DOES_NOT_EXIST":
                 return  # the tag is already absent: the goal of a delete
-            if status >= 500 or status == 429:
+            if is_transient(exc):
                 raise TransientError(f"MLflow {status}: {str(exc)[:300]}") from exc
             raise TagRefusedError(f"MLflow {status}: {str(exc)[:300]}") from exc
         except OSError as exc:  # requests' connection errors derive from it

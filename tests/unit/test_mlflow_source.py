@@ -243,3 +243,16 @@ def test_a_long_rescan_yields_to_due_tail_scans_and_still_finishes() -> None:
     assert rescan_tokens[:5] == [None, "2", "4", "6", "8"]  # it got through, page by page
     at = [i for i, k in enumerate(kinds) if k == "rescan"]
     assert "tail" in kinds[at[0]:at[4]]  # tails ran while the rescan was under way
+
+
+def test_only_server_side_and_connection_errors_are_transient() -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+
+    from consumers.mlflow_source import is_transient
+
+    assert is_transient(ConnectionRefusedError("refused"))
+    assert is_transient(MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE))
+    assert is_transient(MlflowException("API request failed"))  # INTERNAL_ERROR: a 500
+    assert not is_transient(MlflowException("bad filter", error_code=INVALID_PARAMETER_VALUE))
+    assert not is_transient(ValueError("a bug"))
