@@ -36,7 +36,7 @@ from worker.exit_codes import (
 )
 from worker.logs import setup_logging
 from worker.settings import Settings, describe_settings, load_settings
-from worker.timeparse import parse_time_ms
+from worker.timeparse import parse_time_ms, parse_window
 
 logger = logging.getLogger(__name__)
 
@@ -169,14 +169,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 def _window(args: argparse.Namespace, now_ms: int) -> tuple[int, int]:
     """``--since`` / ``--until`` as epoch ms, or a CliError that says what is wrong."""
     try:
-        since_ms = parse_time_ms(args.since, now_ms)
-        until_ms = parse_time_ms(args.until, now_ms) if args.until else now_ms
+        return parse_window(args.since, args.until, now_ms, ("--since", "--until"))
     except ConfigError as exc:
         raise CliError(str(exc), EXIT_CONFIG) from None
-    if until_ms <= since_ms:
-        raise CliError(f"--until ({args.until}) must be after --since ({args.since})",
-                       EXIT_CONFIG)
-    return since_ms, until_ms
 
 
 def _check_metrics(settings: Settings, engine: Engine) -> None:

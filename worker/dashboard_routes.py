@@ -24,7 +24,7 @@ from store.report import GROUP_BY, summary
 from worker.http_server import TEXT, Response, Route
 from worker.report_format import to_json
 from worker.report_html import LiveControls, error_page, render
-from worker.timeparse import parse_time_ms
+from worker.timeparse import parse_window as parse_window_ms
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +53,9 @@ def parse_window(q: Mapping[str, list[str]], now_ms: int) -> tuple[str, int, int
     since = _param(q, "since") or DEFAULT_SINCE
     until = _param(q, "until")
     try:
-        since_ms = parse_time_ms(since, now_ms)
-        until_ms = parse_time_ms(until, now_ms) if until else now_ms
+        since_ms, until_ms = parse_window_ms(since, until, now_ms)
     except ConfigError as exc:
         raise BadRequestError(str(exc)) from None
-    if until_ms <= since_ms:
-        raise BadRequestError(f"until ({until}) must be after since ({since})")
     return since, since_ms, until_ms
 
 

@@ -24,3 +24,14 @@ def parse_time_ms(text: str, now_ms: int) -> int:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)
+
+
+def parse_window(since: str, until: str | None, now_ms: int,
+                 names: tuple[str, str] = ("since", "until")) -> tuple[int, int]:
+    """``since`` and ``until`` (default now) as epoch ms; ConfigError unless until > since.
+    ``names``: how the caller's user calls the two (``--since``, or a query parameter)."""
+    since_ms = parse_time_ms(since, now_ms)
+    until_ms = parse_time_ms(until, now_ms) if until else now_ms
+    if until_ms <= since_ms:
+        raise ConfigError(f"{names[1]} ({until}) must be after {names[0]} ({since})")
+    return since_ms, until_ms
