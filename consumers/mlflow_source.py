@@ -284,7 +284,7 @@ class MlflowSource:
             if self.config.backfill is not None:
                 value.update(since_ms=self.config.backfill[0], until_ms=self.config.backfill[1])
             out[checkpoint_name(kind, exp)] = value
-        self._offered = {exp: marks[exp] for exp in marks}
+        self._offered = marks
         return out
 
     def commit(self, next_offsets: Mapping[tuple[str, int], int]) -> bool:

@@ -90,8 +90,7 @@ class WorkerCollector(Collector):
         leader = GaugeMetricFamily(f"{PREFIX}_leader",
                                    "1 while this worker leads the job (PostgreSQL lock).",
                                    labels=["task"])
-        tw = self.worker.tag_writer
-        writer: Any = tw
+        writer: Any = self.worker.tag_writer
         if writer is not None:
             yield _counter("tags_written", "Tags confirmed by MLflow.", writer.written)
             yield _counter("tag_write_failures", "Tag writes to retry later.",
