@@ -6,10 +6,15 @@ buckets, so the cost of a report depends on the window's length and the number o
 values, not on the number of traces. Percentiles come from merged sketches (within 1% of the
 exact sample at the same rank); counts, sums and rates are exact. An empty window gives zeros
 and a note, never NaN.
+Each group lists at most ``REPORT_NAMES`` span types and feedback names, the largest by count;
+the others are merged, exactly, into one ``other`` entry. Histograms are summed only for the
+listed series, in arrays sized by the bins read, so a bucket with thousands of span types
+costs memory in proportion to its size, never to types x sketch key slots.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +33,7 @@ from store.rollup import (
     LATENCY_SERIES,
     MICRO,
     MINUTE_MS,
+    OTHER,
     SCALAR_NAMES,
     Agg,
     FeedbackAgg,
@@ -43,6 +49,10 @@ GroupBy = Literal["trace_name", "environment", "experiment"]
 GROUP_BY: tuple[str, ...] = ("trace_name", "environment", "experiment")
 _GROUP_COLUMN = {"experiment": 2, "trace_name": 3, "environment": 4}
 NO_TRACES_NOTE = "no traces in this window"
+# Span types and feedback names a report lists per group; the rarer ones are one ``OTHER`` entry.
+REPORT_NAMES = 200
+# Histogram sums use a dense array up to this many (series x key) cells (8 MB), else sparse.
+DENSE_MAX_SLOTS = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +145,9 @@ def iso(ms: int) -> str:
 
 
 def stats_of(agg: Agg) -> Stats:
-    """The report figures of one merged aggregate (pure)."""
+    """The report figures of one merged aggregate (pure), at most ``REPORT_NAMES`` named span
+    types and feedback names (``fold_names``)."""
+    agg = fold_names(agg)
     s = dict(zip(SCALAR_NAMES, agg.scalars, strict=True))
     total = s["traces"]
     p50, p95, p99, top = (float(v) if v is not None else 0.0
@@ -227,32 +239,89 @@ class GroupAccumulator:
                     per_key[value] = per_key.get(value, 0) + n
 
     def to_agg(self) -> Agg:
+        """The merged aggregate, with at most ``REPORT_NAMES`` named span types and feedback
+        names (the largest by count; the rest merged into ``OTHER``). The histograms are summed
+        for those series only, so memory follows the rows' bins, not types x key slots."""
         agg = Agg(scalars=list(self.scalars))
+        target = _fold_targets({t: sp[0] for t, sp in self.spans.items()})
         for t, (count, total_us) in self.spans.items():
-            agg.spans[t] = SpanAgg(count, total_us)
-        for name, bins in _sum_series(self.sketches, self.spans,
+            sp = agg.spans.get(target[t])
+            if sp is None:
+                sp = agg.spans[target[t]] = SpanAgg()
+            sp.count += count
+            sp.total_us += total_us
+        for name, bins in _sum_series(self.sketches, target,
                                       latency_only=self.latency_only).items():
             if name == LATENCY_SERIES:
                 agg.latency = bins
             else:
                 agg.spans.setdefault(name, SpanAgg()).bins = bins
-        agg.feedback = {n: FeedbackAgg(*f) for n, f in self.feedback.items()}
+        kept = _fold_targets({n: f[0] for n, f in self.feedback.items()})
+        for name, f in self.feedback.items():
+            fa = agg.feedback.get(kept[name])
+            agg.feedback[kept[name]] = FeedbackAgg(*f) if fa is None else FeedbackAgg(
+                *(a + b for a, b in zip(fa.as_list(), f, strict=True)))
         agg.candidates = {k: dict(v) for k, v in self.candidates.items()}
         return agg
 
 
-def _sum_series(parts: list[Packed], span_types: Iterable[str], *,
+def _fold_targets(counts: Mapping[str, int]) -> dict[str, str]:
+    """Name -> the name it is reported under: itself for the ``REPORT_NAMES`` largest counts
+    (ties by name), ``OTHER`` for the rest (and for ``OTHER`` itself)."""
+    if len(counts) <= REPORT_NAMES:
+        return {n: n for n in counts}
+    ranked = sorted((n for n in counts if n != OTHER), key=lambda n: (-counts[n], n))
+    kept = set(ranked[:REPORT_NAMES])
+    return {n: n if n in kept else OTHER for n in counts}
+
+
+def fold_names(agg: Agg) -> Agg:
+    """``agg`` with at most ``REPORT_NAMES`` named span types and feedback names (the largest;
+    the rest merged exactly into ``OTHER``). A report of several groups merges groups folded
+    each on its own, so the overall figures are folded once more here."""
+    spans = _fold_targets({t: sp.count for t, sp in agg.spans.items()})
+    feedback = _fold_targets({n: fa.count for n, fa in agg.feedback.items()})
+    if all(k == v for k, v in spans.items()) and all(k == v for k, v in feedback.items()):
+        return agg
+    out = Agg(scalars=list(agg.scalars), latency=dict(agg.latency),
+              candidates={k: dict(v) for k, v in agg.candidates.items()})
+    for t, sp in agg.spans.items():
+        into = out.spans.setdefault(spans[t], SpanAgg())
+        into.count += sp.count
+        into.total_us += sp.total_us
+        for k, n in sp.bins.items():
+            into.bins[k] = into.bins.get(k, 0) + n
+    for name, fa in agg.feedback.items():
+        cur = out.feedback.get(feedback[name])
+        out.feedback[feedback[name]] = FeedbackAgg(*fa.as_list()) if cur is None else \
+            FeedbackAgg(*(a + b for a, b in zip(cur.as_list(), fa.as_list(), strict=True)))
+    return out
+
+
+def _sum_series(parts: list[Packed], target: Mapping[str, str], *,
                 latency_only: bool = False) -> dict[str, dict[int, int]]:
-    """Sum the bins of every row per series and key in one ``bincount``: each bin's series is
-    mapped to a small index (a vectorized lookup over the rows' series tables), and the
-    index and the 16-bit key offset make one dense position. With ``latency_only``, the span
-    histograms are left out (a chart of latency needs no span types)."""
+    """Sum the bins of every row per reported series and key. Each bin's series is mapped to
+    the index of the name it is reported under (``target``: span type -> reported name; a
+    vectorized lookup over the rows' series tables), and the index and the 16-bit key offset
+    make one position. With few series the positions are counted in a dense ``bincount``;
+    with more, over the distinct positions only (``np.unique``), so memory follows the number
+    of bins read, never series x key slots. With ``latency_only``, the span histograms are
+    left out (a chart of latency needs no span types)."""
     if not parts:
         return {}
-    names = [LATENCY_SERIES] if latency_only else [LATENCY_SERIES, *span_types]
-    by_id = sorted((series_id(n), i) for i, n in enumerate(names))
-    known = np.array([sid for sid, _ in by_id], dtype=np.int64)
-    slot = np.array([i for _, i in by_id], dtype=np.int64)
+    names = [LATENCY_SERIES]
+    index = {LATENCY_SERIES: 0}
+    pairs = [(series_id(LATENCY_SERIES), 0)]
+    if not latency_only:
+        for t, to in target.items():
+            i = index.get(to)
+            if i is None:
+                i = index[to] = len(names)
+                names.append(to)
+            pairs.append((series_id(t), i))
+    pairs.sort()
+    known = np.array([sid for sid, _ in pairs], dtype=np.int64)
+    slot = np.array([i for _, i in pairs], dtype=np.int64)
     table = np.concatenate([p[0] for p in parts]).astype(np.int64)
     where = np.minimum(np.searchsorted(known, table), len(known) - 1)
     hit = known[where] == table
@@ -266,14 +335,23 @@ def _sum_series(parts: list[Packed], span_types: Iterable[str], *,
         keep = per_bin >= 0
         per_bin, keys, weights = per_bin[keep], keys[keep], weights[keep]
     position = per_bin * KEY_SLOTS + keys
-    total = np.bincount(position, weights=weights, minlength=len(names) * KEY_SLOTS)
+    if len(names) * KEY_SLOTS <= DENSE_MAX_SLOTS:
+        total = np.bincount(position, weights=weights, minlength=len(names) * KEY_SLOTS)
+        at = np.flatnonzero(total)
+        sums = total[at]
+    else:
+        at, inverse = np.unique(position, return_inverse=True)
+        sums = np.bincount(inverse.reshape(-1), weights=weights, minlength=len(at))
+        nonzero = sums != 0
+        at, sums = at[nonzero], sums[nonzero]
+    series = at // KEY_SLOTS
+    bin_keys = (at % KEY_SLOTS + KEY_BASE).tolist()
+    counts = sums.astype(np.int64).tolist()
     out: dict[str, dict[int, int]] = {}
-    for i, name in enumerate(names):
-        seg = total[i * KEY_SLOTS:(i + 1) * KEY_SLOTS]
-        nz = np.flatnonzero(seg)
-        if len(nz):
-            out[name] = dict(zip((nz + KEY_BASE).tolist(), seg[nz].astype(np.int64).tolist(),
-                                 strict=True))
+    bounds = [0, *(np.flatnonzero(np.diff(series)) + 1).tolist(), len(series)]
+    for a, b in itertools.pairwise(bounds):
+        if a < b:
+            out[names[int(series[a])]] = dict(zip(bin_keys[a:b], counts[a:b], strict=True))
     return out
 
 

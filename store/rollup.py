@@ -8,6 +8,12 @@ apply ``new - old`` whenever any of them change (DESIGN.md invariant 2). Every q
 integer (milliseconds, microseconds, micro-units, counts, sketch bins), so adding and
 subtracting contributions in any order gives identical buckets: no float drift.
 The metric families are declared once in ``SCALARS`` and read by generic code.
+Free-form names are capped per trace, deterministically from the trace alone, so that the
+subtraction of a contribution removes exactly what was added: a trace names at most
+``FEEDBACK_NAMES_PER_TRACE`` feedback names (the first ones in name order; the rest count
+under ``OTHER``) and its stored span summary at most 50 span types (``store.upserts``).
+Candidate tags need no cap: their keys and values come from the rules file, not from events.
+A bucket sums its traces' capped entries; reports fold a bucket's rarest names into ``OTHER``.
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ SCALARS: tuple[tuple[str, str], ...] = (
     ("total_tokens", "total tokens"),
 )
 SCALAR_NAMES: tuple[str, ...] = tuple(name for name, _ in SCALARS)
+# The entry that free-form names beyond a cap are folded into (span types, feedback names).
+OTHER = "other"
+FEEDBACK_NAMES_PER_TRACE = 50
 PASS_VALUES = frozenset({"yes", "true", "pass", "passed"})
 FAIL_VALUES = frozenset({"no", "false", "fail", "failed"})
 
@@ -162,8 +171,20 @@ def contribution(trace: TraceFacts, feedback: Sequence[FeedbackFacts],
         view.timestamp_ms, bucket_key(view, dimension_tag), scalars,
         DEFAULT_MAPPING.key_for(float(latency)) if has_latency and latency is not None else None,
         _span_parts(trace.span_summary or {}),
-        tuple(sorted((_feedback_part(f) for f in feedback), key=lambda p: p.name)),
+        _feedback_parts(feedback),
         tuple(sorted(set(candidates))))
+
+
+def _feedback_parts(feedback: Sequence[FeedbackFacts]) -> tuple[FeedbackPart, ...]:
+    """One part per valid feedback, sorted by name; the feedback of names after the first
+    ``FEEDBACK_NAMES_PER_TRACE`` (in name order) counts under ``OTHER``."""
+    parts = sorted((_feedback_part(f) for f in feedback), key=lambda p: p.name)
+    names = sorted({p.name for p in parts} - {OTHER})
+    if len(names) <= FEEDBACK_NAMES_PER_TRACE:
+        return tuple(parts)
+    kept = set(names[:FEEDBACK_NAMES_PER_TRACE])
+    return tuple(sorted((p if p.name in kept else p._replace(name=OTHER) for p in parts),
+                        key=lambda p: p.name))
 
 
 @dataclass(slots=True)

@@ -10,6 +10,8 @@
      source's checkpoints (``store.checkpoints``), so a watermark never runs ahead of its data;
   6. with a rules engine, decide the touched traces (``store.decisions``);
   7. move the metric buckets by each touched trace's change of contribution (``store.metrics``).
+A trace's stored span summary names at most ``SPAN_TYPES_PER_TRACE`` span types (the rest are
+one exact ``other`` entry), so no trace can blow up its buckets or the reports.
 On PostgreSQL the batch first takes an advisory lock per touched trace, so concurrent workers
 never interleave on one trace. Applying the same batch again, or any redelivered subset,
 changes nothing.
@@ -44,8 +46,11 @@ from store.models import (
     TRACES,
     Assessment,
 )
-from store.rollup import FeedbackFacts, TraceFacts, diff
+from store.rollup import OTHER, FeedbackFacts, TraceFacts, diff
 from store.sketch import DEFAULT_MAPPING
+
+# Span types that keep their name in one trace's summary; later types merge into ``OTHER``.
+SPAN_TYPES_PER_TRACE = 50
 
 
 @dataclass(slots=True)
@@ -96,26 +101,40 @@ def assessment_version(e: AssessmentEvent) -> int:
 def span_summary(e: TraceEvent) -> dict[str, dict[str, Any]]:
     """Per span type: count, total and max duration (ms), and the sketch bins of the durations
     (``[[key, n], ...]``), so that the metric buckets can later subtract exactly this trace.
-    Types and bins appear in span order; the row stores them in that order."""
+    Types and bins appear in span order; the row stores them in that order.
+
+    At most ``SPAN_TYPES_PER_TRACE`` types keep their name: the first ones in span order. The
+    spans of every later type are merged into the ``OTHER`` entry (exact count, total, max and
+    bins), so a trace's summary, its bucket contribution and the report stay small whatever
+    the trace holds. The fold is a function of the trace alone, and the stored summary is what
+    the buckets later subtract, so subtraction stays exact."""
     out: dict[str, dict[str, Any]] = {}
+    bins: dict[str, dict[int, int]] = {}
     key_for = DEFAULT_MAPPING.key_for
+    named = 0
     for s in e.spans:
         d = s.duration_ms
         k = key_for(d if d > 0.0 else 0.0)
-        agg = out.get(s.span_type)
+        t = s.span_type
+        agg = out.get(t)
         if agg is None:
-            out[s.span_type] = {"count": 1, "total_ms": d, "max_ms": d, "bins": [[k, 1]]}
-            continue
+            if t != OTHER:
+                if named >= SPAN_TYPES_PER_TRACE:
+                    t, agg = OTHER, out.get(OTHER)
+                else:
+                    named += 1
+            if agg is None:
+                out[t] = {"count": 1, "total_ms": d, "max_ms": d}
+                bins[t] = {k: 1}
+                continue
         agg["count"] += 1
         agg["total_ms"] += d
         if d > agg["max_ms"]:
             agg["max_ms"] = d
-        for b in agg["bins"]:
-            if b[0] == k:
-                b[1] += 1
-                break
-        else:
-            agg["bins"].append([k, 1])
+        per_type = bins[t]
+        per_type[k] = per_type.get(k, 0) + 1
+    for t, agg in out.items():
+        agg["bins"] = [[k, n] for k, n in bins[t].items()]
     return out
 
 
