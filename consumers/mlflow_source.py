@@ -36,6 +36,7 @@ import orjson
 
 from consumers.errors import ConfigError, TransientError
 from consumers.events import DeadLetter, RawRecord
+from consumers.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -334,8 +335,8 @@ class MlflowSource:
             raise
         except Exception as exc:  # MLflow's client and the DB driver raise many types
             if is_transient(exc):
-                raise TransientError(f"mlflow polling: {type(exc).__name__}: {exc}"[:500]
-                                     ) from exc
+                raise TransientError(
+                    redact(f"mlflow polling: {type(exc).__name__}: {exc}")[:500]) from exc
             raise
 
     def _read_page(self, scan: Scan, page_size: int) -> list[RawRecord]:

@@ -3,6 +3,7 @@
 A row is deleted only when MLflow has confirmed the exact revision (``digest``) that was sent;
 a newer decision that replaced the row meanwhile survives the confirmation of the older one.
 Rows whose trace MLflow does not know yet are kept, flagged ``waiting_for_trace``, and retried.
+The stored ``last_error`` is redacted (``consumers.redact``): MLflow's errors echo the URI.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import NamedTuple
 from sqlalchemy import Connection, and_, func, select, update
 from sqlalchemy import delete as sa_delete
 
+from consumers.redact import redact
 from store.models import OUTBOX
 
 
@@ -57,7 +59,7 @@ def reschedule(conn: Connection, row: OutboxRow, next_attempt_ms: int, error: st
     conn.execute(update(o).where(and_(o.c.trace_id == row.trace_id,
                                       o.c.tag_key == row.tag_key, o.c.digest == row.digest))
                  .values(attempts=row.attempts + 1, next_attempt_ms=next_attempt_ms,
-                         last_error=error[:1000], waiting_for_trace=waiting_for_trace))
+                         last_error=redact(error)[:1000], waiting_for_trace=waiting_for_trace))
 
 
 def stats(conn: Connection) -> OutboxStats:
