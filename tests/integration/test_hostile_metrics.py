@@ -11,13 +11,20 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from consumers.events import Provenance
+from consumers.events import Provenance, TraceView
 from consumers.formats import decode_assessment, decode_trace
 from store.dashboard import gather
 from store.engine import make_engine
-from store.metrics import MetricsConfig, rebuild
+from store.metrics import MetricsConfig, insert_buckets, rebuild
 from store.report import REPORT_NAMES, summary
-from store.rollup import FEEDBACK_NAMES_PER_TRACE, OTHER
+from store.rollup import (
+    FEEDBACK_NAMES_PER_TRACE,
+    OTHER,
+    StreamRollup,
+    TraceFacts,
+    contribution,
+)
+from store.sketch import key_for
 from store.upserts import SPAN_TYPES_PER_TRACE, Batch
 from store.writer import SqlWriter
 from tests import payloads as P
@@ -166,3 +173,25 @@ def test_many_traces_fill_a_bucket_and_the_report_folds_it(store_url: str) -> No
     html = render(gather(engine, *WINDOW))
     assert 'data-span-type="other"' in html
     _rebuilt_equals_live(engine)
+
+
+def test_buckets_written_before_the_caps_still_report(store_url: str) -> None:
+    """Buckets that already hold 45,000 span types (written before the per-trace cap) report
+    within the report's cap, with exact totals, and the dashboard of the hour renders."""
+    engine = make_engine(store_url)
+    summary_45k = {f"T{i}": {"count": 1, "total_ms": float(_duration_ms(i)),
+                             "max_ms": float(_duration_ms(i)),
+                             "bins": [[key_for(float(_duration_ms(i))), 1]]}
+                   for i in range(45_000)}
+    view = TraceView("tr-old", "1", "agent", "OK", BASE_MS, 1234, {}, {})
+    stream = StreamRollup()
+    stream.add(contribution(TraceFacts(view, None, None, None, summary_45k, 1_045_000), [], [],
+                            "environment"))
+    with engine.begin() as conn:
+        insert_buckets(conn, stream.completed(None), BASE_MS)
+    spans = summary(engine, *WINDOW).overall.span_types
+    assert len(spans) == REPORT_NAMES + 1 and OTHER in spans
+    _assert_exact(spans, 45_000, sum(_duration_ms(i) for i in range(45_000)) / 1000)
+    d = gather(engine, *WINDOW)
+    assert sum(p.traces for p in d.points) == 1
+    assert 'data-span-type="other"' in render(d)

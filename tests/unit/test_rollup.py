@@ -9,11 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumers.events import TraceView
-from store.report import bucket_ranges, rollup_for, stats_of, window
+from consumers.events import Provenance, SpanSummary, TraceEvent, TraceView
+from store import report
+from store.metrics import bucket_row
+from store.report import REPORT_NAMES, bucket_ranges, rollup_for, stats_of, window
 from store.rollup import (
+    FEEDBACK_NAMES_PER_TRACE,
     HOUR_MS,
     MINUTE_MS,
+    OTHER,
     Agg,
     BucketKey,
     FeedbackFacts,
@@ -25,6 +29,7 @@ from store.rollup import (
     verdict,
 )
 from store.sketch import key_for
+from store.upserts import SPAN_TYPES_PER_TRACE, span_summary
 from worker.report_format import bar, to_csv, to_json, to_table
 
 T0 = 1_795_000_000_000
@@ -204,3 +209,93 @@ def test_formats_render_an_empty_summary_without_nan() -> None:
         assert "nan" not in text.lower()
     assert "Note: no traces in this window" in to_table(s)
     assert to_csv(s).splitlines()[0].startswith("total_traces,")
+
+
+# --- caps on free-form names: per trace (stored summary, feedback) and per report group ----
+
+
+def _event(types: list[str], durations_ms: list[float]) -> Any:
+    spans = tuple(SpanSummary(f"s{i}", t, d, "OK")
+                  for i, (t, d) in enumerate(zip(types, durations_ms, strict=True)))
+    return TraceEvent("t1", "1", "bot", "OK", T0, 100, None, None, {}, {}, None, None, None,
+                      spans, "flat", Provenance("t", 0, 0))
+
+
+def test_span_summary_keeps_the_first_types_and_folds_the_rest_exactly() -> None:
+    rng = random.Random(3)
+    n_types = SPAN_TYPES_PER_TRACE + 70
+    types = [f"T{rng.randrange(n_types)}" for _ in range(2000)] + [OTHER] * 3
+    durations = [rng.choice((0.0, 1.5, 12.0, 400.0, 9000.0)) for _ in types]
+    out = span_summary(_event(types, durations))
+    first = list(dict.fromkeys(t for t in types if t != OTHER))[:SPAN_TYPES_PER_TRACE]
+    assert [t for t in out if t != OTHER] == first  # in span order
+    assert sum(a["count"] for a in out.values()) == len(types)
+    assert sum(a["total_ms"] for a in out.values()) == pytest.approx(sum(durations))
+    folded = [d for t, d in zip(types, durations, strict=True) if t not in first]
+    assert out[OTHER]["count"] == len(folded) and out[OTHER]["max_ms"] == max(folded)
+    assert sum(n for _, n in out[OTHER]["bins"]) == len(folded)
+    for t in first:
+        mine = [d for u, d in zip(types, durations, strict=True) if u == t]
+        assert out[t]["count"] == len(mine)
+        assert dict(out[t]["bins"]) == {k: sum(1 for d in mine if key_for(d) == k)
+                                        for k in {key_for(d) for d in mine}}
+    small = span_summary(_event(["A", "B", "A"], [1.0, 2.0, 3.0]))
+    assert small == {"A": {"count": 2, "total_ms": 4.0, "max_ms": 3.0,
+                           "bins": [[key_for(1.0), 1], [key_for(3.0), 1]]},
+                     "B": {"count": 1, "total_ms": 2.0, "max_ms": 2.0,
+                           "bins": [[key_for(2.0), 1]]}}
+
+
+def test_feedback_names_beyond_the_cap_count_under_other() -> None:
+    names = [f"n{i:03d}" for i in range(FEEDBACK_NAMES_PER_TRACE + 5)]
+    feedback = [fb(n, 0.5, 0.5, f"a{i}") for i, n in enumerate(reversed(names))]
+    c = contribution(facts(), feedback, [], "environment")
+    agg = Agg()
+    agg.add(c)
+    assert set(agg.feedback) == set(names[:FEEDBACK_NAMES_PER_TRACE]) | {OTHER}
+    assert agg.feedback[OTHER].count == 5 and agg.feedback[OTHER].numeric_sum_micro == 2_500_000
+    assert contribution(facts(), list(reversed(feedback)), [], "environment") == c
+    agg.add(c, -1)
+    assert agg.is_zero()
+
+
+def test_report_lists_the_largest_names_and_folds_the_rest_exactly() -> None:
+    agg = Agg()
+    for i in range(REPORT_NAMES + 30):
+        spans = {f"T{i:03d}": {"count": 1 + i % 7, "total_ms": 10.0 * (1 + i % 7),
+                               "max_ms": 10.0, "bins": [[key_for(10.0), 1 + i % 7]]}}
+        agg.add(contribution(facts(f"t{i}", spans=spans), [fb(f"f{i:03d}", 1.0, 1.0)], [],
+                             "environment"))
+    s = stats_of(agg)
+    assert len(s.span_types) == REPORT_NAMES + 1 and len(s.assessments) == REPORT_NAMES + 1
+    assert sum(sp.count for sp in s.span_types.values()) == sum(
+        sp.count for sp in agg.spans.values())
+    assert min(sp.count for t, sp in s.span_types.items() if t != OTHER) >= max(
+        sp.count for t, sp in agg.spans.items() if t not in s.span_types)
+    assert s.span_types[OTHER].max_time_s == pytest.approx(0.010, rel=0.01)
+    assert s.assessments[OTHER].count == 30 and s.assessments[OTHER].mean == 1.0
+
+
+def test_sparse_and_dense_histogram_sums_agree(monkeypatch: Any) -> None:
+    rng = random.Random(8)
+    rows = []
+    for b in range(6):
+        agg = Agg()
+        for i in range(40):
+            t = f"T{rng.randrange(300)}"
+            spans = {t: {"count": 2, "total_ms": 3.0, "max_ms": 2.0,
+                         "bins": [[key_for(rng.uniform(0, 5000)), 1], [key_for(2.0), 1]]}}
+            agg.add(contribution(facts(f"t{b}-{i}", latency=rng.randrange(1, 9000),
+                                       spans=spans), [], [], "environment"))
+        rows.append(bucket_row(T0, BucketKey(2, "", "", ""), agg, T0))
+
+    def merged() -> Agg:
+        acc = report.GroupAccumulator()
+        for r in rows:
+            acc.add_row(r[5:14], r[18], r[19], r[20], r[21])
+        return acc.to_agg()
+
+    sparse = merged()
+    monkeypatch.setattr(report, "DENSE_MAX_SLOTS", 1 << 40)
+    assert merged() == sparse
+    assert sum(sp.count for sp in sparse.spans.values()) == 6 * 40 * 2
