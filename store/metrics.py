@@ -2,7 +2,7 @@
 
 ``apply_batch`` takes a ``snapshot`` of every trace the batch touches before its upserts and
 another after its decisions; ``store.rollup.diff`` turns the two into bucket deltas and
-``apply_deltas`` writes them in the same transaction (DESIGN.md invariant 2):
+``apply_deltas`` writes them in the same transaction (so a trace never counts twice):
   1. on PostgreSQL, take a transaction advisory lock per bucket, in key order, so concurrent
      workers serialize on a shared bucket (and cannot deadlock on each other's buckets);
   2. read the stored buckets, add the deltas in Python (sketch bins merge; integer sums add);
@@ -10,6 +10,9 @@ another after its decisions; ``store.rollup.diff`` turns the two into bucket del
 A bucket that would go below zero means a contribution was subtracted that was never added: a
 bug, so the batch fails and nothing commits. ``rebuild`` recomputes buckets from raw rows with
 the same pure code; ``prune`` removes raw rows and buckets past their retention, bounded.
+A bucket holds the sum of its traces' capped entries (at most 50 span types and 50 feedback
+names a trace, ``store.upserts`` and ``store.rollup``), so its size follows its traces and a
+subtraction removes exactly what was added; reports fold a bucket's rarer names at read time.
 """
 
 from __future__ import annotations

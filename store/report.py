@@ -124,7 +124,7 @@ class Summary:
     notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON report: the classic analysis keys at the top level (DESIGN.md)."""
+        """The JSON report: the classic ``analyze_trace_quality`` keys at the top level."""
         out: dict[str, Any] = {
             "window": {"since": iso(self.since_ms), "until": iso(self.until_ms),
                        "since_ms": self.since_ms, "until_ms": self.until_ms},

@@ -4,7 +4,7 @@ A stored trace contributes to exactly one bucket per resolution (minute, hour), 
 ``(bucket_ms, experiment_id, trace_name, dimension)``; the dimension is the value of a
 configurable tag (default ``environment``). Its contribution is a function of its stored row,
 its valid feedback and its current candidate tags only (``contribution``), so the store can
-apply ``new - old`` whenever any of them change (DESIGN.md invariant 2). Every quantity is an
+apply ``new - old`` whenever any of them change (a trace never counts twice). Every quantity is an
 integer (milliseconds, microseconds, micro-units, counts, sketch bins), so adding and
 subtracting contributions in any order gives identical buckets: no float drift.
 The metric families are declared once in ``SCALARS`` and read by generic code.
@@ -14,6 +14,9 @@ subtraction of a contribution removes exactly what was added: a trace names at m
 under ``OTHER``) and its stored span summary at most 50 span types (``store.upserts``).
 Candidate tags need no cap: their keys and values come from the rules file, not from events.
 A bucket sums its traces' capped entries; reports fold a bucket's rarest names into ``OTHER``.
+There is no cap at bucket write time: which names a full bucket kept would depend on what it
+held then, so a later subtraction could miss the entry it added to, and a rebuild (another
+order) would differ.
 """
 
 from __future__ import annotations
