@@ -6,6 +6,9 @@ has committed (auto-commit is off). ``CommitFailedError`` after a rebalance retu
 records will be redelivered, and the store's idempotent upserts make that harmless. Because the
 worker commits every batch before it polls again, a partition revoked during ``poll()`` never has
 uncommitted work in hand.
+
+The consumer connects in its constructor: it logs which brokers it waits for, and gives up after
+``bootstrap_timeout_ms`` with a ``TransientError`` that names them (the CLI exits unavailable).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from consumers.events import DeadLetter, RawRecord
 logger = logging.getLogger(__name__)
 
 DLQ_SUFFIX = ".dlq"
+BOOTSTRAP_TIMEOUT_MS = 15_000  # how long start-up waits for a first broker to answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,16 +76,24 @@ class KafkaSource:
 
     def __init__(self, client: KafkaClientConfig, topics: Iterable[str], group_id: str, *,
                  session_timeout_ms: int = 10_000, heartbeat_interval_ms: int = 3_000,
-                 max_poll_interval_ms: int = 300_000, max_poll_records: int = 5_000) -> None:
+                 max_poll_interval_ms: int = 300_000, max_poll_records: int = 5_000,
+                 bootstrap_timeout_ms: int = BOOTSTRAP_TIMEOUT_MS) -> None:
         self.topics = list(topics)
-        self._consumer = KafkaConsumer(
-            group_id=group_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", session_timeout_ms=session_timeout_ms,
-            heartbeat_interval_ms=heartbeat_interval_ms,
-            max_poll_interval_ms=max_poll_interval_ms, max_poll_records=max_poll_records,
-            # Bounded prefetch: raw records buffered ahead of the loop cost memory, not speed.
-            fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024,
-            **client.common())
+        logger.info("waiting for Kafka bootstrap_servers=%s timeout_s=%.0f",
+                    client.bootstrap_servers, bootstrap_timeout_ms / 1000)
+        try:
+            self._consumer = KafkaConsumer(
+                group_id=group_id, enable_auto_commit=False,
+                auto_offset_reset="earliest", session_timeout_ms=session_timeout_ms,
+                heartbeat_interval_ms=heartbeat_interval_ms,
+                max_poll_interval_ms=max_poll_interval_ms, max_poll_records=max_poll_records,
+                # Bounded prefetch: raw records buffered ahead of the loop cost memory, not speed.
+                fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024,
+                bootstrap_timeout_ms=bootstrap_timeout_ms, **client.common())
+        except (kafka_errors.KafkaTimeoutError, kafka_errors.NoBrokersAvailable) as exc:
+            raise TransientError(
+                f"no broker answered at {client.bootstrap_servers} within "
+                f"{bootstrap_timeout_ms / 1000:.0f} s") from exc
         self._consumer.subscribe(self.topics, listener=_RebalanceLog())
 
     @property

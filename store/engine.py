@@ -3,10 +3,13 @@
 SQLite (the embedded default) runs in WAL mode with a busy timeout and foreign keys on; it
 supports one worker. PostgreSQL (``postgresql+psycopg://``) is for production and several
 workers. JSON columns are encoded with orjson, about 10x faster than ``json.dumps``.
+Connecting to a SQLite URL creates its file: commands that only read check ``sqlite_file``
+first, so a mistyped setting never leaves an empty store behind.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -34,6 +37,18 @@ def normalize_url(url: str) -> str:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     return url
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (relative to the current folder, as SQLite opens it),
+    or None for in-memory SQLite and other backends."""
+    u = make_url(normalize_url(url))
+    if u.get_backend_name() != "sqlite":
+        return None
+    database = u.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None  # in memory, or a URI filename (SQLite's own mode= decides)
+    return Path(database).absolute()
 
 
 def make_engine(url: str, *, pool_size: int = 5, connect_timeout_s: int = 10) -> Engine:

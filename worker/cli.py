@@ -4,6 +4,10 @@ Every command reads the settings once (``--config FILE`` plus ``TRACE_CURATOR_*`
 exits with a named code: ``EXIT_OK`` 0, ``EXIT_FAILURE`` 1, ``EXIT_CONFIG`` 2 (bad settings or
 usage), ``EXIT_UNAVAILABLE`` 3 (store or broker unreachable), ``EXIT_SCHEMA`` 4 (run
 ``trace-curator db upgrade``).
+
+Only ``db upgrade``, ``run`` and ``backfill`` may create a SQLite store; every other command refuses
+a store file that does not exist (a mistyped setting must not leave an empty store behind). Errors
+about the store name its URL, password masked. Output files go through ``worker.output_files``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 
-from consumers.errors import ConfigError, SchemaOutOfDateError
+from consumers.errors import ConfigError, SchemaOutOfDateError, TransientError
 from store import schema
 from worker import rules_view
 from worker.exit_codes import (
@@ -58,29 +62,48 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise CliError(str(exc), EXIT_CONFIG) from None
 
 
-def _engine(settings: Settings) -> Engine:
+def _engine(settings: Settings, *, create: bool = True) -> Engine:
+    """The store's engine. ``create=False``: a SQLite file that does not exist is a CliError
+    (EXIT_UNAVAILABLE) instead of a new, empty store."""
     # Not worker.app: it imports the rules, hence MLflow (seconds), which `check` does not need.
-    from store.engine import make_engine
+    from store.engine import make_engine, sqlite_file
 
+    if not create:
+        path = sqlite_file(settings.store_url_plain)
+        if path is not None and not path.exists():
+            raise CliError(
+                f"no store at {_store_url(settings)} (the file {path} does not exist): set "
+                "TRACE_CURATOR_STORE_URL to your store, or run `trace-curator db upgrade` to "
+                "create a new one there", EXIT_UNAVAILABLE)
     return make_engine(settings.store_url_plain, pool_size=settings.db_pool_size,
                        connect_timeout_s=settings.db_connect_timeout_s)
 
 
-def _ensure_schema(engine: Engine) -> None:
+def _store_url(settings: Settings) -> str:
+    """The store URL for messages, password masked."""
+    return str(settings.masked()["store_url"])
+
+
+def _unreachable(settings: Settings, exc: sa_exc.OperationalError) -> CliError:
+    return CliError(f"the store {_store_url(settings)} is unreachable: "
+                    f"{str(exc.orig).strip()[:300]}", EXIT_UNAVAILABLE)
+
+
+def _ensure_schema(settings: Settings, engine: Engine) -> None:
     try:
         schema.ensure_current(engine)
     except SchemaOutOfDateError as exc:
         raise CliError(str(exc), EXIT_SCHEMA) from None
     except sa_exc.OperationalError as exc:
-        raise CliError(f"the store is unreachable: {str(exc.orig).strip()[:300]}",
-                       EXIT_UNAVAILABLE) from None
+        raise _unreachable(settings, exc) from None
 
 
 def _current_store(args: argparse.Namespace) -> tuple[Settings, Engine]:
-    """Settings and an engine on a reachable store with a current schema, or a CliError."""
+    """Settings and an engine on an existing, reachable store with a current schema, or a
+    CliError. Creates nothing."""
     settings = _settings(args)
-    engine = _engine(settings)
-    _ensure_schema(engine)
+    engine = _engine(settings, create=False)
+    _ensure_schema(settings, engine)
     return settings, engine
 
 
@@ -91,15 +114,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level, settings.log_format)
     logger.info("starting settings=%s", settings.masked())
     engine = _engine(settings)
-    _ensure_schema(engine)
+    _ensure_schema(settings, engine)
     _check_metrics(settings, engine)
     try:
         worker = create_worker(settings, engine)
     except ConfigError as exc:  # an invalid rules file
         raise CliError(str(exc), EXIT_CONFIG) from None
-    except Exception as exc:  # NoBrokersAvailable, KafkaTimeoutError
-        raise CliError(f"Kafka at {settings.kafka_bootstrap_servers} is unreachable: {exc!r}",
-                       EXIT_UNAVAILABLE) from None
+    except TransientError as exc:  # no broker answered within the bootstrap bound
+        raise CliError(_kafka_unreachable(settings, str(exc)), EXIT_UNAVAILABLE) from None
+    except Exception as exc:  # any other kafka error while connecting
+        if settings.source == "mlflow":
+            raise CliError(f"the worker could not start: {exc!r}", EXIT_UNAVAILABLE) from None
+        raise CliError(_kafka_unreachable(settings, repr(exc)), EXIT_UNAVAILABLE) from None
     http = _start_http(settings, worker, engine)
     _install_signals(worker.stop, settings.shutdown_timeout_s)
     _tune_gc()
@@ -110,6 +136,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             http.stop()
         worker.close()
     return EXIT_OK
+
+
+def _kafka_unreachable(settings: Settings, detail: str) -> str:
+    return (f"Kafka at {settings.kafka_bootstrap_servers} is unreachable ({detail}): check "
+            "TRACE_CURATOR_KAFKA_BOOTSTRAP_SERVERS, or set TRACE_CURATOR_SOURCE=mlflow to poll "
+            "an MLflow server instead")
 
 
 def _start_http(settings: Settings, worker: Any, engine: Engine) -> Any:
@@ -142,7 +174,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
                        "(or MLFLOW_TRACKING_URI)", EXIT_CONFIG)
     setup_logging(settings.log_level, settings.log_format)
     engine = _engine(settings)
-    _ensure_schema(engine)
+    _ensure_schema(settings, engine)
     _check_metrics(settings, engine)
     experiments = tuple(args.experiment) if args.experiment else None
     config = poll_config(settings, backfill=(since_ms, until_ms), experiments=experiments)
@@ -189,20 +221,40 @@ def _check_metrics(settings: Settings, engine: Engine) -> None:
         raise CliError(str(exc), EXIT_CONFIG) from None
 
 
+REPORT_SUFFIXES = {".html": "html", ".htm": "html", ".json": "json", ".csv": "csv"}
+EXPORT_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+
+
+def _output_format(args: argparse.Namespace, by_suffix: dict[str, str], default: str) -> str:
+    """``--format``, or the one ``--output``'s extension names; the output path is checked
+    now, before any work (missing folder, a directory, a link, an existing file)."""
+    from worker.output_files import check_target, format_for
+
+    try:
+        fmt = format_for(args.output, args.format, by_suffix, default)
+        if args.output:
+            check_target(args.output, force=args.force)
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_CONFIG) from None
+    return fmt
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from store.dashboard import DAY_MS, MAX_WINDOW_DAYS, gather
     from store.report import summary
+    from worker.output_files import write_text
     from worker.report_format import FORMATS
     from worker.report_html import render
 
+    fmt = _output_format(args, REPORT_SUFFIXES, "table")
     now_ms = int(time.time() * 1000)
     since_ms, until_ms = _window(args, now_ms)
-    if args.format == "html" and until_ms - since_ms > MAX_WINDOW_DAYS * DAY_MS:
+    if fmt == "html" and until_ms - since_ms > MAX_WINDOW_DAYS * DAY_MS:
         raise CliError(f"--format html charts at most {MAX_WINDOW_DAYS} days: use a shorter "
                        "--since/--until", EXIT_CONFIG)
     settings, engine = _current_store(args)
     try:
-        if args.format == "html":  # the page needs more than the summary (store.dashboard)
+        if fmt == "html":  # the page needs more than the summary (store.dashboard)
             text = render(gather(engine, since_ms, until_ms, experiment_id=args.experiment,
                                  by=args.by, now_ms=now_ms,
                                  minute_retention_days=settings.retention_minute_days))
@@ -210,13 +262,14 @@ def cmd_report(args: argparse.Namespace) -> int:
             result = summary(engine, since_ms, until_ms, experiment_id=args.experiment,
                              by=args.by, now_ms=now_ms,
                              minute_retention_days=settings.retention_minute_days)
-            text = FORMATS[args.format](result)
+            text = FORMATS[fmt](result)
     except sa_exc.OperationalError as exc:
-        raise CliError(f"the store is unreachable: {str(exc.orig).strip()[:300]}",
-                       EXIT_UNAVAILABLE) from None
+        raise _unreachable(settings, exc) from None
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
+        try:
+            write_text(args.output, text, force=args.force)
+        except ConfigError as exc:
+            raise CliError(str(exc), EXIT_CONFIG) from None
     else:
         sys.stdout.write(text)
     return EXIT_OK
@@ -343,21 +396,27 @@ def cmd_datasets_export(args: argparse.Namespace) -> int:
 
     from store import datasets as ds
     from worker.dataset_sinks import write_records
+    from worker.output_files import atomic_output
 
+    fmt = _output_format(args, EXPORT_SUFFIXES, "jsonl")
     _, engine = _current_store(args)
     with engine.connect() as conn:
         v = _version_of(conn, args.name, args.version)
         records = ds.version_records(conn, args.name, v.version, cumulative=not args.only_added)
     if args.output:
-        write_records(records, Path(args.output), args.format)
+        try:
+            with atomic_output(args.output, force=args.force) as tmp:
+                write_records(records, tmp, fmt)
+        except ConfigError as exc:
+            raise CliError(str(exc), EXIT_CONFIG) from None
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"export.{args.format}"
-            write_records(records, path, args.format)
+        with tempfile.TemporaryDirectory() as tmp_dir:
+            path = Path(tmp_dir) / f"export.{fmt}"
+            write_records(records, path, fmt)
             sys.stdout.flush()
             sys.stdout.buffer.write(path.read_bytes())
             sys.stdout.buffer.flush()
-    print(f"exported {len(records)} records of {args.name} version {v.version}"
+    print(f"exported {len(records)} records of {args.name} version {v.version} as {fmt}"
           + (f" to {args.output}" if args.output else ""), file=sys.stderr)
     return EXIT_OK
 
@@ -403,8 +462,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     try:
         before, after = schema.upgrade(engine)
     except sa_exc.OperationalError as exc:
-        raise CliError(f"the store is unreachable: {str(exc.orig).strip()[:300]}",
-                       EXIT_UNAVAILABLE) from None
+        raise _unreachable(settings, exc) from None
     url = settings.masked()["store_url"]
     if before == after:
         print(f"store {url} is already at schema revision {after}")
@@ -541,7 +599,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="health check: exit 0 when the store is healthy",
                            description="Exit 0 when the store is reachable and its schema is "
-                                       "current; 3 or 4 otherwise. For container healthchecks.")
+                                       "current, and print its URL (password masked); 3 when it "
+                                       "is unreachable or its SQLite file does not exist (never "
+                                       "created here), 4 when its schema is out of date. For "
+                                       "container healthchecks.")
     check.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
     check.set_defaults(func=cmd_check)
 
@@ -589,11 +650,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="only this experiment id")
     rep.add_argument("--by", choices=("trace_name", "environment", "experiment"),
                      default=None, help="also break the figures down by this dimension")
-    rep.add_argument("--format", choices=("table", "json", "csv", "html"), default="table",
-                     help="output format (default table); html: one self-contained page with "
-                          "charts, candidates, dataset versions, dead letters and the outbox")
+    rep.add_argument("--format", choices=("table", "json", "csv", "html"), default=None,
+                     help="output format (default: from the --output extension, .html .json "
+                          ".csv, else table); html: one self-contained page with charts, "
+                          "candidates, dataset versions, dead letters and the outbox")
     rep.add_argument("--output", metavar="FILE", default=None,
-                     help="write to FILE instead of stdout")
+                     help="write to FILE instead of stdout (written whole or not at all; an "
+                          "existing FILE is refused without --force, a symbolic link always)")
+    rep.add_argument("--force", action="store_true",
+                     help="replace an existing --output FILE")
     rep.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
     rep.set_defaults(func=cmd_report)
 
@@ -639,10 +704,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "1..N), exactly as they were merged; --only-added: only version N's.")
     dex.add_argument("name")
     dex.add_argument("--version", type=int, required=True)
-    dex.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
+    dex.add_argument("--format", choices=("jsonl", "parquet"), default=None,
+                     help="default: from the --output extension (.jsonl .json: jsonl, "
+                          ".parquet: parquet), else jsonl")
     dex.add_argument("--only-added", action="store_true",
                      help="only the records version N added")
-    dex.add_argument("--output", metavar="FILE", default=None, help="default: stdout")
+    dex.add_argument("--output", metavar="FILE", default=None,
+                     help="default: stdout (written whole or not at all; an existing FILE is "
+                          "refused without --force, a symbolic link always)")
+    dex.add_argument("--force", action="store_true", help="replace an existing --output FILE")
     dex.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
     dex.set_defaults(func=cmd_datasets_export)
 

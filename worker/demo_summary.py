@@ -4,11 +4,17 @@ Read-only, plain SQL over the trace-curator store: each caller passes its own en
 function makes and disposes one, so it runs beside the worker. ``missing_ids`` counts a trace still
 IN_PROGRESS as missing and binds at most 500 ids per query (SQLite's parameter limit).
 ``summarize`` prints, in order: this run, the store's totals (this and earlier runs over the
-folder), the 24 h report, the dataset versions, then where to explore.
+folder), the 24 h report, the dataset versions, then where to explore: commands that run as
+printed from the current folder (the running console script or interpreter by its path, unless
+that is what PATH finds anyway), and a Python search that names the MLflow store and experiment.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,7 +109,7 @@ def summarize(o: Outcome) -> str:
     return "\n".join([*_run_lines(o), *_store_lines(facts), "",
                       "The last 24 hours, from the rolling metric buckets "
                       "(`trace-curator report --since 24h`):",
-                      report, *_dataset_lines(facts, o.curation), *_explore_lines(o)])
+                      report, *_dataset_lines(facts, o.curation), *explore_lines(o)])
 
 
 def _store_facts(engine: Engine) -> dict[str, Any]:
@@ -190,15 +196,60 @@ def _dataset_lines(facts: dict[str, Any], curation: Sequence[str]) -> list[str]:
     ]
 
 
-def _explore_lines(o: Outcome) -> list[str]:
+def command_prefix(argv0: str, executable: str, cwd: Path,
+                   search_path: str | None = None) -> list[str]:
+    """How to run this ``trace-curator`` again from ``cwd``, as a shell would: the console script
+    (``argv0``) by name if ``search_path`` (default PATH) finds this very script, else by its
+    path; otherwise (``python -m worker``, tests) the interpreter by its path and ``-m worker``."""
+    script = Path(argv0)
+    if script.stem != "trace-curator":
+        return [shown_path(executable, cwd, search_path), "-m", "worker"]
+    if len(script.parts) == 1:  # found on PATH by the shell that started it
+        return [argv0]
+    return [shown_path(argv0, cwd, search_path)]
+
+
+def shown_path(program: str, cwd: Path, search_path: str | None = None) -> str:
+    """``program`` as a command that runs from ``cwd``: its bare name when the search path finds
+    the same file, else a path relative to ``cwd`` (below it) or absolute. Symlinks are kept: a
+    venv's ``python`` must stay the venv's."""
+    absolute = Path(os.path.abspath(cwd / program))
+    found = shutil.which(absolute.name, path=search_path)
+    if found and os.path.abspath(found) == str(absolute):
+        return absolute.name
+    try:
+        relative = absolute.relative_to(Path(os.path.abspath(cwd)))
+    except ValueError:
+        return str(absolute)
+    return str(relative) if len(relative.parts) > 1 else f"./{relative}"
+
+
+def explore_lines(o: Outcome, *, argv0: str | None = None, executable: str | None = None,
+                  cwd: Path | None = None, search_path: str | None = None) -> list[str]:
+    """The closing hints, every command runnable as printed from ``cwd`` (default: the current
+    folder), with no venv activated. The defaults describe the running process."""
+    cwd = cwd or Path.cwd()
+    here = shlex.join(command_prefix(argv0 if argv0 is not None else sys.argv[0],
+                                     executable or sys.executable, cwd, search_path))
+    python = shlex.quote(shown_path(executable or sys.executable, cwd, search_path))
+    mlflow_uri = f"sqlite:///{o.folder / 'mlflow.db'}"
+    html = Path(shown_path(str(o.folder / "report.html"), cwd, search_path=""))
     return [
-        "Explore:",
-        f"  mlflow ui --backend-store-uri sqlite:///{o.folder / 'mlflow.db'}",
+        "Explore (these commands run as printed from this folder):",
+        f"  export TRACE_CURATOR_STORE_URL={shlex.quote(o.store_url)}",
+        f"  {here} report --since 24h",
+        f"  {here} report --since 24h --format html --output {shlex.quote(str(html))} --force"
+        "   # charts, candidates, dataset versions, in one file",
+        f"  {here} datasets list",
+        f"  {here} rules explain <trace id>",
+        f"  {python} -m mlflow ui --backend-store-uri {shlex.quote(mlflow_uri)}",
         f"           then, in experiment {EXPERIMENT_NAME!r}, search traces with: "
         "tags.eval_candidate IS NOT NULL",
         "           (or one rule: tags.eval_candidate = 'error_case')",
-        f"  TRACE_CURATOR_STORE_URL={o.store_url} trace-curator report --since 24h",
-        "  trace-curator report --since 24h --format html --output report.html   (the same "
-        "store: charts, candidates, dataset versions, in one file)",
-        "  trace-curator rules explain <trace id>   (with the same TRACE_CURATOR_STORE_URL)",
+        f"  Search the tagged traces from Python (run it with {python}):",
+        "    import mlflow",
+        f"    mlflow.set_tracking_uri({mlflow_uri!r})",
+        f"    mlflow.set_experiment({EXPERIMENT_NAME!r})  # search_traces looks only there",
+        "    traces = mlflow.search_traces(filter_string=\"tags.eval_candidate = 'error_case'\")",
+        "    print(len(traces), 'traces tagged error_case')",
     ]
