@@ -302,7 +302,7 @@ HOSTILE: dict[str, tuple[str, str, Builder, float]] = {
 def hostile_event(name: str, rng: random.Random, ts: int, ledger: Ledger) -> Event:
     topic, expect, build, _ = HOSTILE[name]
     value = build(rng, ts)
-    key: bytes | None = None
+    key = b"hostile"  # a tombstone needs a key: the producer refuses a record with neither
     if expect == "store":
         assert value is not None
         doc = orjson.loads(value)

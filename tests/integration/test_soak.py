@@ -167,11 +167,11 @@ def test_soak(store_url: str, settings_factory: Any, producer: Any, tmp_path: Pa
             mismatches.append(f"final drain exited {final_code}: "
                               f"{S._tail(supervisor.logs[-1])}")
         for ex in supervisor.crashes:
-            mismatches.append(f"worker exited by itself with {ex.code} ({ex.log.name}): "
+            mismatches.append(f"worker exited by itself: code {ex.code} ({ex.log.name}) "
                               f"{ex.tail}")
         mismatches += _log_leaks(supervisor.logs, token, pg)
         if supervisor.max_rss_kb > MAX_WORKER_RSS_KB:
-            mismatches.append(f"worker RSS reached {supervisor.max_rss_kb} kB")
+            mismatches.append(f"worker RSS too high: {supervisor.max_rss_kb} kB")
         mismatches += [f"outage machinery: {e}" for e in outages.errors]
         dead = _count_dead(engine)
         valid = ledger.count(lambda s: s.kind in ("trace", "assessment"))
@@ -184,8 +184,8 @@ def test_soak(store_url: str, settings_factory: Any, producer: Any, tmp_path: Pa
                   f"unavailable_exits={len(supervisor.unavailable_exits)} "
                   f"crashes={len(supervisor.crashes)} max_rss_mb={supervisor.max_rss_kb // 1024} "
                   f"mismatches={len(mismatches)}", flush=True)
-            for m in mismatches[:40]:
-                print("soak mismatch:", m[:3000], flush=True)
+            for line in _digest(mismatches):
+                print("soak mismatch:", line, flush=True)
     finally:
         stop.set()
         if supervisor is not None:
@@ -200,6 +200,14 @@ def test_soak(store_url: str, settings_factory: Any, producer: Any, tmp_path: Pa
         t.join(timeout=30)
     assert S.orphans(run_id) == [], "processes left behind"
     assert mismatches == [], f"{len(mismatches)} mismatches (seed {SEED}); see the output above"
+
+
+def _digest(mismatches: list[str], examples: int = 2) -> list[str]:
+    """Mismatches grouped by kind (the text before the first colon), with counts and examples."""
+    groups: dict[str, list[str]] = {}
+    for m in mismatches:
+        groups.setdefault(m.split(":", 1)[0], []).append(m)
+    return [f"[{len(ms)}x] {m[:3000]}" for ms in groups.values() for m in ms[:examples]]
 
 
 def _count_dead(engine: Engine) -> int:
@@ -229,10 +237,9 @@ def _compare(engine: Engine, settings: Any, ledger: S.Ledger, real_tags: dict[st
         row = rows.get(tid)
         if row is None:
             out.append(f"trace lost: {tid}")
-        elif (row.status, row.execution_time_ms, row.span_count) != (
-                fin.status, fin.execution_time_ms, fin.span_count):
-            out.append(f"trace {tid}: stored {(row.status, row.execution_time_ms, row.span_count)}"
-                       f" expected {(fin.status, fin.execution_time_ms, fin.span_count)}")
+        elif (have := (row.status, row.execution_time_ms, row.span_count)) != (
+                want := (fin.status, fin.execution_time_ms, fin.span_count)):
+            out.append(f"trace differs: {tid} stored {have} expected {want}")
     out += [f"trace stored that was never valid: {tid!r}" for tid in set(rows) - set(ledger.traces)]
 
     # 2. Every assessment in its newest version.
@@ -240,8 +247,8 @@ def _compare(engine: Engine, settings: Any, ledger: S.Ledger, real_tags: dict[st
         arow = arows.get(aid)
         if arow is None:
             out.append(f"assessment lost: {aid}")
-        elif (arow.last_update_time_ms, arow.value) != (updated_ms, value):
-            out.append(f"assessment {aid}: stored {(arow.last_update_time_ms, arow.value)!r} "
+        elif (got_a := (arow.last_update_time_ms, arow.value)) != (updated_ms, value):
+            out.append(f"assessment differs: {aid} stored {got_a!r} "
                        f"expected {(updated_ms, value)!r}")
     out += [f"assessment stored that was never valid: {aid!r}"
             for aid in set(arows) - set(ledger.assessments)]
@@ -252,9 +259,9 @@ def _compare(engine: Engine, settings: Any, ledger: S.Ledger, real_tags: dict[st
     for s in sent:
         where = (s.topic, s.partition, s.offset)
         if s.expect == "dead" and where not in letters:
-            out.append(f"hostile {s.kind} at {where} not dead-lettered")
+            out.append(f"hostile {s.kind} not dead-lettered: {where}")
         if s.expect == "store" and where in letters:
-            out.append(f"valid {s.kind} at {where} dead-lettered: {letters[where].error[:300]}")
+            out.append(f"valid {s.kind} dead-lettered: {where} {letters[where].error[:300]}")
 
     # 4. The committed offsets cover every record.
     expected_offsets: dict[tuple[str, int], int] = {}
@@ -269,13 +276,13 @@ def _compare(engine: Engine, settings: Any, ledger: S.Ledger, real_tags: dict[st
     got = {(tp.topic, tp.partition): o.offset for tp, o in committed.items() if o.offset >= 0}
     for key, off in sorted(expected_offsets.items()):
         if got.get(key) != off:
-            out.append(f"committed offset of {key}: {got.get(key)} expected {off}")
+            out.append(f"committed offset short: {key} {got.get(key)} expected {off}")
 
     # 5. Buckets: each distinct trace counted once, and equal to a rebuild from the raw rows.
     stamps = [f.timestamp_ms for f in ledger.traces.values()]
     s = summary(engine, min(stamps) - S.HOUR_MS, max(stamps) + S.HOUR_MS)
     if s.overall.total_traces != len(ledger.traces):
-        out.append(f"buckets count {s.overall.total_traces} traces, expected "
+        out.append(f"bucket total: {s.overall.total_traces} traces, expected "
                    f"{len(ledger.traces)}")
     live = bucket_snapshot(engine)
     with engine.begin() as conn:
@@ -284,7 +291,7 @@ def _compare(engine: Engine, settings: Any, ledger: S.Ledger, real_tags: dict[st
     for res in live:
         if live[res] != rebuilt[res]:
             diff = set(live[res]) ^ set(rebuilt[res])
-            out.append(f"{res} buckets differ from a rebuild in {len(diff)} rows, e.g. "
+            out.append(f"buckets differ from a rebuild: {res}, {len(diff)} rows, e.g. "
                        f"{sorted(diff, key=repr)[:2]!r}"[:1500])
 
     # 6. Tags: those of traces MLflow knows are written back, the rest wait in the outbox.
@@ -292,20 +299,20 @@ def _compare(engine: Engine, settings: Any, ledger: S.Ledger, real_tags: dict[st
     for tid, want in real_tags.items():
         have = client.get_trace(tid).info.tags.get("eval_candidate")
         if have != want:
-            out.append(f"MLflow tag of {tid}: {have!r} expected {want!r}")
+            out.append(f"MLflow tag wrong: {tid} {have!r} expected {want!r}")
         if (tid, "eval_candidate") in outbox:
-            out.append(f"outbox still holds the tag of {tid}, a trace MLflow has")
+            out.append(f"outbox holds a tag of a trace MLflow has: {tid}")
     for (tid, key), value in tags.items():
         if tid in real_tags or value is None:
             continue
         row = outbox.get((tid, key))
         if row is None or row.tag_value != value:
-            out.append(f"tag {key}={value} of {tid} neither written nor in the outbox "
+            out.append(f"tag lost: {key}={value} of {tid} neither written nor in the outbox "
                        f"({row!r})")
         elif not row.waiting_for_trace:
-            out.append(f"outbox row of {tid} not waiting for its trace: {row.last_error!r}")
+            out.append(f"outbox row not waiting for its trace: {tid} {row.last_error!r}")
     for tid in {t for t, _ in outbox} - {t for (t, _), v in tags.items()}:
-        out.append(f"outbox row for an undecided trace {tid}")
+        out.append(f"outbox row for an undecided trace: {tid}")
     return out
 
 
@@ -318,7 +325,7 @@ def _log_leaks(logs: list[Path], token: str, pg: bool) -> list[str]:
         text += body
         if token in body:
             line = next(ln for ln in body.splitlines() if token in ln)
-            out.append(f"secret in {log.name}: {line[:300]}")
+            out.append(f"secret in a log: {log.name}: {line[:300]}")
     if "soakuser:***@" not in text:
         out.append("no masked MLflow URI in any log (start-up settings line missing?)")
     if pg and "postgres:***@" not in text:
