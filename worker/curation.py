@@ -13,17 +13,18 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-import yaml
 
 from consumers.errors import ConfigError
 from consumers.formats import parse_json_text
 from store.datasets import Candidate
+from worker.yaml_files import brief, cut, load_yaml_file
 
 Strategy = Literal["all", "stratified"]
 SinkKind = Literal["mlflow", "databricks", "files"]
@@ -60,6 +61,8 @@ class DatasetSpec:
 
 
 DEFAULT_SPECS = (DatasetSpec(DEFAULT_DATASET),)
+# A files sink writes <path>/<name>/: the name is one plain folder name, never a path.
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _SPEC_KEYS = {f for f in DatasetSpec.__dataclass_fields__} - {"tag_values", "sink"} | {
     "tag", "sink"}
 
@@ -71,11 +74,7 @@ def load_specs(path: str | Path | None) -> tuple[DatasetSpec, ...]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"datasets file {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"datasets file {p} is not valid YAML: {exc}") from None
-    return parse_specs(data, str(p))
+    return parse_specs(load_yaml_file(p, f"datasets file {p}"), str(p))
 
 
 def parse_specs(data: Any, source: str = "<datasets>") -> tuple[DatasetSpec, ...]:
@@ -85,7 +84,8 @@ def parse_specs(data: Any, source: str = "<datasets>") -> tuple[DatasetSpec, ...
     specs = tuple(_parse_spec(raw, i + 1, source) for i, raw in enumerate(data["datasets"]))
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
-        raise ConfigError(f"{source}: dataset names must be unique, got {names}")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"{source}: dataset names must be unique, got {brief(twice)} twice")
     return specs
 
 
@@ -93,10 +93,11 @@ def _parse_spec(raw: Any, position: int, source: str) -> DatasetSpec:
     where = f"{source}, dataset #{position}"
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not raw["name"]:
         raise ConfigError(f"{where}: each dataset needs a non-empty 'name'")
-    where += f" {raw['name']!r}"
-    unknown = sorted(set(raw) - _SPEC_KEYS)
+    where += f" {brief(raw['name'])}"
+    unknown = sorted(set(raw) - _SPEC_KEYS, key=str)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(_SPEC_KEYS)}")
+        raise ConfigError(f"{where}: unknown key(s) {brief(unknown)}; known: "
+                          f"{sorted(_SPEC_KEYS)}")
     kwargs = {k: v for k, v in raw.items() if k not in ("tag", "sink")}
     tag = raw.get("tag", {})
     if not isinstance(tag, dict):
@@ -116,7 +117,7 @@ def _parse_spec(raw: Any, position: int, source: str) -> DatasetSpec:
         kwargs["sink"] = SinkSpec(**sink)
         spec = DatasetSpec(**kwargs)
     except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        raise ConfigError(f"{where}: {cut(str(exc), 200)}") from None
     _check_spec(spec, where)
     return spec
 
@@ -124,19 +125,25 @@ def _parse_spec(raw: Any, position: int, source: str) -> DatasetSpec:
 def _check_spec(spec: DatasetSpec, where: str) -> None:
     problems = []
     if spec.strategy not in ("all", "stratified"):
-        problems.append(f"strategy must be 'all' or 'stratified', got {spec.strategy!r}")
-    if not isinstance(spec.max_records_per_version, int) or spec.max_records_per_version < 1:
+        problems.append(f"strategy must be 'all' or 'stratified', got {brief(spec.strategy)}")
+    if not _is_int(spec.max_records_per_version) or spec.max_records_per_version < 1:
         problems.append("max_records_per_version must be a positive integer")
-    if not 0 < spec.fast_ms < spec.slow_ms:
-        problems.append("stratified thresholds need 0 < fast_ms < slow_ms")
+    if not (_is_int(spec.fast_ms) and _is_int(spec.slow_ms) and 0 < spec.fast_ms < spec.slow_ms):
+        problems.append("stratified thresholds need integers 0 < fast_ms < slow_ms")
     problems += _sink_problems(spec.sink)
-    if spec.since is not None:
+    if spec.sink.kind == "files" and not _FILE_NAME.fullmatch(spec.name):
+        problems.append("a files sink needs a dataset name of at most 100 letters, digits, "
+                        "'.', '_' or '-', starting with a letter or digit (it names a folder)")
+    since: Any = spec.since  # whatever the YAML held
+    if since is not None and not isinstance(since, str):
+        problems.append("since must be a window such as 24h or 7d, or an ISO-8601 time")
+    elif spec.since is not None:
         from worker.timeparse import parse_time_ms
 
         try:
             parse_time_ms(spec.since, 0)
         except ConfigError as exc:
-            problems.append(f"since: {exc}")
+            problems.append(f"since: {cut(str(exc), 200)}")
     if spec.filter is not None:
         from worker.rules import _parse_filter_text
 
@@ -148,14 +155,18 @@ def _check_spec(spec: DatasetSpec, where: str) -> None:
         raise ConfigError(f"{where}: " + "; ".join(problems))
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _sink_problems(sink: SinkSpec) -> list[str]:
     problems = []
     if sink.kind not in ("mlflow", "databricks", "files"):
-        problems.append(f"sink.kind must be mlflow, databricks or files, got {sink.kind!r}")
-    if sink.kind == "files" and not sink.path:
+        problems.append(f"sink.kind must be mlflow, databricks or files, got {brief(sink.kind)}")
+    if sink.kind == "files" and (not sink.path or not isinstance(sink.path, str)):
         problems.append("a files sink needs sink.path (a folder)")
     if sink.kind == "databricks" and (
-            not sink.uc_table_name or sink.uc_table_name.count(".") != 2):
+            not isinstance(sink.uc_table_name, str) or sink.uc_table_name.count(".") != 2):
         problems.append("a databricks sink needs sink.uc_table_name as catalog.schema.table")
     if sink.format not in ("jsonl", "parquet"):
         problems.append("sink.format must be jsonl or parquet")
@@ -202,6 +213,19 @@ def build_record(c: Candidate, spec: DatasetSpec, now_ms: int) -> dict[str, Any]
     }
     record["source"] = {"source_type": "TRACE", "source_data": {"trace_id": c.view.trace_id}}
     return record
+
+
+def record_problem(record: Mapping[str, Any]) -> str | None:
+    """Why ``record`` cannot be stored, digested or written to a sink, or None. Every step of
+    a cycle re-serializes records (orjson for the ledger, the digest and the files sink, json
+    for the inputs hash and MLflow); a value orjson can read may still be one it cannot write,
+    such as an array nested deeper than its 254 levels."""
+    try:
+        orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+        json.dumps(record["inputs"], sort_keys=True)
+    except (TypeError, ValueError, RecursionError) as exc:  # orjson.JSONEncodeError: TypeError
+        return f"cannot be serialized: {type(exc).__name__}: {cut(str(exc), 200)}"
+    return None
 
 
 def stamp_version(record: Mapping[str, Any], version: int) -> dict[str, Any]:

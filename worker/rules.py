@@ -28,6 +28,7 @@ from mlflow.utils.search_utils import SearchTraceUtils
 from consumers.errors import ConfigError
 from consumers.events import AssessmentView, Evaluation, Outcome, RuleOutcome, TraceView
 from worker.default_rules import DEFAULT_RULES_YAML
+from worker.yaml_files import GuardedLoader, brief, cut, load_yaml_file, load_yaml_text
 
 __all__ = [
     "DEFAULT_RULES_YAML",
@@ -330,9 +331,9 @@ _NOT_LOCAL = {
 }
 
 
-class _Yaml12Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans (true/false only: an unquoted no stays 'no') and floats
-    (1e-3 is a number, not a string)."""
+class _Yaml12Loader(GuardedLoader):
+    """The guarded SafeLoader (no anchors or aliases, bounded size and depth) with YAML 1.2
+    booleans (true/false only: an unquoted no stays 'no') and floats (1e-3 is a number)."""
 
 
 _Yaml12Loader.yaml_implicit_resolvers = {
@@ -353,30 +354,28 @@ def load_rules(path: str | Path | None) -> RuleSet:
     """The rules of the YAML file at ``path``; None gives the documented defaults."""
     if path is None:
         return parse_rules(DEFAULT_RULES_YAML, "<built-in defaults>")
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"rules file {path}: cannot read it: {exc}") from exc
-    return parse_rules(text, str(path))
+    data = load_yaml_file(path, f"rules file {path}", _Yaml12Loader)
+    return _parse_document(data, f"rules file {path}")
 
 
 def parse_rules(text: str, source: str = "<rules>") -> RuleSet:
     """Parse and validate a rules document; raise ConfigError naming the rule and the problem."""
     where = f"rules file {source}"
-    try:
-        data = yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: invalid YAML: {' '.join(str(exc).split())}") from exc
+    return _parse_document(load_yaml_text(text, where, _Yaml12Loader), where)
+
+
+def _parse_document(data: Any, where: str) -> RuleSet:
     if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
         raise ConfigError(f"{where}: expected a mapping with a 'rules:' list")
     if extra := sorted(set(data) - {"rules"}, key=str):
-        raise ConfigError(f"{where}: unknown top-level key(s) {extra}; only 'rules' is allowed")
+        raise ConfigError(f"{where}: unknown top-level key(s) {brief(extra)}; only 'rules' is "
+                          "allowed")
     rules = [_parse_rule(raw, pos, where) for pos, raw in enumerate(data["rules"], start=1)]
     seen: dict[str, int] = {}
     for rule in rules:
         if rule.name in seen:
             raise ConfigError(
-                f"{where}, rule #{rule.position} {rule.name!r}: duplicate name "
+                f"{where}, rule #{rule.position} {brief(rule.name)}: duplicate name "
                 f"(rule #{seen[rule.name]} has it too)"
             )
         seen[rule.name] = rule.position
@@ -390,9 +389,10 @@ def _parse_rule(raw: Any, position: int, where: str) -> Rule:
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{where}: 'name' must be a non-empty string")
-    where = f"{where} {name!r}"
+    where = f"{where} {brief(name)}"
     if extra := sorted(set(raw) - _RULE_KEYS, key=str):
-        raise ConfigError(f"{where}: unknown key(s) {extra}; allowed: {sorted(_RULE_KEYS)}")
+        raise ConfigError(f"{where}: unknown key(s) {brief(extra)}; allowed: "
+                          f"{sorted(_RULE_KEYS)}")
     filters = _parse_filters(raw, where)
     feedback = _parse_feedback(raw.get("feedback"), where)
     if not filters and not feedback:
@@ -400,10 +400,10 @@ def _parse_rule(raw: Any, position: int, where: str) -> Rule:
     tag_key, tag_value = _parse_tag(raw.get("tag"), name, where)
     precedence = raw.get("precedence", position)
     if isinstance(precedence, bool) or not isinstance(precedence, int):
-        raise ConfigError(f"{where}: 'precedence' must be an integer, got {precedence!r}")
+        raise ConfigError(f"{where}: 'precedence' must be an integer, got {brief(precedence)}")
     rate = raw.get("sample_rate", 1.0)
     if not _is_number(rate) or not 0 < rate <= 1:
-        raise ConfigError(f"{where}: 'sample_rate' must be a number in (0, 1], got {rate!r}")
+        raise ConfigError(f"{where}: 'sample_rate' must be a number in (0, 1], got {brief(rate)}")
     return Rule(name, filters, feedback, tag_key, tag_value, precedence, float(rate), position)
 
 
@@ -415,7 +415,8 @@ def _parse_tag(raw: Any, rule_name: str, where: str) -> tuple[str, str]:
     key, value = raw.get("key", DEFAULT_TAG_KEY), raw.get("value", rule_name)
     for label, text in (("key", key), ("value", value)):
         if not isinstance(text, str) or not text.strip():
-            raise ConfigError(f"{where}: tag {label} must be a non-empty string, got {text!r}")
+            raise ConfigError(f"{where}: tag {label} must be a non-empty string, got "
+                              f"{brief(text)}")
     return key, value
 
 
@@ -430,7 +431,7 @@ def _parse_filters(raw: dict[str, Any], where: str) -> tuple[Filter, ...]:
 
 def _parse_filter_text(text: Any, where: str) -> Filter:
     if not isinstance(text, str) or not text.strip():
-        raise ConfigError(f"{where}: a filter must be a non-empty string, got {text!r}")
+        raise ConfigError(f"{where}: a filter must be a non-empty string, got {brief(text)}")
     text = text.strip()
     try:
         clauses = _parse_filter(text)
@@ -438,10 +439,10 @@ def _parse_filter_text(text: Any, where: str) -> Filter:
         hint = ""
         if re.search(r"'OR'|'\(", str(exc)):
             hint = " (filters are AND-only, without parentheses; list alternatives in 'filters')"
-        raise ConfigError(f"{where}: filter {text!r}: {exc}{hint}") from exc
+        raise ConfigError(f"{where}: filter {brief(text)}: {cut(str(exc))}{hint}") from exc
     for clause in clauses:
         if problem := _clause_problem(clause):
-            raise ConfigError(f"{where}: filter {text!r}: {problem}")
+            raise ConfigError(f"{where}: filter {brief(text)}: {cut(problem)}")
     return Filter(text, tuple(clauses), f"{text} matched")
 
 
@@ -498,7 +499,7 @@ def _parse_condition(raw: Any, where: str) -> FeedbackCondition:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping like {{name: quality, below: 0.5}}")
     if extra := sorted(set(raw) - _TESTS - {"name", "any_name"}, key=str):
-        raise ConfigError(f"{where}: unknown key(s) {extra}; tests are {sorted(_TESTS)}")
+        raise ConfigError(f"{where}: unknown key(s) {brief(extra)}; tests are {sorted(_TESTS)}")
     name, any_name = raw.get("name"), raw.get("any_name", False)
     if any_name is not True and (not isinstance(name, str) or not name.strip()):
         raise ConfigError(f"{where}: needs 'name' (a string) or 'any_name: true'")
@@ -514,14 +515,15 @@ def _parse_condition(raw: Any, where: str) -> FeedbackCondition:
 def _test_operand(test: str, operand: Any, where: str) -> Any:
     if test in _NUMERIC_TESTS:
         if not _is_number(operand):
-            raise ConfigError(f"{where}: {test!r} needs a number, got {operand!r}")
+            raise ConfigError(f"{where}: {test!r} needs a number, got {brief(operand)}")
         return operand
     values = operand if test == "in" else [operand]
     if test == "in" and (not isinstance(operand, list) or not operand):
-        raise ConfigError(f"{where}: 'in' needs a non-empty list, got {operand!r}")
+        raise ConfigError(f"{where}: 'in' needs a non-empty list, got {brief(operand)}")
     for value in values:
         if not isinstance(value, _Scalar):
-            raise ConfigError(f"{where}: {test!r} takes strings, numbers or booleans: {value!r}")
+            raise ConfigError(f"{where}: {test!r} takes strings, numbers or booleans: "
+                              f"{brief(value)}")
     folded = tuple(v.casefold() if isinstance(v, str) else v for v in values)
     return folded if test == "in" else folded[0]
 

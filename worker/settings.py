@@ -2,6 +2,8 @@
 
 Sources, highest priority first: explicit overrides (CLI flags), ``TRACE_CURATOR_*`` environment
 variables, a YAML file (``--config FILE`` or ``TRACE_CURATOR_CONFIG``), then the defaults below.
+The YAML file is read by the guarded loader (``worker.yaml_files``: no anchors or aliases, at
+most 1 MiB, bounded nesting); validation messages quote at most a few dozen characters.
 Unknown keys fail loudly, in the YAML file and in the environment alike: a typo such as
 ``TRACE_CURATOR_STORE_ULR`` is a ``ConfigError``, never silently ignored. This is the only module
 that reads ``os.environ``.
@@ -13,7 +15,6 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     AliasChoices,
     Field,
@@ -24,12 +25,13 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    YamlConfigSettingsSource,
 )
 
 from consumers.errors import ConfigError
+from worker.yaml_files import cut, load_yaml_file
 
 ENV_PREFIX = "TRACE_CURATOR_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
@@ -176,10 +178,9 @@ class Settings(BaseSettings):
         env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        yaml_file = _CONFIG_FILE.get("path")
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if yaml_file is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        if "data" in _CONFIG_FILE:
+            sources.append(YamlFileSettingsSource(settings_cls, _CONFIG_FILE["data"]))
         return tuple(sources)
 
     def masked(self) -> dict[str, Any]:
@@ -216,7 +217,17 @@ class Settings(BaseSettings):
         return self.store_url.get_secret_value()
 
 
-_CONFIG_FILE: dict[str, Path] = {}
+class YamlFileSettingsSource(InitSettingsSource):
+    """The settings of the ``--config`` YAML file, already read by ``load_settings`` with the
+    guarded loader: a mapping of setting: value, unknown keys refused like any other source."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls, data)
+
+
+# The --config file's mapping while load_settings builds a Settings (a class-level hook:
+# pydantic-settings calls settings_customise_sources without instance state).
+_CONFIG_FILE: dict[str, dict[str, Any]] = {}
 
 
 def _mask_url(url: str) -> str:
@@ -273,20 +284,17 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        data = load_yaml_file(p, f"config file {p}") or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must hold a mapping of setting: value")
-        _CONFIG_FILE["path"] = p
+        _CONFIG_FILE["data"] = {str(k): v for k, v in data.items()}
     overrides = {**_secret_files(env, overrides), **overrides}
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc']) or 'settings'}: {e['msg']}"
-            for e in exc.errors())
+            f"{cut('.'.join(str(x) for x in e['loc']), 80) or 'settings'}: {cut(e['msg'], 200)}"
+            for e in exc.errors()[:10])
         raise ConfigError(f"invalid settings: {problems}") from None
     finally:
         _CONFIG_FILE.clear()

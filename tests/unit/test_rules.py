@@ -630,7 +630,7 @@ def test_an_invalid_rule_fails_at_load_naming_the_rule_and_the_problem(
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        ("rules: [\n", "rules file r.yaml: invalid YAML"),
+        ("rules: [\n", "rules file r.yaml: line 2: invalid YAML"),
         ("", "expected a mapping with a 'rules:' list"),
         ("rules: {name: x}", "expected a mapping with a 'rules:' list"),
         ("rules: []\nrule: []\n", "unknown top-level key(s) ['rule']"),

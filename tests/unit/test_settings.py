@@ -39,7 +39,7 @@ def test_a_typo_in_the_environment_fails(monkeypatch: pytest.MonkeyPatch) -> Non
     ("batch_max_records: 0\n", "batch_max_records: Input should be greater than or equal to 1"),
     ("store_url: mysql://x\n", "unsupported scheme 'mysql'"),
     ("- a list\n", "must hold a mapping"),
-    ("a: [\n", "not valid YAML"),
+    ("a: [\n", "c.yaml: line 2: invalid YAML"),
 ])
 def test_bad_yaml_settings_fail_with_the_field(tmp_path: Path, text: str, message: str) -> None:
     cfg = tmp_path / "c.yaml"
