@@ -4,13 +4,16 @@ Both read the store on the request's thread and write nothing. ``/`` renders
 ``worker.report_html`` for ``?since=1h|24h|7d|<duration>|<ISO>`` (default 24h), an optional
 ``until`` and ``experiment``; ``/api/report`` takes the same parameters plus ``by``, and its body
 is exactly what ``trace-curator report --format json`` prints for that window. A bad parameter
-is a 400 that names it; an unreachable store is a 503. Only metrics, ids and short previews
-are served (``store.dashboard``), and the page escapes every string from the data.
+is a 400 that names it (also one given twice, too long, holding a control character, or a
+window longer than ``worker.timeparse.MAX_WINDOW_DAYS``); an unreachable store is a 503. Only
+metrics, ids and short previews are served (``store.dashboard``), and the page escapes every
+string from the data.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 
@@ -19,7 +22,7 @@ from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 
 from consumers.errors import ConfigError
-from store.dashboard import WindowTooLongError, gather
+from store.dashboard import gather
 from store.report import GROUP_BY, summary
 from worker.http_server import TEXT, Response, Route
 from worker.report_format import to_json
@@ -32,6 +35,7 @@ HTML = "text/html; charset=utf-8"
 JSON = "application/json"
 DEFAULT_SINCE = "24h"
 _MAX_PARAM_CHARS = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class BadRequestError(ValueError):
@@ -39,17 +43,24 @@ class BadRequestError(ValueError):
 
 
 def _param(q: Mapping[str, list[str]], name: str) -> str | None:
+    """The one value of ``name``, stripped, or None. A repeated parameter, one longer than
+    ``_MAX_PARAM_CHARS`` or one holding a control character (a NUL would reach the store) is a
+    BadRequestError."""
     values = q.get(name)
-    if not values or not values[-1].strip():
+    if not values:
         return None
-    value = values[-1].strip()
-    if len(value) > _MAX_PARAM_CHARS:
+    if len(values) > 1:
+        raise BadRequestError(f"{name} is given {len(values)} times; give it once")
+    if len(values[0]) > _MAX_PARAM_CHARS:
         raise BadRequestError(f"{name} is longer than {_MAX_PARAM_CHARS} characters")
-    return value
+    if _CONTROL.search(values[0]):
+        raise BadRequestError(f"{name} holds a control character")
+    return values[0].strip() or None
 
 
 def parse_window(q: Mapping[str, list[str]], now_ms: int) -> tuple[str, int, int]:
-    """(since as asked, since_ms, until_ms) of a query string. Raises BadRequestError."""
+    """(since as asked, since_ms, until_ms) of a query string; the window is at most
+    ``MAX_WINDOW_DAYS`` long (``worker.timeparse``). Raises BadRequestError."""
     since = _param(q, "since") or DEFAULT_SINCE
     until = _param(q, "until")
     try:
@@ -72,7 +83,7 @@ def dashboard_routes(engine: Engine, *, minute_retention_days: float | None = No
             experiment = _param(q, "experiment")
             board = gather(engine, since_ms, until_ms, experiment_id=experiment, now_ms=now_ms,
                            minute_retention_days=minute_retention_days)
-        except (BadRequestError, WindowTooLongError) as exc:
+        except BadRequestError as exc:
             return 400, HTML, error_page(str(exc)).encode()
         except sa_exc.OperationalError as exc:
             return _unavailable(exc)
