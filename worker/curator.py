@@ -4,14 +4,16 @@ Per dataset, a cycle is (DESIGN.md invariant 4):
   1. finish a pending version first: merge exactly its stored records again, then mark it done;
   2. select candidates that are neither in the dataset nor skipped by it, and apply the spec's
      selection (environment, extra filter);
-  3. build records; skip, and remember, traces without inputs and inputs the dataset holds;
+  3. build records; skip, log and remember traces without inputs, inputs the dataset holds,
+     and records that cannot be serialized (e.g. nested deeper than orjson writes);
   4. sample (``all`` or ``stratified``), at most ``max_records_per_version``;
   5. write version N as ``pending`` with its records, in one transaction;
   6. merge the records into the sink; 7. mark version N ``done``.
 A failure or a crash at 6 leaves N pending, and the next cycle retries it before anything new.
-A cycle that finds nothing new creates no version. ``CuratorThread`` runs cycles beside the
-worker loop every ``curate_interval_s``, under a PostgreSQL advisory lock (one curator among
-several workers); ``trace-curator curate --once`` runs one cycle now.
+A cycle that finds nothing new creates no version. A dataset whose cycle fails (a bad spec,
+a store error) is logged and reported ``failed``; the other datasets go on. ``CuratorThread``
+runs cycles beside the worker loop every ``curate_interval_s``, under a PostgreSQL advisory
+lock (one curator among several workers); ``trace-curator curate --once`` runs one cycle now.
 """
 
 from __future__ import annotations
@@ -34,11 +36,12 @@ from worker.curation import (
     build_record,
     input_hash,
     matches,
+    record_problem,
     sample,
     stamp_version,
     version_digest,
 )
-from worker.dataset_sinks import DatasetSink
+from worker.dataset_sinks import DatasetSink, FileDatasetSink
 from worker.timeparse import parse_time_ms
 
 logger = logging.getLogger(__name__)
@@ -51,10 +54,12 @@ class CycleResult:
     version: int | None
     records: int
     skipped: int
-    state: str  # "done" | "pending" | "nothing new"
+    state: str  # "done" | "pending" | "nothing new" | "failed"
     error: str | None = None
 
     def line(self) -> str:
+        if self.state == "failed":
+            return f"{self.dataset}: failed; error: {self.error}"
         if self.version is None:
             return f"{self.dataset}: nothing new (skipped {self.skipped})"
         text = (f"{self.dataset}: version {self.version} {self.state}, {self.records} records"
@@ -80,13 +85,23 @@ class Curator:
     def validate(self) -> None:
         """Every sink's configuration; raises ConfigError."""
         for spec in self.specs:
-            self.sinks[spec.name].validate()
+            sink = self.sinks[spec.name]
+            sink.validate()
+            if isinstance(sink, FileDatasetSink):
+                sink.folder_for(spec.name)  # inside the sink's folder, symlinks resolved
 
     def run_cycle(self) -> list[CycleResult]:
+        """One cycle per dataset; a dataset whose cycle fails does not stop the others."""
         results = []
         for spec in self.specs:
-            result = self.curate(spec)
-            logger.info("curation %s", result.line())
+            try:
+                result = self.curate(spec)
+            except Exception as exc:  # a bug or an outage in one dataset: log, go on
+                error = f"{type(exc).__name__}: {str(exc).strip()[:500]}"
+                logger.exception("curation %s: cycle failed error=%s", spec.name, error)
+                result = CycleResult(spec.name, None, 0, 0, "failed", error)
+            else:
+                logger.info("curation %s", result.line())
             results.append(result)
         return results
 
@@ -136,6 +151,11 @@ class Curator:
                     logger.info("curation %s: skipped trace_id=%s: it has no inputs",
                                 spec.name, c.trace_id)
                     skips.append((c.trace_id, "no inputs", ""))
+                    continue
+                if problem := record_problem(record):
+                    logger.warning("curation %s: skipped trace_id=%s reason=%s",
+                                   spec.name, c.trace_id, problem)
+                    skips.append((c.trace_id, problem, ""))
                     continue
                 h = input_hash(record["inputs"])
                 if h in built:
@@ -204,7 +224,7 @@ class CuratorThread:
                     self.cycles += 1
                     for r in results:
                         self.outcomes[r.state] = self.outcomes.get(r.state, 0) + 1
-                    if all(r.state != "pending" for r in results):
+                    if all(r.state not in ("pending", "failed") for r in results):
                         self.last_success_unix = time.time()
             except Exception:  # a store outage or a bug in one cycle must not end curation
                 self.outcomes["failed"] = self.outcomes.get("failed", 0) + 1

@@ -6,13 +6,17 @@ the version's file atomically. The curator therefore retries a merge whose outco
 know (a crash, a timeout) without risk of duplicates.
 
 * ``MlflowDatasetSink``: an MLflow evaluation dataset on the tracking server, found by name
-  (``search_datasets``; names are not unique in MLflow OSS) or created, its ``dataset_id``
-  then kept in our store; ``merge_records`` in batches; dataset tags ``version`` and
+  (``search_datasets``; names are not unique in MLflow OSS, and MLflow's filter grammar has no
+  escapes: a name is quoted with the quote it does not hold, and one holding both kinds is
+  found by listing every dataset; names are always compared exactly) or created, its
+  ``dataset_id`` then kept in our store; ``merge_records`` in batches; dataset tags ``version`` and
   ``digest`` set after each version.
 * ``DatabricksDatasetSink``: the same API against a Databricks tracking URI and a Unity Catalog
   table (``create_dataset(uc_table_name=...)``), with databricks-connect (the ``databricks``
   extra). It is validated at start-up; it cannot be exercised without a workspace.
 * ``FileDatasetSink``: ``<path>/<dataset>/v0001.jsonl`` (or ``.parquet``), one file per version.
+  The dataset's folder, symlinks resolved, must lie inside ``<path>`` (checked at start-up and
+  before every write), so a dataset name never writes elsewhere.
 """
 
 from __future__ import annotations
@@ -77,9 +81,7 @@ class MlflowDatasetSink:
             except Exception as exc:  # deleted on the server: find or create it again
                 logger.warning("dataset %s (id %s) not found on the server, looking it up by "
                                "name error=%s", name, sink_dataset_id, exc)
-        escaped = name.replace("'", "\\'")
-        found = list(client.search_datasets(filter_string=f"name = '{escaped}'",
-                                            order_by=["created_time ASC"]))
+        found = self.named(client, name)
         if found:
             if len(found) > 1:
                 logger.warning("%d MLflow datasets are named %s; using the oldest, id %s",
@@ -87,6 +89,20 @@ class MlflowDatasetSink:
             return found[0]
         return client.create_dataset(name=name, experiment_id=self.experiment_id,
                                      tags={"trace_curator.managed": "true"})
+
+    @staticmethod
+    def named(client: Any, name: str) -> list[Any]:
+        """The datasets named exactly ``name``, oldest first."""
+        filter_string = name_filter(name)
+        found: list[Any] = []
+        token = None
+        while True:
+            page = client.search_datasets(filter_string=filter_string, page_token=token,
+                                          order_by=["created_time ASC"])
+            found += [d for d in page if d.name == name]
+            token = page.token
+            if not token:
+                return found
 
     def merge(self, dataset: str, sink_dataset_id: str | None, records: Sequence[dict[str, Any]],
               version: int, digest: str) -> str | None:
@@ -147,8 +163,17 @@ class FileDatasetSink:
         except OSError as exc:
             raise ConfigError(f"files dataset sink: cannot create {self.path}: {exc}") from None
 
+    def folder_for(self, dataset: str) -> Path:
+        """``<path>/<dataset>``, refused (ConfigError) unless it resolves inside ``<path>``."""
+        root = self.path.resolve()
+        folder = (root / dataset).resolve()
+        if folder == root or not folder.is_relative_to(root) or Path(dataset).is_absolute():
+            raise ConfigError(f"files dataset sink: dataset name {dataset[:80]!r} would "
+                              f"write outside {self.path}; use a plain folder name")
+        return folder
+
     def file_for(self, dataset: str, version: int) -> Path:
-        return self.path / dataset / f"v{version:04d}.{self.format}"
+        return self.folder_for(dataset) / f"v{version:04d}.{self.format}"
 
     def merge(self, dataset: str, sink_dataset_id: str | None, records: Sequence[dict[str, Any]],
               version: int, digest: str) -> str | None:
@@ -177,6 +202,26 @@ def write_records(records: Sequence[dict[str, Any]], path: Path, fmt: str) -> No
     frame = pd.DataFrame([{k: orjson.dumps(v).decode() for k, v in r.items()} for r in records],
                          columns=["inputs", "outputs", "expectations", "tags", "source"])
     frame.to_parquet(path, index=False)
+
+
+def name_filter(name: str) -> str | None:
+    """An exact-name ``search_datasets`` filter, or None when MLflow's grammar cannot say it.
+    MLflow strips the outer quotes of a value and unescapes nothing, so a name is quoted with
+    the quote it does not contain; the filter is parsed back here to be sure."""
+    from mlflow.utils.search_utils import SearchEvaluationDatasetsUtils
+
+    for quote in ("'", '"'):
+        if quote in name:
+            continue
+        text = f"name = {quote}{name}{quote}"
+        try:
+            clauses = SearchEvaluationDatasetsUtils.parse_search_filter(  # type: ignore[no-untyped-call]
+                text)
+        except Exception:  # noqa: S112 (whatever the parser refuses, try the next quote)
+            continue
+        if [(c["key"], c["comparator"], c["value"]) for c in clauses] == [("name", "=", name)]:
+            return text
+    return None
 
 
 def make_sink(spec: SinkSpec, tracking_uri: str | None) -> DatasetSink:
