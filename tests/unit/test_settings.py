@@ -80,3 +80,13 @@ def test_buckets_must_outlive_raw_rows(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings()
     monkeypatch.setenv("TRACE_CURATOR_RETENTION_MINUTE_DAYS", "60")
     assert load_settings().retention_raw_days == 60
+
+
+def test_overrides_beat_environment_beat_yaml(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("group_id: from-yaml\ntrace_topic: yaml-topic\nbatch_max_records: 9\n")
+    monkeypatch.setenv("TRACE_CURATOR_GROUP_ID", "from-env")
+    monkeypatch.setenv("TRACE_CURATOR_TRACE_TOPIC", "env-topic")
+    s = load_settings(cfg, group_id="from-init")
+    assert (s.group_id, s.trace_topic, s.batch_max_records) == ("from-init", "env-topic", 9)
