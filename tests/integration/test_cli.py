@@ -42,9 +42,14 @@ def empty_store(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
 def test_schema_lifecycle(empty_store: str) -> None:
     env = {"TRACE_CURATOR_STORE_URL": empty_store}
     check = cli("check", env=env)
-    assert check.returncode == 4
-    assert "Run `trace-curator db upgrade`" in check.stderr
-    run = cli("run", "--exit-when-idle", "1", env=env)
+    if empty_store.startswith("sqlite"):  # no file yet: check creates none and says so
+        assert check.returncode == 3
+        assert "`trace-curator db upgrade` to create a new one" in check.stderr
+        assert not os.path.exists(empty_store.removeprefix("sqlite:///"))
+    else:  # an empty database
+        assert check.returncode == 4
+        assert "Run `trace-curator db upgrade`" in check.stderr
+    run = cli("run", "--exit-when-idle", "1", env=env)  # creates the SQLite file, as before
     assert run.returncode == 4, run.stderr
     assert "has no trace-curator schema" in run.stderr
 
