@@ -1,10 +1,11 @@
 """``--since``/``--until`` values: a duration back from now (``30m``, ``24h``, ``7d``, ``2w``) or an
 ISO-8601 time (``2026-11-27``, ``2026-11-27T08:00:00Z``; no zone means UTC). Pure: now is given.
 
-Invariants: every time returned lies in [1970-01-01, 9999-12-31T23:59:59.999Z] as epoch ms; a
-window from ``parse_window`` is at most ``MAX_WINDOW_DAYS`` long unless its caller lifts the cap
-(the reports, the live page and ``/api/report`` build one entry per hour, so an unbounded window
-is an unbounded allocation). Any input, however long or odd, gives a result or a ConfigError.
+Invariants: both ends of a window from ``parse_window`` lie in [1970-01-01,
+9999-12-31T23:59:59.999Z] as epoch ms, and the window is at most ``MAX_WINDOW_DAYS`` long unless
+its caller lifts the cap (the reports, the live page and ``/api/report`` build one entry per
+hour, so an unbounded window is an unbounded allocation). Any input, however long or odd, gives
+a result or a ConfigError: never an OverflowError.
 """
 
 from __future__ import annotations
@@ -35,9 +36,14 @@ def _show(text: str) -> str:
 
 
 def parse_time_ms(text: str, now_ms: int) -> int:
-    """``text`` as epoch ms within [``MIN_TIME_MS``, ``MAX_TIME_MS``], or a ConfigError."""
+    """``text`` as epoch ms, or a ConfigError. An ISO time lies in [``MIN_TIME_MS``,
+    ``MAX_TIME_MS``]; a duration is at most ``MAX_TIME_MS`` long, so ``now_ms`` minus it may be
+    before 1970 (``rules test --since 10000w``; a dataset spec checked with ``now_ms`` 0)."""
     ms = _unbounded_ms(text, now_ms)
-    _check_range(text, ms)
+    if not _DURATION.fullmatch(text):
+        _check_range(text, ms)
+    elif now_ms - ms > MAX_TIME_MS:
+        raise ConfigError(f"{_show(text)} is longer than {MAX_TIME_MS // DAY_MS} days")
     return ms
 
 

@@ -1,6 +1,6 @@
 """The window parser's bounds: every window is at most ``MAX_WINDOW_DAYS`` (accepted at the cap,
-refused past it), every time lies in [1970, 9999], and no input raises anything but ConfigError
-(no OverflowError, no ValueError from float or datetime)."""
+refused past it), both its ends lie in [1970, 9999], an ISO time does too, and no input raises
+anything but ConfigError (no OverflowError, no ValueError from float or datetime)."""
 
 from __future__ import annotations
 
@@ -65,6 +65,14 @@ def test_hostile_times_are_config_errors(text: str) -> None:
     assert len(str(info.value)) < 400  # the message quotes at most a short prefix
 
 
+def test_a_duration_alone_may_reach_before_1970_but_not_without_bound() -> None:
+    # ``rules test --since 10000w`` (all stored traces), and dataset specs checked with now 0.
+    assert parse_time_ms("10000w", NOW_MS) == NOW_MS - 10000 * 604_800_000
+    assert parse_time_ms("7d", 0) == -7 * DAY_MS
+    with pytest.raises(ConfigError, match="longer than"):
+        parse_time_ms("999999999999999w", NOW_MS)
+
+
 def test_the_time_bounds_are_inclusive() -> None:
     assert parse_time_ms("1970-01-01", NOW_MS) == 0
     assert parse_time_ms("9999-12-31T23:59:59.999Z", NOW_MS) == MAX_TIME_MS
@@ -77,7 +85,7 @@ def test_any_text_is_a_time_in_bounds_or_a_config_error(text: str) -> None:
         ms = parse_time_ms(text, NOW_MS)
     except ConfigError:
         return
-    assert 0 <= ms <= MAX_TIME_MS
+    assert NOW_MS - MAX_TIME_MS <= ms <= MAX_TIME_MS
 
 
 @given(st.from_regex(r"\A[0-9]{1,30}(\.[0-9]{1,30})?[smhdw]\Z"),
