@@ -336,7 +336,7 @@ class MlflowSource:
         except Exception as exc:  # MLflow's client and the DB driver raise many types
             if is_transient(exc):
                 raise TransientError(
-                    redact(f"mlflow polling: {type(exc).__name__}: {exc}")[:500]) from exc
+                    redact(f"mlflow polling: {type(exc).__name__}: {exc}", 500)) from exc
             raise
 
     def _read_page(self, scan: Scan, page_size: int) -> list[RawRecord]:

@@ -31,8 +31,9 @@ def _mask_userinfo(m: re.Match[str]) -> str:
     return f"{m.group('scheme')}{masked}@"
 
 
-def redact(text: str) -> str:
-    """``text`` with URL credentials, bearer tokens and secret query parameters masked."""
+def redact(text: str, max_chars: int | None = None) -> str:
+    """``text`` with URL credentials, bearer tokens and secret query parameters masked, then
+    cut to ``max_chars`` (masking first, so a cut never leaves half a credential behind)."""
     if "@" in text:
         text = _USERINFO.sub(_mask_userinfo, text)
     lowered = text.lower()
@@ -40,4 +41,4 @@ def redact(text: str) -> str:
         text = _BEARER.sub(lambda m: f"{m.group('kind')}{m.group('sep')}{MASK}", text)
     if "=" in text:
         text = _SECRET_PARAM.sub(lambda m: f"{m.group('key')}{MASK}", text)
-    return text
+    return text if max_chars is None else text[:max_chars]

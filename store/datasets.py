@@ -16,6 +16,7 @@ import orjson
 from sqlalchemy import Connection, and_, func, select, update
 
 from consumers.events import TraceView
+from consumers.redact import redact
 from store import dialect
 from store.decisions import VIEW_COLUMNS, row_view
 from store.models import (
@@ -175,7 +176,7 @@ def mark_done(conn: Connection, dataset: str, version: int, now_ms: int) -> None
 def mark_failed(conn: Connection, dataset: str, version: int, error: str) -> None:
     v = VERSIONS
     conn.execute(update(v).where(v.c.dataset == dataset, v.c.version == version)
-                 .values(attempts=v.c.attempts + 1, last_error=error[:2000]))
+                 .values(attempts=v.c.attempts + 1, last_error=redact(error, 2000)))
 
 
 def versions(conn: Connection, dataset: str | None = None) -> list[VersionRow]:

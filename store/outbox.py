@@ -59,7 +59,7 @@ def reschedule(conn: Connection, row: OutboxRow, next_attempt_ms: int, error: st
     conn.execute(update(o).where(and_(o.c.trace_id == row.trace_id,
                                       o.c.tag_key == row.tag_key, o.c.digest == row.digest))
                  .values(attempts=row.attempts + 1, next_attempt_ms=next_attempt_ms,
-                         last_error=redact(error)[:1000], waiting_for_trace=waiting_for_trace))
+                         last_error=redact(error, 1000), waiting_for_trace=waiting_for_trace))
 
 
 def stats(conn: Connection) -> OutboxStats:

@@ -29,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from consumers.redact import redact
 from store import datasets as ds
 from store.leader import LeaderLock
 from worker.curation import (
@@ -97,7 +98,7 @@ class Curator:
             try:
                 result = self.curate(spec)
             except Exception as exc:  # a bug or an outage in one dataset: log, go on
-                error = f"{type(exc).__name__}: {str(exc).strip()[:500]}"
+                error = redact(f"{type(exc).__name__}: {str(exc).strip()}", 500)
                 logger.exception("curation %s: cycle failed error=%s", spec.name, error)
                 result = CycleResult(spec.name, None, 0, 0, "failed", error)
             else:
@@ -180,7 +181,7 @@ class Curator:
         try:
             new_id = self.sinks[spec.name].merge(spec.name, sink_id, records, version, digest)
         except Exception as exc:  # any failure: the version stays pending, retried next cycle
-            error = f"{type(exc).__name__}: {str(exc).strip()[:500]}"
+            error = redact(f"{type(exc).__name__}: {str(exc).strip()}", 500)
             logger.warning("curation %s: merge of version %d failed, retrying next cycle "
                            "error=%s", spec.name, version, error)
             with self.engine.begin() as conn:

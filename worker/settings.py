@@ -31,6 +31,7 @@ from pydantic_settings import (
 )
 
 from consumers.errors import ConfigError
+from consumers.redact import redact
 from worker.yaml_files import cut, load_yaml_file
 
 ENV_PREFIX = "TRACE_CURATOR_"
@@ -188,9 +189,9 @@ class Settings(BaseSettings):
         out: dict[str, Any] = {}
         for name, value in self:
             if name == "store_url":
-                out[name] = _mask_url(self.store_url_plain)
+                out[name] = redact(self.store_url_plain)
             elif name == "mlflow_tracking_uri" and value:
-                out[name] = _mask_http_url(str(value))
+                out[name] = redact(str(value))
             elif isinstance(value, SecretStr):
                 out[name] = "**********"
             else:
@@ -228,27 +229,6 @@ class YamlFileSettingsSource(InitSettingsSource):
 # The --config file's mapping while load_settings builds a Settings (a class-level hook:
 # pydantic-settings calls settings_customise_sources without instance state).
 _CONFIG_FILE: dict[str, dict[str, Any]] = {}
-
-
-def _mask_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # an unparsable URL still must not leak
-        return "**********"
-
-
-def _mask_http_url(url: str) -> str:
-    """``http://user:pw@host`` -> ``http://user:***@host``; other URLs unchanged."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _secret_files(env: Any, overrides: dict[str, Any]) -> dict[str, Any]:

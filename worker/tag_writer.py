@@ -25,6 +25,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from consumers.errors import CuratorError, TransientError
 from consumers.mlflow_source import is_transient
+from consumers.redact import redact
 from store import outbox
 from store.leader import LeaderLock
 from store.outbox import OutboxRow, OutboxStats
@@ -74,10 +75,10 @@ class MlflowTagSink:
             if missing_is_done and exc.error_code == "RESOURCE_DOES_NOT_EXIST":
                 return  # the tag is already absent: the goal of a delete
             if is_transient(exc):
-                raise TransientError(f"MLflow {status}: {str(exc)[:300]}") from exc
-            raise TagRefusedError(f"MLflow {status}: {str(exc)[:300]}") from exc
+                raise TransientError(redact(f"MLflow {status}: {exc}", 300)) from exc
+            raise TagRefusedError(redact(f"MLflow {status}: {exc}", 300)) from exc
         except OSError as exc:  # requests' connection errors derive from it
-            raise TransientError(f"MLflow unreachable: {exc!r}"[:300]) from exc
+            raise TransientError(redact(f"MLflow unreachable: {exc!r}", 300)) from exc
 
 
 class TagWriter:
