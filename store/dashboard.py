@@ -39,7 +39,7 @@ from store.rollup import HOUR_MS, SCALAR_NAMES, floor_to
 
 DAY_MS = 86_400_000
 HOURLY_MAX_DAYS = 14  # longer windows are charted per day
-MAX_WINDOW_DAYS = 800  # the hour buckets' default retention is 730 days
+MAX_WINDOW_DAYS = 800  # the hour buckets' default retention is 730 days; = worker.timeparse's cap
 PREVIEW_CHARS = 120
 EXAMPLES_PER_VALUE = 3
 LATEST_DEAD_LETTERS = 5

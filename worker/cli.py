@@ -28,6 +28,7 @@ from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 
 from consumers.errors import ConfigError, SchemaOutOfDateError, TransientError
+from consumers.redact import redact
 from store import schema
 from worker import rules_view
 from worker.exit_codes import (
@@ -40,7 +41,7 @@ from worker.exit_codes import (
 )
 from worker.logs import setup_logging
 from worker.settings import Settings, describe_settings, load_settings
-from worker.timeparse import parse_time_ms, parse_window
+from worker.timeparse import MAX_WINDOW_DAYS, parse_time_ms, parse_window
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +168,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from worker.backfill import ProgressReporter
 
     now_ms = int(time.time() * 1000)
-    since_ms, until_ms = _window(args, now_ms)
+    # A backfill streams page by page: its window needs no cap, only the 1970-9999 bounds.
+    since_ms, until_ms = _window(args, now_ms, max_days=None)
     settings = _settings(args)
     if not settings.mlflow_tracking_uri:
         raise CliError("backfill reads an MLflow server: set TRACE_CURATOR_MLFLOW_TRACKING_URI "
@@ -198,10 +200,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _window(args: argparse.Namespace, now_ms: int) -> tuple[int, int]:
+def _window(args: argparse.Namespace, now_ms: int,
+            max_days: int | None = MAX_WINDOW_DAYS) -> tuple[int, int]:
     """``--since`` / ``--until`` as epoch ms, or a CliError that says what is wrong."""
     try:
-        return parse_window(args.since, args.until, now_ms, ("--since", "--until"))
+        return parse_window(args.since, args.until, now_ms, ("--since", "--until"),
+                            max_days=max_days)
     except ConfigError as exc:
         raise CliError(str(exc), EXIT_CONFIG) from None
 
@@ -240,7 +244,7 @@ def _output_format(args: argparse.Namespace, by_suffix: dict[str, str], default:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from store.dashboard import DAY_MS, MAX_WINDOW_DAYS, gather
+    from store.dashboard import gather
     from store.report import summary
     from worker.output_files import write_text
     from worker.report_format import FORMATS
@@ -249,9 +253,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     fmt = _output_format(args, REPORT_SUFFIXES, "table")
     now_ms = int(time.time() * 1000)
     since_ms, until_ms = _window(args, now_ms)
-    if fmt == "html" and until_ms - since_ms > MAX_WINDOW_DAYS * DAY_MS:
-        raise CliError(f"--format html charts at most {MAX_WINDOW_DAYS} days: use a shorter "
-                       "--since/--until", EXIT_CONFIG)
     settings, engine = _current_store(args)
     try:
         if fmt == "html":  # the page needs more than the summary (store.dashboard)
@@ -308,7 +309,8 @@ def cmd_curate(args: argparse.Namespace) -> int:
         results = curator.run_cycle()
         for r in results:
             print(r.line())
-        return EXIT_FAILURE if any(r.state == "pending" for r in results) else EXIT_OK
+        return EXIT_FAILURE if any(r.state in ("pending", "failed") for r in results) \
+            else EXIT_OK
     stop = threading.Event()
     _install_signals(stop, settings.shutdown_timeout_s)
     thread = CuratorThread(curator, settings.curate_interval_s, engine)
@@ -373,7 +375,7 @@ def cmd_datasets_show(args: argparse.Namespace) -> int:
     print(f"  digest    {v.digest}")
     print("  rules     " + ", ".join(f"{k} {n}" for k, n in sorted(v.rule_mix.items())))
     if v.last_error:
-        print(f"  last error {v.last_error} (attempts {v.attempts})")
+        print(f"  last error {redact(v.last_error)} (attempts {v.attempts})")
     for rec in added[:args.limit]:
         tags = rec.get("tags", {})
         print(f"  - {tags.get('trace_curator.source_trace_id')} "
@@ -739,7 +741,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except CliError as exc:
-        print(f"trace-curator: error: {exc}", file=sys.stderr)
+        print(f"trace-curator: error: {redact(str(exc))}", file=sys.stderr)
         return exc.code
     return code
 

@@ -96,3 +96,12 @@ def test_any_duration_window_is_bounded_or_a_config_error(since: str, until: str
     except ConfigError:
         return
     assert 0 <= since_ms < until_ms <= NOW_MS and until_ms - since_ms <= MAX_WINDOW_MS
+
+
+def test_the_store_dashboard_guard_uses_the_same_cap() -> None:
+    """``store.dashboard.gather`` keeps its own guard for Python callers (the store cannot
+    import the worker); it must be the cap the CLI and the routes enforce."""
+    from store import dashboard
+    from worker import timeparse
+
+    assert dashboard.MAX_WINDOW_DAYS == timeparse.MAX_WINDOW_DAYS
