@@ -2,7 +2,8 @@
 #
 # trace-curator worker image: a builder stage installs the package into a venv, and the final
 # stage copies only that venv onto a clean python:3.12-slim and runs as a fixed non-root uid.
-# Python 3.12 on purpose: current databricks-connect releases need ==3.12.* (see FACTS.md), so
+# Python 3.12 on purpose: current databricks-connect releases need ==3.12.*
+# (docs/platform-notes.md), so
 # `pip install '.[databricks]'` in a derived image gets a current release.
 #
 #   docker build -t trace-curator .

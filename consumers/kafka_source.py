@@ -135,7 +135,8 @@ class KafkaSource:
             return False
 
     def lag(self) -> dict[tuple[str, int], int]:
-        """Per assigned partition: highwater - committed (see FACTS.md: end_offsets is wrong)."""
+        """Per assigned partition: highwater - committed (end_offsets is wrong on tansu, see
+        docs/platform-notes.md)."""
         out: dict[tuple[str, int], int] = {}
         for tp in self._consumer.assignment():
             high = self._consumer.highwater(tp)
@@ -152,9 +153,10 @@ class KafkaSource:
 class KafkaDeadLetterSink:
     """Publishes dead letters to ``<origin topic>.dlq`` with their provenance in headers.
 
-    The idempotent producer fails for good after a broker restart (FACTS.md), so this one is
-    not idempotent and is re-created after a fatal error. Duplicates on the DLQ topic after a
-    crash are possible (at-least-once); the ``dead_letters`` table holds each origin once.
+    The idempotent producer fails for good after a broker restart (docs/platform-notes.md), so
+    this one is not idempotent and is re-created after a fatal error. Duplicates on the DLQ
+    topic after a crash are possible (at-least-once); the ``dead_letters`` table holds each
+    origin once.
     """
 
     def __init__(self, client: KafkaClientConfig, *, max_payload_bytes: int) -> None:

@@ -1,6 +1,6 @@
 """Curated datasets in SQL: candidate selection, the version ledger, and record membership.
 
-Invariant (DESIGN.md 4): a version and its records are written ``pending`` in one transaction
+Invariant 4 (docs/design.md): a version and its records are written ``pending`` in one transaction
 *before* the sink is called, and the version becomes ``done`` only after the sink confirmed
 the merge. A crash between the two leaves a pending version whose exact records the next cycle
 merges again (sinks are idempotent by inputs hash), so a record is never added twice, and

@@ -1,6 +1,6 @@
 """Rule decisions inside the batch transaction: evaluate, log, and queue tags for write-back.
 
-``decide_batch`` runs after a batch's upserts and before its commit (DESIGN.md invariant 3):
+``decide_batch`` runs after a batch's upserts and before its commit (invariant 3 in docs/design.md):
   1. a trace's view is its most complete version: the stored row read *before* the upsert
      (``prior_versions``), unless the batch brought a strictly more complete one;
   2. traces touched only by assessments are read from the store (a trace not stored yet is

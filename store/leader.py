@@ -1,4 +1,5 @@
-"""One leader per job across workers: a PostgreSQL session advisory lock (DESIGN.md invariant 6).
+"""One leader per job across workers: a PostgreSQL session advisory lock (invariant 6,
+docs/design.md).
 
 ``LeaderLock.ensure()`` takes the lock without waiting, on a connection of its own that it keeps
 while it leads; it checks that connection on every call, so a leader whose database session died

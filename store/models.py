@@ -243,7 +243,7 @@ class Dataset(Base):
 
 
 class DatasetVersion(Base):
-    """The version ledger (DESIGN.md invariant 4). A version is written ``pending`` with its
+    """The version ledger (invariant 4 in docs/design.md). A version is written ``pending`` with its
     records before the sink is called, and becomes ``done`` only after the sink confirmed."""
 
     __tablename__ = "dataset_versions"

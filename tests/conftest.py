@@ -26,7 +26,8 @@ from worker.settings import Settings
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_ADMIN_DSN = os.environ.get("TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
-# Consumer-group timings for a fast test broker (FACTS.md): a join takes ~session_timeout/2.
+# Consumer-group timings for a fast test broker: a join takes ~session_timeout/2
+# (docs/platform-notes.md).
 FAST_KAFKA = {"kafka_session_timeout_ms": 2000, "kafka_heartbeat_interval_ms": 500,
               "kafka_reconnect_backoff_max_ms": 1000, "poll_timeout_ms": 200}
 

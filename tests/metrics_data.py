@@ -1,7 +1,8 @@
 """Synthetic LLM-app traffic for metric tests and benchmarks, in the wire formats we accept.
 
-Traces are flat rows (DESIGN.md), with a lognormal latency, ~8% errors, spans of four types,
-token usage in ``mlflow.trace.tokenUsage``, and an ``environment`` tag. Feedback comes as real
+Traces are flat rows (the README's event formats), with a lognormal latency, ~8% errors,
+spans of four types, token usage in ``mlflow.trace.tokenUsage``, and an ``environment`` tag.
+Feedback comes as real
 ``Assessment.to_dictionary()`` documents (numeric, bool, yes/no). Deterministic per seed.
 """
 

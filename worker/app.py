@@ -54,8 +54,9 @@ def create_tag_writer(settings: Settings, engine: Engine) -> TagWriter | None:
 
 
 def configure_mlflow_client(settings: Settings) -> None:
-    """MLflow's client retries one 500 for about 4 minutes by default (FACTS.md); the worker
-    retries on its own terms, so MLflow's own retries are turned off and calls time out fast.
+    """MLflow's client retries one 500 for about 4 minutes by default (docs/platform-notes.md);
+    the worker retries on its own terms, so MLflow's own retries are turned off and calls time
+    out fast.
     MLflow reads these from the environment, so that is where they are set."""
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(settings.mlflow_request_timeout_s)

@@ -1,6 +1,6 @@
 """The curator: each cycle merges new tagged candidates into every dataset as a new version.
 
-Per dataset, a cycle is (DESIGN.md invariant 4):
+Per dataset, a cycle is (invariant 4 in docs/design.md):
   1. finish a pending version first: merge exactly its stored records again, then mark it done;
   2. select candidates that are neither in the dataset nor skipped by it, and apply the spec's
      selection (environment, extra filter);

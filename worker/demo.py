@@ -130,8 +130,9 @@ def _demo(args: argparse.Namespace, bootstrap_servers: str | None, folder: Path,
         create_topics(bootstrap_servers)
     store_url = prepare_store(folder)
     mlflow_uri = f"sqlite:///{folder / 'mlflow.db'}"
-    # Synchronous export: the async queue silently drops traces in bursts (FACTS.md). The
-    # exporter reads this variable when the first span after set_tracking_uri creates it.
+    # Synchronous export: the async queue silently drops traces in bursts
+    # (docs/platform-notes.md). The exporter reads this variable when the first span after
+    # set_tracking_uri creates it.
     with _env("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "false"):
         experiment_id = prepare_mlflow(folder, mlflow_uri)
         settings = demo_settings(store_url, bootstrap_servers, mlflow_uri,

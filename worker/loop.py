@@ -1,6 +1,6 @@
 """The worker loop: poll -> (maybe) maintain -> decode -> store -> checkpoint, one batch at a time.
 
-Checkpoint order is the invariant (DESIGN.md 1 and 5):
+Checkpoint order is the invariant (docs/design.md, invariants 1 and 5):
   1. publish and flush the batch's dead letters to ``<topic>.dlq``;
   2. commit the SQL transaction that upserts the batch, its dead-letter rows, its rule
      decisions (decision log, current tags, write-back outbox) and its metric bucket deltas;

@@ -2,8 +2,8 @@
 
 The table is meant to be read at a glance in a terminal: headline figures first, then volume as
 a bar chart (per hour for windows up to two days, per day beyond), span types, assessments,
-candidates and, with ``--by``, one line per group. JSON carries the DESIGN.md keys; CSV has one
-row per group (the overall figures when there are no groups).
+candidates and, with ``--by``, one line per group. JSON carries the classic analysis
+keys; CSV has one row per group (the overall figures when there are no groups).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The tag writer: a worker thread that drains the outbox into MLflow (DESIGN.md invariant 3).
+"""The tag writer: a worker thread that drains the outbox into MLflow (invariant 3,
+docs/design.md).
 
 Each round takes the rows that are due, sends them with bounded concurrency
 (``set_trace_tag`` / ``delete_trace_tag``; one call per tag, MLflow has no batch API), and then,
@@ -51,7 +52,7 @@ class TagSink(Protocol):
 
 class MlflowTagSink:
     """``MlflowClient`` with MLflow's own retries off (one 500 would block a call for minutes,
-    FACTS.md); errors are sorted into TransientError and TagRefusedError."""
+    docs/platform-notes.md); errors are sorted into TransientError and TagRefusedError."""
 
     def __init__(self, tracking_uri: str | None) -> None:
         from mlflow import MlflowClient

@@ -71,7 +71,8 @@ def browser() -> Iterator[Any]:
     except ImportError:
         service_missing("playwright is not installed (pip install -e '.[test]')")
     with sync_playwright() as p:
-        # The Debian binary: `playwright install` cannot download a browser here (FACTS.md).
+        # The Debian binary: `playwright install` cannot download a browser here
+        # (docs/platform-notes.md).
         b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield b
         b.close()

@@ -1,4 +1,4 @@
-"""kill -9 at random points, restart, exact totals (DESIGN.md invariant 1), on both stores.
+"""kill -9 at random points, restart, exact totals (invariant 1 in docs/design.md), on both stores.
 
 5,000 trace events (duplicates, IN_PROGRESS versions before and after the finished trace) and
 2,000 assessment events (duplicates, older versions after newer ones, overrides before what they
@@ -112,7 +112,7 @@ def assert_exact(engine: Any, settings: Any, traces: list[Any], assessments: lis
     admin.close()
     assert sum(o.offset for o in committed.values()) == len(traces) + len(assessments)
 
-    # Metric buckets (DESIGN.md invariant 2): after the kills and redeliveries they hold each
+    # Metric buckets (invariant 2, docs/design.md): after the kills and redeliveries they hold each
     # trace once, in its final version: exactly what a recomputation from the raw rows gives.
     buckets = bucket_snapshot(engine)
     assert sum(r[5] for r in buckets["hour"] if r[1] == 2) == len(finals)  # rollup 2 traces

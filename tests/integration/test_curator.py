@@ -1,5 +1,5 @@
 """The curator on both backends with the files sink: versions, dedupe, skips, exports, and a
-failed merge retried without duplicates (DESIGN.md invariant 4)."""
+failed merge retried without duplicates (invariant 4 in docs/design.md)."""
 
 from __future__ import annotations
 

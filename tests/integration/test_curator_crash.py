@@ -1,5 +1,5 @@
 """kill -9 the curator in the middle of an MLflow merge, restart it: the dataset holds each record
-once and the ledger is consistent (DESIGN.md invariant 4).
+once and the ledger is consistent (invariant 4 in docs/design.md).
 
 Thousands of ERROR traces are written straight into the store, so the merge into the real MLflow
 server takes seconds (``merge_records`` in batches of 500). ``trace-curator curate --once`` runs

@@ -2,7 +2,8 @@
 assessments flow through the broker and the worker, ``trace-curator curate --once`` merges the
 tagged candidates into an MLflow evaluation dataset, and ``mlflow.genai.datasets`` finds exactly
 the records our version ledger holds. A second cycle adds version 2 with only the new records,
-and ``datasets export NAME --version 1`` still gives exactly version 1 (DESIGN.md invariant 4).
+and ``datasets export NAME --version 1`` still gives exactly version 1
+(invariant 4 in docs/design.md).
 """
 
 from __future__ import annotations

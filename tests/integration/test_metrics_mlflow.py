@@ -46,7 +46,7 @@ pytestmark = [
 ]
 
 N_TRACES = 240
-BATCH = 48  # modest bursts: the SDK's async export drops spans in big ones (FACTS.md)
+BATCH = 48  # modest bursts: the SDK's async export drops spans in big ones (docs/platform-notes.md)
 ERROR_RATE = 0.15
 MINUTE, HOUR = 60_000, 3_600_000
 

@@ -1,4 +1,4 @@
-"""Poison never blocks (DESIGN.md invariant 5), on the real broker and both stores.
+"""Poison never blocks (invariant 5 in docs/design.md), on the real broker and both stores.
 
 Malformed records are interleaved with valid ones. Every valid record is stored, every malformed
 one becomes a ``dead_letters`` row and a record on ``<topic>.dlq`` whose headers carry the

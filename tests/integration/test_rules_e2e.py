@@ -1,8 +1,8 @@
 """Rules end to end: real traces on a real MLflow server, published to the real broker, decided
 by the worker, and tagged back on the traces in MLflow, where the classic searches find them.
 
-Covers DESIGN.md invariant 3 (tags are never lost) through an MLflow outage and a kill -9 of the
-worker during write-back.
+Covers invariant 3 of docs/design.md (tags are never lost) through an MLflow outage and a
+kill -9 of the worker during write-back.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""Two worker processes in one consumer group on the real broker and PostgreSQL (DESIGN.md
-invariant 6): the second joins mid-run (a rebalance), either one is killed with SIGKILL, and the
-store is still exact; the tag writer and the curator have one leader, and when that worker is
-killed the other takes both jobs over (seen on its ``/metrics``) and nothing is lost or doubled.
+"""Two worker processes in one consumer group on the real broker and PostgreSQL (invariant 6
+of docs/design.md): the second joins mid-run (a rebalance), either one is killed with SIGKILL,
+and the store is still exact; the tag writer and the curator have one leader, and when that
+worker is killed the other takes both jobs over (seen on its ``/metrics``) and nothing is lost
+or doubled.
 """
 
 from __future__ import annotations
