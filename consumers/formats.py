@@ -1,11 +1,15 @@
 """Wire bytes -> typed events. Pure: no I/O, no clock, no Kafka, no SQL.
 
-Trace topic values are UTF-8 JSON in one of three forms (see DESIGN.md): MLflow trace JSON
+Trace topic values are UTF-8 JSON in one of three forms (README, Event formats): MLflow trace JSON
 (``Trace.to_json()``), trace info JSON (``TraceInfo.to_dict()``), or the flat trace row. Assessment
 topic values are ``Assessment.to_dictionary()`` JSON. Every other input raises ``DecodeError`` whose
 message names the field and the problem; decoders never raise anything else, whatever the bytes
 (a Hypothesis test holds them to that). ``request``/``response`` are kept as the JSON text MLflow
 already produced, so the hot path never re-serializes them.
+
+Whatever an event holds, the store can write, on SQLite and PostgreSQL alike: times lie in years
+1970..9999 (epoch ms, span ns), counts (durations, tokens, the computed total) within int64,
+JSON values at most ``MAX_JSON_DEPTH`` levels deep, and text goes to text columns without NUL.
 """
 
 from __future__ import annotations
@@ -31,7 +35,14 @@ from consumers.events import (
 )
 
 MAX_ID_CHARS = 256
-_MAX_INT = 2**62
+INT64_MAX = 2**63 - 1  # what a BIGINT column holds
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+# The last nanosecond of year 9999. Numbers above 2**64 reach us as floats (orjson's rule), so
+# the bound holds to a float's precision there.
+MAX_TIME_NS = MAX_TIME_MS * 1_000_000 + 999_999
+MAX_JSON_DEPTH = 254  # orjson reads 1,024 levels of nesting, but writes only 254
+_BOUND_NAMES = {INT64_MAX: "the int64 maximum", MAX_TIME_MS: "9999-12-31T23:59:59.999Z",
+                MAX_TIME_NS: "the end of year 9999"}
 TOKEN_USAGE_KEY = "mlflow.trace.tokenUsage"  # noqa: S105 - a metadata key, not a secret
 TRACE_NAME_TAG = "mlflow.traceName"
 _SPAN_STATUS = {"STATUS_CODE_OK": "OK", "STATUS_CODE_ERROR": "ERROR",
@@ -90,7 +101,8 @@ def _id(d: Mapping[str, Any], key: str, path: str = "") -> str:
 
 
 def _int(d: Mapping[str, Any], key: str, path: str, *, required: bool,
-         minimum: int | None = 0) -> int | None:
+         maximum: int = INT64_MAX) -> int | None:
+    """A number in ``[0, maximum]`` (``INT64_MAX``, ``MAX_TIME_MS`` or ``MAX_TIME_NS``)."""
     v = d.get(key)
     if v is None:
         if required:
@@ -100,29 +112,35 @@ def _int(d: Mapping[str, Any], key: str, path: str, *, required: bool,
             isinstance(v, float) and not math.isfinite(v)):
         raise DecodeError(f"expected a number, got {type(v).__name__}", f"{path}{key}")
     iv = int(v)
-    if minimum is not None and iv < minimum:
-        raise DecodeError(f"must be >= {minimum}, got {v}", f"{path}{key}")
-    if iv > _MAX_INT:
-        raise DecodeError(f"out of range: {v}", f"{path}{key}")
+    if iv < 0:
+        raise DecodeError(f"must be >= 0, got {v}", f"{path}{key}")
+    if iv > maximum:
+        raise _out_of_range(v, maximum, f"{path}{key}")
     return iv
 
 
+def _out_of_range(v: Any, maximum: int, field: str) -> DecodeError:
+    return DecodeError(f"out of range: {v} > {maximum} ({_BOUND_NAMES.get(maximum, 'max')})",
+                       field)
+
+
 def _str_map(d: Mapping[str, Any], key: str, path: str) -> dict[str, str]:
-    """A string -> string mapping; scalar values are stringified, nested values rejected."""
+    """A string -> string mapping; scalar values are stringified, nested values rejected. A NUL
+    in a value becomes U+FFFD: a tag's value can become a text column (the metrics dimension)."""
     v = d.get(key)
     if v is None:
         return {}
     if not isinstance(v, dict):
         raise DecodeError(f"expected an object, got {type(v).__name__}", f"{path}{key}")
-    for item in v.values():  # the common case, all strings: no copy
-        if type(item) is not str:
+    for item in v.values():  # the common case, all clean strings: no copy
+        if type(item) is not str or "\x00" in item:
             break
     else:
         return v
     out: dict[str, str] = {}
     for k, item in v.items():
         if isinstance(item, str):
-            out[k] = item
+            out[k] = _clean(item)
         elif isinstance(item, bool | int | float):
             out[k] = orjson.dumps(item).decode()
         elif item is None:
@@ -153,8 +171,11 @@ def _time_ms(d: Mapping[str, Any], key: str, path: str, *, required: bool) -> in
             raise DecodeError(f"time out of range: {v[:40]!r}", f"{path}{key}") from None
         if ms < 0:
             raise DecodeError(f"before 1970: {v[:40]!r}", f"{path}{key}")
+        if ms > MAX_TIME_MS:  # year 9999 with a negative offset is year 10000 in UTC
+            raise DecodeError(f"out of range: {v[:40]!r} is after 9999-12-31T23:59:59.999Z",
+                              f"{path}{key}")
         return ms
-    return _int(d, key, path, required=required)
+    return _int(d, key, path, required=required, maximum=MAX_TIME_MS)
 
 
 def parse_json_text(text: str | None) -> Any:
@@ -179,9 +200,17 @@ def _json_text(v: Any, field: str) -> str | None:
                 return v
             except orjson.JSONDecodeError:
                 pass
+    return _dumps(v, field).decode()
+
+
+def _dumps(v: Any, field: str) -> bytes:
+    """``v`` as the store will encode it. A parsed value can fail only by its depth: orjson
+    reads 1,024 levels of nesting but writes ``MAX_JSON_DEPTH``."""
     try:
-        return orjson.dumps(v).decode()
-    except orjson.JSONEncodeError as exc:  # orjson reads 1,024 levels of nesting, writes 255
+        return orjson.dumps(v)
+    except orjson.JSONEncodeError as exc:
+        if "Recursion limit" in str(exc):
+            raise DecodeError(f"nested deeper than {MAX_JSON_DEPTH} levels", field) from None
         raise DecodeError(f"not JSON-serializable ({exc})", field) from None
 
 
@@ -201,6 +230,9 @@ def _token_usage(metadata: Mapping[str, str]) -> tuple[int | None, int | None, i
     total = _int(usage, "total_tokens", path, required=False)
     if total is None and (inp is not None or out is not None):
         total = (inp or 0) + (out or 0)
+        if total > INT64_MAX:
+            raise _out_of_range(f"input_tokens + output_tokens = {total}", INT64_MAX,
+                                f"{path}total_tokens")
     return inp, out, total
 
 
@@ -227,8 +259,8 @@ def _mlflow_spans(spans: Any) -> tuple[tuple[SpanSummary, ...], dict[str, Any] |
             raise DecodeError(f"expected an object, got {type(s).__name__}", f"data.spans[{i}]")
         attrs = s.get("attributes") or {}
         start, end, name = s.get("start_time_unix_nano"), s.get("end_time_unix_nano"), s.get("name")
-        if not (type(attrs) is dict and type(start) is int and 0 <= start <= _MAX_INT
-                and (end is None or (type(end) is int and 0 <= end <= _MAX_INT))
+        if not (type(attrs) is dict and type(start) is int and 0 <= start <= MAX_TIME_NS
+                and (end is None or (type(end) is int and 0 <= end <= MAX_TIME_NS))
                 and (name is None or type(name) is str)):
             start, end, name = _slow_span_fields(s, i)
         if root is None and s.get("parent_span_id") is None:
@@ -256,9 +288,9 @@ def _slow_span_fields(s: Mapping[str, Any], i: int) -> tuple[int, int | None, st
     path = f"data.spans[{i}]."
     if not isinstance(s.get("attributes") or {}, dict):
         raise DecodeError("expected an object", f"{path}attributes")
-    start = _int(s, "start_time_unix_nano", path, required=True)
+    start = _int(s, "start_time_unix_nano", path, required=True, maximum=MAX_TIME_NS)
     assert start is not None
-    return (start, _int(s, "end_time_unix_nano", path, required=False),
+    return (start, _int(s, "end_time_unix_nano", path, required=False, maximum=MAX_TIME_NS),
             _str(s, "name", path, required=False))
 
 
@@ -272,8 +304,8 @@ def _flat_spans(spans: Any) -> tuple[SpanSummary, ...]:
         path = f"spans[{i}]."
         if not isinstance(s, dict):
             raise DecodeError(f"expected an object, got {type(s).__name__}", path[:-1])
-        start = _int(s, "start_time_ns", path, required=True)
-        end = _int(s, "end_time_ns", path, required=False)
+        start = _int(s, "start_time_ns", path, required=True, maximum=MAX_TIME_NS)
+        end = _int(s, "end_time_ns", path, required=False, maximum=MAX_TIME_NS)
         if end is None:
             continue
         assert start is not None
@@ -317,8 +349,9 @@ def _from_trace_info(info: Mapping[str, Any], path: str, prov: Provenance,
         attrs = root.get("attributes") or {}
         request = attrs.get("mlflow.spanInputs") if isinstance(attrs, dict) else None
         response = attrs.get("mlflow.spanOutputs") if isinstance(attrs, dict) else None
-        request = request if isinstance(request, str) else None
-        response = response if isinstance(response, str) else None
+        # Text columns: SQLite would keep a NUL that PostgreSQL refuses.
+        request = _clean(request) if isinstance(request, str) else None
+        response = _clean(response) if isinstance(response, str) else None
     if request is None:
         request = metadata.get("mlflow.traceInputs") or _str(info, "request_preview", path,
                                                               required=False)
@@ -350,7 +383,7 @@ def _from_trace_json(obj: Mapping[str, Any], prov: Provenance) -> TraceEvent:
 def _from_flat(obj: Mapping[str, Any], prov: Provenance) -> TraceEvent:
     trace_id = _id(obj, "trace_id")
     status = _status(obj.get("status"), "status")
-    timestamp_ms = _int(obj, "timestamp_ms", "", required=True)
+    timestamp_ms = _int(obj, "timestamp_ms", "", required=True, maximum=MAX_TIME_MS)
     assert timestamp_ms is not None
     execution_ms = _int(obj, "execution_time_ms", "", required=False)
     tags = _str_map(obj, "tags", "")
@@ -428,13 +461,17 @@ def decode_assessment(value: bytes | None, prov: Provenance, max_bytes: int) -> 
         raise DecodeError(f"expected an object, got {type(body).__name__}", kind)
     val = body.get("value")
     serialized = body.get("serialized_value")
+    value_field = "feedback.value" if fb is not None else "expectation.value"
     if val is None and kind == "expectation" and isinstance(serialized, dict):
         # MLflow's to_dictionary() form of list and dict expectations (expected_facts, ...):
         # {"serialized_value": {"serialization_format": "JSON_FORMAT", "value": "<JSON>"}}
+        value_field = "expectation.serialized_value.value"
         try:
             val = orjson.loads(serialized.get("value") or "null")
         except (orjson.JSONDecodeError, TypeError):
-            raise DecodeError("is not JSON", "expectation.serialized_value.value") from None
+            raise DecodeError("is not JSON", value_field) from None
+    if type(val) is dict or type(val) is list:  # a scalar always encodes
+        _dumps(val, value_field)
     error: str | None = None
     err = body.get("error")
     if isinstance(err, dict):
@@ -477,12 +514,14 @@ def decode_assessment(value: bytes | None, prov: Provenance, max_bytes: int) -> 
 
 def dead_letter(raw: RawRecord, exc: BaseException, now_ms: int,
                 max_payload_bytes: int) -> DeadLetter:
-    """The dead letter for a record that failed to decode; the payload is cut to a bound."""
+    """The dead letter for a record that failed to decode; the payload is cut to a bound. The
+    error may quote the record (a key with a NUL): its text is cleaned as names are, or
+    PostgreSQL would refuse the dead letter itself."""
     payload = raw.value or b""
     tb_text = None
     if not isinstance(exc, DecodeError):  # a decoder bug: keep where it happened
-        tb_text = "".join(tb.format_exception(exc, limit=_TRACEBACK_FRAMES))
+        tb_text = _clean("".join(tb.format_exception(exc, limit=_TRACEBACK_FRAMES)))
     return DeadLetter(provenance=raw.provenance, key=raw.key,
                       payload=payload[:max_payload_bytes], payload_size_bytes=len(payload),
-                      error_type=type(exc).__name__, error=str(exc)[:2000], traceback=tb_text,
-                      created_ms=now_ms)
+                      error_type=type(exc).__name__, error=_clean(str(exc)[:2000]),
+                      traceback=tb_text, created_ms=now_ms)

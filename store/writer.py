@@ -3,22 +3,34 @@
 Disconnects, timeouts and lock waits become ``TransientError`` (the worker retries the whole batch;
 upserts make that safe). A row the database refuses (a value it cannot hold, a constraint) becomes
 ``StoreRejectedError``, a ``DecodeError``: the worker then isolates the offending event and
-dead-letters it, so one bad event never blocks a partition. Anything else (a missing table, bad
-SQL) is a bug and propagates. The bulk path talks to the DBAPI directly (PostgreSQL COPY), so
-the driver's own PEP 249 exceptions are mapped the same way as SQLAlchemy's.
+dead-letters it, so one bad event never blocks a partition. So does a value that fails to encode
+before the database sees it (the decoder refuses such values; this is the safety net): a JSON
+value orjson cannot write, an int beyond int64 (sqlite3's OverflowError, where PostgreSQL raises
+a DataError), text a driver cannot encode. A TypeError or ValueError that no value of the batch
+explains is a bug. Anything else (a missing table, bad SQL) is a bug and propagates. The bulk
+path talks to the DBAPI directly (PostgreSQL COPY), so the driver's own PEP 249 exceptions are
+mapped the same way as SQLAlchemy's.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 
 from consumers.errors import DecodeError, TransientError
+from consumers.events import AssessmentEvent, TraceEvent
 from store.decisions import Decider
 from store.metrics import MetricsConfig
-from store.upserts import Batch, BatchResult, apply_batch
+from store.upserts import Batch, BatchResult, apply_batch, assessment_version
+
+# What encoding a value raises: orjson's JSONEncodeError is a TypeError, UnicodeEncodeError a
+# ValueError, and sqlite3 raises OverflowError for an int beyond int64.
+_ENCODING_ERRORS = (TypeError, ValueError, OverflowError)
+_JSON_FIELDS = frozenset({"value", "tags", "metadata"})  # the event fields stored as JSON
+_SQLITE_ERROR = 1  # SQLite's generic result code: bad SQL, a missing table or column
 
 
 class StoreRejectedError(DecodeError):
@@ -47,12 +59,51 @@ def write_batch(engine: Engine, batch: Batch, now_ms: int,
         raise StoreRejectedError(f"the store refused the row: {orig!r}"[:1000], "store") from exc
     except gone as exc:
         orig = getattr(exc, "orig", None) or exc
+        if getattr(orig, "sqlite_errorcode", None) == _SQLITE_ERROR:
+            raise  # SQLite reports bad SQL and a missing table as an OperationalError too
         raise TransientError(f"store unavailable: {type(orig).__name__}: "
                              f"{str(orig).strip()[:300]}") from exc
+    except _ENCODING_ERRORS as exc:
+        problem = unwritable(batch)
+        if problem is None and not isinstance(exc, OverflowError):
+            raise  # no value of the batch explains it: a bug
+        # An OverflowError that no event explains is a metric bucket's sum beyond int64.
+        raise StoreRejectedError(f"cannot write {problem or f'a value: {exc}'}"[:1000],
+                                 "store") from exc
     except sa_exc.DBAPIError as exc:
         if exc.connection_invalidated:
             raise TransientError(f"store connection lost: {exc.orig!r}"[:400]) from exc
         raise
+
+
+def unwritable(batch: Batch) -> str | None:
+    """The first event field of ``batch`` that cannot be encoded for the store, and why."""
+    events: list[TraceEvent | AssessmentEvent] = [*batch.traces, *batch.assessments]
+    for e in events:
+        fields: dict[str, Any] = e._asdict()
+        kind = "trace"
+        if isinstance(e, AssessmentEvent):
+            kind, fields["version"] = "assessment", assessment_version(e)
+        for name, v in fields.items():
+            reason = _encoding_problem(v, name in _JSON_FIELDS)
+            if reason is not None:
+                return f"the {kind}'s {name}: {reason}"
+    return None
+
+
+def _encoding_problem(v: Any, as_json: bool) -> str | None:
+    try:
+        if as_json:
+            orjson.dumps(v)
+        elif isinstance(v, tuple):  # spans, provenance
+            return next((r for x in v if (r := _encoding_problem(x, False))), None)
+        elif type(v) is int and not -(2**63) <= v < 2**63:
+            return f"{v} is beyond int64"
+        elif type(v) is str:
+            v.encode()
+    except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError, UnicodeEncodeError
+        return str(exc)[:200]
+    return None
 
 
 class SqlWriter:

@@ -3,8 +3,11 @@
 Inputs are arbitrary bytes, arbitrary JSON values (also shaped like the three trace forms and like
 assessments, so that the deeper code is reached), and mutations of the real MLflow fixtures in
 ``tests/fixtures/``: a dropped key, a nested value replaced by a JSON value of another type, a
-numeric leaf replaced by an arbitrary number, truncated bytes. Any other exception fails the test,
-and so does a returned event that breaks an invariant. Example counts keep the file under ~20 s.
+numeric leaf replaced by an arbitrary number, a value replaced by one nested deeper than the
+store's JSON encoder writes, truncated bytes. Any other exception fails the test, and so does a
+returned event that breaks an invariant, or that the store could not write (a JSON value orjson
+cannot encode, an int beyond int64, a time after year 9999). Example counts keep the file under
+~20 s.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from consumers.errors import DecodeError
-from consumers.events import TRACE_STATUSES, AssessmentEvent, Provenance, TraceEvent
-from consumers.formats import TOKEN_USAGE_KEY, decode_assessment, decode_trace
+from consumers.events import TRACE_STATUSES, AssessmentEvent, Provenance, RawRecord, TraceEvent
+from consumers.formats import TOKEN_USAGE_KEY, dead_letter, decode_assessment, decode_trace
 
 PROV = Provenance("mlflow-traces", 0, 7)
 MAX_BYTES = 4 * 1024 * 1024
@@ -40,6 +44,9 @@ ASSESSMENT_KEYS = ["assessment_id", "trace_id", "assessment_name", "feedback", "
                    "value", "error", "create_time", "last_update_time", "valid", "source",
                    "overrides", "span_id", "metadata", "rationale"]
 
+INT64_MAX = 2**63 - 1
+END_9999_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
 # No example database (nothing to commit or share between engineers). Hypothesis still keeps
 # its caches in ./.hypothesis/, which it git-ignores itself.
 COMMON = settings(deadline=None, database=None,
@@ -57,7 +64,8 @@ scalars = st.one_of(
     st.booleans(),
     # Beyond 64 bits as well: orjson turns those into floats, json.dumps writes them exactly.
     st.integers(min_value=-(2**70), max_value=2**70),
-    st.sampled_from([0, -1, 2**62, 2**62 + 1, 2**63, 2**64 - 1, 2**64]),
+    st.sampled_from([0, -1, 2**62, 2**62 + 1, 2**63 - 1, 2**63, 2**64 - 1, 2**64,
+                     END_9999_MS, END_9999_MS + 1, END_9999_MS * 1_000_000, 10**21]),
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=20),
     st.sampled_from(["OK", "ERROR", "IN_PROGRESS", "yes", "no", "", "{", "[1,", "{}", "[]",
@@ -72,6 +80,18 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
+
+
+def _nested(depth: int, kind: str) -> Any:
+    v: Any = 1
+    for _ in range(depth):
+        v = {"x": v} if kind == "object" else [v]
+    return v
+
+
+# Around the depth orjson writes (254 levels; it reads 1,024): below, at and past it.
+deep_values = st.builds(_nested, st.integers(min_value=250, max_value=300),
+                        st.sampled_from(["object", "array"]))
 
 
 def _kind(v: Any) -> str:
@@ -119,6 +139,23 @@ def _check_trace(ev: TraceEvent) -> None:
     assert ev.source_format in ("trace", "trace_info", "flat")
     assert ev.provenance == PROV
     assert 0 <= ev.completeness < 2_000_000
+    # ... and the store can write it, alike on SQLite and PostgreSQL.
+    assert 0 <= ev.timestamp_ms <= END_9999_MS
+    for count in (ev.execution_time_ms, ev.input_tokens, ev.output_tokens, ev.total_tokens):
+        assert count is None or count <= INT64_MAX
+    orjson.dumps(dict(ev.tags))
+    orjson.dumps(dict(ev.metadata))
+    _store_text(ev.trace_id, ev.experiment_id, ev.name, ev.request, ev.response,
+                *ev.tags.values(), *ev.metadata.values(),  # a tag can be the metrics dimension
+                *(s.name for s in ev.spans))
+
+
+def _store_text(*texts: str | None) -> None:
+    """Text the drivers can bind (UTF-8, no lone surrogate) and PostgreSQL can hold (no NUL)."""
+    for text in texts:
+        if text is not None:
+            text.encode()
+            assert "\x00" not in text
 
 
 def _check_assessment(ev: AssessmentEvent) -> None:
@@ -138,6 +175,12 @@ def _check_assessment(ev: AssessmentEvent) -> None:
         assert optional is None or isinstance(optional, str)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in ev.metadata.items())
     assert ev.provenance == PROV
+    # ... and the store can write it (the version column holds 2 * update time + 1).
+    assert 0 <= ev.create_time_ms <= END_9999_MS and 0 <= ev.last_update_time_ms <= END_9999_MS
+    orjson.dumps(ev.value)
+    orjson.dumps(dict(ev.metadata))
+    _store_text(ev.assessment_id, ev.trace_id, ev.name, ev.error, ev.rationale, ev.source_type,
+                ev.source_id, ev.overrides, ev.span_id, *ev.metadata.values())
 
 
 def _holds_contract(decode: Decoder, payload: bytes | None) -> object | None:
@@ -148,6 +191,10 @@ def _holds_contract(decode: Decoder, payload: bytes | None) -> object | None:
         assert str(exc)
         if exc.field:
             assert str(exc).startswith(f"{exc.field}: ")
+        # Its dead letter is storable too (the error may quote a key of the record).
+        letter = dead_letter(RawRecord(PROV.topic, PROV.partition, PROV.offset, None, payload),
+                             exc, 0, 1024)
+        _store_text(letter.error)
         event("DecodeError")  # shown by --hypothesis-show-statistics
         return None
     event("decoded")
@@ -213,7 +260,8 @@ span_dicts = st.fixed_dictionaries(
             "execution_time_ms": st.one_of(st.integers(min_value=-5, max_value=2**64),
                                            json_values),
             "experiment_id": json_values, "name": json_values,
-            "request": json_values, "response": json_values,
+            "request": st.one_of(json_values, deep_values),
+            "response": st.one_of(json_values, deep_values),
             "tags": st.one_of(st.dictionaries(st.text(max_size=8), scalars), json_values),
             "metadata": st.one_of(st.dictionaries(st.text(max_size=8), scalars),
                                   st.fixed_dictionaries(
@@ -234,7 +282,9 @@ utf8_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=20)
 # Ids are rejected when they hold NUL (PostgreSQL text cannot store it).
 id_text = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"),
                   min_size=1, max_size=256)
-ns_times = st.integers(min_value=0, max_value=2**62)
+# Span times: exact up to 2**64 - 1 (year 2554); orjson reads larger numbers as floats.
+ns_times = st.integers(min_value=0, max_value=2**64 - 1)
+ms_times = st.integers(min_value=0, max_value=END_9999_MS)
 valid_spans = st.lists(
     st.tuples(utf8_text, st.sampled_from(["CHAT_MODEL", "TOOL", "RETRIEVER", "", "X"]),
               ns_times, st.one_of(st.none(), ns_times),
@@ -244,8 +294,9 @@ valid_spans = st.lists(
     {"name": name, "span_type": span_type, "start_time_ns": min(a, b) if b is not None else a,
      "end_time_ns": None if b is None else max(a, b), "status": status}
     for name, span_type, a, b, status in spans])
+counts = st.integers(min_value=0, max_value=2**62 - 1)  # two of them sum within int64
 token_usage = st.fixed_dictionaries({}, optional={
-    "input_tokens": ns_times, "output_tokens": ns_times, "total_tokens": ns_times})
+    "input_tokens": counts, "output_tokens": counts, "total_tokens": counts})
 valid_maps = st.dictionaries(utf8_text, st.one_of(
     st.none(), st.booleans(), utf8_text, st.integers(min_value=-(2**63), max_value=2**64 - 1),
     st.floats(allow_nan=False, allow_infinity=False)), max_size=4)
@@ -256,9 +307,10 @@ valid_maps = st.dictionaries(utf8_text, st.one_of(
     row=st.fixed_dictionaries(
         {"trace_id": id_text,
          "status": st.sampled_from(sorted(TRACE_STATUSES)),
-         "timestamp_ms": ns_times},
+         "timestamp_ms": ms_times},
         optional={
-            "execution_time_ms": st.one_of(st.none(), ns_times),
+            "execution_time_ms": st.one_of(st.none(),
+                                           st.integers(min_value=0, max_value=INT64_MAX)),
             "experiment_id": st.one_of(st.none(), id_text,
                                        st.integers(min_value=0, max_value=2**63)),
             "name": st.one_of(st.none(), utf8_text),
@@ -323,10 +375,11 @@ def _get(obj: Any, path: Path) -> Any:
 def _mutate(data: st.DataObject, obj: Any) -> None:
     """Apply one random mutation to ``obj`` in place (none if nothing is left to mutate)."""
     nodes = [(path, _get(obj, path)) for path in _paths(obj)]
-    how = data.draw(st.sampled_from(["drop", "retype", "number", "string"]), label="mutation")
+    how = data.draw(st.sampled_from(["drop", "retype", "number", "string", "deep"]),
+                    label="mutation")
     if how == "drop":
         candidates = [p for p, _ in nodes if isinstance(p[-1], str)]
-    elif how == "retype":
+    elif how in ("retype", "deep"):
         candidates = [p for p, _ in nodes]
     elif how == "number":  # negative, zero, huge or fractional times, durations and counts
         candidates = [p for p, v in nodes if _kind(v) == "number"]
@@ -345,11 +398,15 @@ def _mutate(data: st.DataObject, obj: Any) -> None:
         parent[key] = data.draw(st.one_of(
             st.integers(min_value=-(2**64), max_value=2**64),
             st.floats(allow_nan=False, allow_infinity=False),
-            st.sampled_from([-1, 0, 2**62, 2**62 + 1, 2**63])), label="value")
+            st.sampled_from([-1, 0, 2**62, 2**62 + 1, 2**63 - 1, 2**63, END_9999_MS,
+                             END_9999_MS + 1, (END_9999_MS + 1) * 1_000_000])), label="value")
+    elif how == "deep":
+        parent[key] = data.draw(deep_values, label="value")
     else:
         parent[key] = data.draw(st.one_of(
             st.text(max_size=20),
             json_values.map(json.dumps),
+            deep_values.map(json.dumps),  # JSON text the decoder parses (serialized values)
             st.integers(min_value=0, max_value=len(old)).map(lambda n: old[:n])), label="text")
 
 
