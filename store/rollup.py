@@ -39,6 +39,12 @@ HOUR_MS = 3_600_000
 MICRO = 1_000_000
 # Numeric feedback is summed in micro-units; values are clamped so that sums fit in 64 bits.
 NUMERIC_CLAMP = 1e12
+# What one trace may add to a bucket's sums. The decoder bounds each value to int64, but a
+# bucket sums many traces: unbounded, one trace at the limit would fill its buckets and every
+# later trace of that minute would be a refused row. The bounds apply to the contribution (a
+# function of the trace alone), so subtraction stays exact; the trace row keeps true values.
+METRIC_MAX_MS = 30 * 86_400_000  # a latency or span duration counts at most 30 days
+METRIC_MAX_TOKENS = 2**40  # per trace and kind (input, output, total)
 
 # The scalar columns of a bucket, in storage order: (column, description).
 SCALARS: tuple[tuple[str, str], ...] = (
@@ -136,7 +142,8 @@ def _span_parts(summary: Mapping[str, Any]) -> tuple[SpanPart, ...]:
         # [[key, n], ...] as stored; a row written before span bins were stored has all its
         # spans at the mean duration.
         bins = s.get("bins") or ((DEFAULT_MAPPING.key_for(max(total_ms / count, 0.0)), count),)
-        parts.append(SpanPart(span_type, count, round(total_ms * 1000), bins))
+        total_us = min(round(total_ms * 1000), count * METRIC_MAX_MS * 1000)
+        parts.append(SpanPart(span_type, count, total_us, bins))
     return tuple(parts)
 
 
@@ -167,9 +174,13 @@ def contribution(trace: TraceFacts, feedback: Sequence[FeedbackFacts],
     status = view.status
     latency = view.execution_time_ms
     has_latency = status != "IN_PROGRESS" and latency is not None and latency >= 0
+    if latency is not None:
+        latency = min(latency, METRIC_MAX_MS)
     scalars = (1, int(status == "OK"), int(status == "ERROR"), int(status == "IN_PROGRESS"),
                int(has_latency), latency if has_latency and latency is not None else 0,
-               trace.input_tokens or 0, trace.output_tokens or 0, trace.total_tokens or 0)
+               min(trace.input_tokens or 0, METRIC_MAX_TOKENS),
+               min(trace.output_tokens or 0, METRIC_MAX_TOKENS),
+               min(trace.total_tokens or 0, METRIC_MAX_TOKENS))
     return Contribution(
         view.timestamp_ms, bucket_key(view, dimension_tag), scalars,
         DEFAULT_MAPPING.key_for(float(latency)) if has_latency and latency is not None else None,

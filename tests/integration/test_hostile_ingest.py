@@ -338,12 +338,28 @@ def test_a_locked_sqlite_store_is_still_transient(store_url: str, engine: Engine
     impatient.dispose()
 
 
-def test_a_metric_sum_beyond_int64_is_refused_alike(engine: Engine) -> None:
-    """Each trace fits, but their sum in a metric bucket does not: SQLite's OverflowError and
-    PostgreSQL's out-of-range error both refuse the second trace, which the loop dead-letters."""
+def test_one_huge_trace_does_not_block_its_buckets(engine: Engine) -> None:
+    """Each value fits int64, but a bucket sums many traces: one trace at the limit must not
+    push its buckets to int64 and make every later trace of that minute a refused row. What a
+    trace adds to the sums is bounded (its stored row keeps the true values), and a later
+    normal trace of the same minute and names is stored and counted."""
+    from store.rollup import METRIC_MAX_MS, METRIC_MAX_TOKENS
+
     writer = SqlWriter(engine, metrics_config=MetricsConfig())
-    writer.write(Batch(traces=[_trace_event(0, input_tokens=2**63 - 1, output_tokens=0,
-                                            total_tokens=2**63 - 1)]), BASE_MS)
-    with pytest.raises(StoreRejectedError):
-        writer.write(Batch(traces=[_trace_event(1)]), BASE_MS)  # the same minute and names
-    assert _counts(engine)[0] == 1
+    huge = _trace_event(0, input_tokens=2**63 - 1, output_tokens=0, total_tokens=2**63 - 1,
+                        execution_time_ms=2**62)
+    writer.write(Batch(traces=[huge]), BASE_MS)
+    writer.write(Batch(traces=[_trace_event(1), _trace_event(2)]), BASE_MS)
+    assert _counts(engine) == [3, 0, 0]
+    report = summary(engine, BASE_MS - 60_000, BASE_MS + 60_000).overall
+    assert report.total_traces == 3
+    assert report.tokens["input"] == METRIC_MAX_TOKENS + 2 * 3
+    assert report.tokens["total"] == METRIC_MAX_TOKENS + 2 * 7
+    assert report.max_latency_ms == pytest.approx(METRIC_MAX_MS, rel=0.01)
+    with engine.connect() as conn:  # the row keeps what the trace said
+        row = conn.execute(select(Trace.input_tokens, Trace.execution_time_ms)
+                           .where(Trace.trace_id == "tr-0")).one()
+    assert tuple(row) == (2**63 - 1, 2**62)
+    before = bucket_snapshot(engine)
+    writer.write(Batch(traces=[huge]), BASE_MS)  # a redelivery changes nothing
+    assert bucket_snapshot(engine) == before
