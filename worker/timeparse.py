@@ -25,6 +25,8 @@ MAX_TEXT_CHARS = 64  # the longest ISO-8601 time is about 32
 _UNITS_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _DURATION = re.compile(r"\s*([0-9]{1,15}(?:\.[0-9]{1,9})?)\s*([smhdw])\s*", re.ASCII)
 _FORMS = "a duration (30m, 24h, 7d, 2w) or an ISO-8601 time (2026-11-27 or 2026-11-27T08:00:00Z)"
+_NEITHER = ("neither a duration (30m, 24h, 7d, 2w, at most 15 digits) nor an ISO-8601 time "
+            "(2026-11-27 or 2026-11-27T08:00:00Z)")
 
 
 def _show(text: str) -> str:
@@ -58,7 +60,7 @@ def _unbounded_ms(text: str, now_ms: int) -> int:
     try:
         dt = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ConfigError(f"{_show(text)} is neither {_FORMS}") from None
+        raise ConfigError(f"{_show(text)} is {_NEITHER}") from None
     # Naive arithmetic, exact integer ms: aware arithmetic overflows past year 1 or 9999 in UTC
     # (0001-01-01T00:00:00+14:00), and timestamp() rounds through a float.
     delta = dt.replace(tzinfo=None) - datetime(1970, 1, 1)
