@@ -249,21 +249,46 @@ def _secret_files(env: Any, overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _prefix_fix(name: str) -> str | None:
+    """``TRACECURATOR_STORE_URL``, ``TRACE-CURATOR_X``: the name as it was meant, for a variable
+    whose letters start like the prefix's but whose spelling of it is not ``TRACE_CURATOR_``."""
+    upper = name.upper()
+    if upper.startswith(ENV_PREFIX):
+        return None
+    want = ENV_PREFIX.replace("_", "")
+    i = matched = 0
+    while i < len(upper) and matched < len(want):
+        if upper[i] == want[matched]:
+            matched += 1
+        elif upper[i].isalnum():
+            return None
+        i += 1
+    rest = upper[i:].lstrip("_-. ")
+    return ENV_PREFIX + rest if matched == len(want) and rest else None
+
+
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Read settings once. Raises ``ConfigError`` with every problem listed."""
     env = os.environ
     path = config_file or env.get(CONFIG_ENV)
     known = ({ENV_PREFIX + f.upper() for f in Settings.model_fields} | {CONFIG_ENV}
              | {f"{ENV_PREFIX}{n.upper()}_FILE" for n in SECRET_FILE_FIELDS})
-    typos = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known)
+    # Names are read case-insensitively, so a typo is checked the same way.
+    typos = sorted(k for k in env if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
     if typos:
         raise ConfigError(f"unknown setting(s) in the environment: {', '.join(typos)}. "
                           "Known names are listed by `trace-curator run --help`.")
+    misspelt = {k: fix for k in sorted(env) if (fix := _prefix_fix(k)) is not None}
+    if misspelt:
+        raise ConfigError("mistyped prefix in the environment: " + "; ".join(
+            f"{k} is not read (did you mean {fix}?)" for k, fix in misspelt.items()))
     _CONFIG_FILE.clear()
     if path:
         p = Path(path)
-        if not p.is_file():
+        if not p.exists():
             raise ConfigError(f"config file {p} does not exist")
+        if not p.is_file():
+            raise ConfigError(f"config file {p} is not a regular file")
         data = load_yaml_file(p, f"config file {p}") or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must hold a mapping of setting: value")

@@ -191,14 +191,37 @@ def test_a_failed_write_leaves_no_partial_file(store_url: str, tmp_path: Path) -
     ("rules", "explain", "tr-1"),
 ])
 def test_a_mistyped_prefix_creates_no_store(tmp_path: Path, argv: tuple[str, ...]) -> None:
-    proc = cli(*argv, cwd=tmp_path,
-               env={"TRACECURATOR_STORE_URL": "postgresql://postgres:secret@127.0.0.1/test"})
+    """Without any store setting, a read-only command names the default store it looked for
+    and how to get one, and creates nothing."""
+    proc = cli(*argv, cwd=tmp_path, env={})
     assert proc.returncode == EXIT_UNAVAILABLE, proc.stderr
     line = one_line_error(proc)
     assert "sqlite:///trace_curator.db" in line
     assert "TRACE_CURATOR_STORE_URL" in line
     assert "db upgrade" in line
     assert list(tmp_path.iterdir()) == []  # no trace_curator.db (nor -wal, -shm)
+
+
+@pytest.mark.parametrize("name", ["TRACECURATOR_STORE_URL", "TRACE_CURATORSTORE_URL",
+                                  "trace-curator_store_url", "TRACE-CURATOR_STORE_URL"])
+def test_a_mistyped_prefix_is_named_with_the_right_spelling(tmp_path: Path, name: str) -> None:
+    proc = cli("report", "--since", "24h", cwd=tmp_path,
+               env={name: "postgresql://postgres:secret@127.0.0.1/test"})
+    assert proc.returncode == EXIT_CONFIG, proc.stderr
+    line = one_line_error(proc)
+    assert name in line and "TRACE_CURATOR_STORE_URL" in line
+    assert "secret" not in proc.stderr  # the value is not echoed
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_lower_case_setting_is_refused(tmp_path: Path) -> None:
+    """Settings names are case-insensitive (``trace_curator_store_url`` works), so a lower-case
+    name that is no setting is a typo too."""
+    proc = cli("report", "--since", "24h", cwd=tmp_path,
+               env={"trace_curator_stor_url": "sqlite:///x.db"})
+    assert proc.returncode == EXIT_CONFIG, proc.stderr
+    assert "trace_curator_stor_url" in one_line_error(proc)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_rules_test_on_a_missing_store_creates_nothing(tmp_path: Path) -> None:

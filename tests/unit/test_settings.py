@@ -53,6 +53,13 @@ def test_missing_config_file(tmp_path: Path) -> None:
         load_settings(tmp_path / "nope.yaml")
 
 
+@pytest.mark.parametrize("path", ["/dev/zero", "."])
+def test_a_config_path_that_is_no_regular_file_is_named_so(path: str) -> None:
+    """A device never ends and a folder has no text: both are refused before any read."""
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load_settings(path)
+
+
 def test_settings_are_frozen() -> None:
     s = Settings()
     with pytest.raises(ValidationError):
