@@ -11,8 +11,10 @@
   offset (from the send futures) into the ledger.
 - ``Supervisor`` runs ``trace-curator run`` as a subprocess, kills it with SIGKILL at random
   moments and restarts it, as a container runtime would; any exit it did not cause is recorded.
-- ``chaos_db`` cuts and restores the TCP proxy in front of PostgreSQL; ``chaos_mlflow`` stops
-  (SIGTERM) and restarts the MLflow server on its port and backend store.
+- ``chaos_db`` cuts and restores the TCP proxy in front of PostgreSQL and, where the test runs
+  as root beside the machine's own cluster (CI does), also stops and restarts PostgreSQL itself
+  (``pg_ctlcluster``); ``chaos_mlflow`` stops (SIGTERM) and restarts the MLflow server on its
+  port and backend store.
 Everything random draws from one seed (``SOAK_SEED``), one ``random.Random`` per thread.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -377,18 +380,62 @@ class Outages:
     db: list[tuple[float, float]] = field(default_factory=list)  # monotonic (start, end)
     mlflow: list[tuple[float, float]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    pg_restarts: int = 0  # outages that stopped the real PostgreSQL, not just the proxy
 
     def db_down_between(self, t0: float, t1: float) -> bool:
         return any(a <= t1 and (b == 0 or b >= t0) for a, b in list(self.db))
 
 
-def chaos_db(proxy: Any, rng: random.Random, stop: threading.Event, outages: Outages) -> None:
+def pg_cluster() -> str | None:
+    """The machine's PostgreSQL cluster version, when this process may restart it (root,
+    ``pg_ctlcluster`` present, ``SOAK_PG_RESTART`` not ``0``), else None."""
+    if os.environ.get("SOAK_PG_RESTART", "1") == "0" or os.geteuid() != 0 \
+            or shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").is_dir():
+        return None
+    versions = sorted(os.listdir("/etc/postgresql"))
+    return versions[-1] if versions else None
+
+
+def pg_ctl(version: str, action: str) -> None:
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action,
+                    *(["-m", "fast"] if action == "stop" else [])],
+                   check=True, capture_output=True, timeout=120)
+
+
+def pg_wait_ready(timeout_s: float = 60) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done = subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", "5432", "-q"],
+                              check=False, timeout=30)
+        if done.returncode == 0:
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def chaos_db(proxy: Any, rng: random.Random, stop: threading.Event, outages: Outages,
+             pg_version: str | None = None) -> None:
+    """Cut the proxy for a few seconds at random; every third outage (with ``pg_version``)
+    stops the real PostgreSQL instead, then starts it and waits until it answers."""
     while not stop.wait(rng.uniform(4, 18)):
         start = time.monotonic()
         outages.db.append((start, 0.0))
-        proxy.cut()
-        stop.wait(rng.uniform(0.5, 6))
-        proxy.restore()
+        if pg_version is not None and len(outages.db) % 3 == 0:
+            try:
+                pg_ctl(pg_version, "stop")
+                outages.pg_restarts += 1
+                stop.wait(rng.uniform(0.5, 4))
+            except (subprocess.SubprocessError, OSError) as exc:
+                outages.errors.append(f"postgresql stop failed: {exc!r}")
+            finally:
+                with contextlib.suppress(subprocess.SubprocessError, OSError):
+                    pg_ctl(pg_version, "start")
+                if not pg_wait_ready():
+                    outages.errors.append("postgresql did not come back within 60 s")
+        else:
+            proxy.cut()
+            stop.wait(rng.uniform(0.5, 6))
+            proxy.restore()
         outages.db[-1] = (start, time.monotonic())
 
 

@@ -18,6 +18,7 @@ The PostgreSQL variant has database outages; the SQLite variant (a third of the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
@@ -130,7 +131,7 @@ def test_soak(store_url: str, settings_factory: Any, producer: Any, tmp_path: Pa
         if proxy is not None:
             threads.append(threading.Thread(
                 target=S.chaos_db, args=(proxy, random.Random(rng.getrandbits(64)), stop,
-                                         outages), daemon=True))
+                                         outages, S.pg_cluster()), daemon=True))
 
         # The chaos.
         supervisor.start()
@@ -151,6 +152,7 @@ def test_soak(store_url: str, settings_factory: Any, producer: Any, tmp_path: Pa
         # Everything back; the last worker is killed too, and a fresh one drains the topics.
         if proxy is not None:
             proxy.restore()
+            assert S.pg_wait_ready(), "PostgreSQL is not back after the chaos"
         if server.proc is None:
             server.start()
         supervisor.kill9()
@@ -178,7 +180,8 @@ def test_soak(store_url: str, settings_factory: Any, producer: Any, tmp_path: Pa
         with capsys.disabled():
             print(f"soak: seconds={seconds:g} seed={SEED} records={len(ledger.sent)} "
                   f"valid={valid} hostile={len(ledger.sent) - valid} kills={supervisor.kills} "
-                  f"db_outages={len(outages.db)} mlflow_outages={len(outages.mlflow)} "
+                  f"db_outages={len(outages.db)} pg_restarts={outages.pg_restarts} "
+                  f"mlflow_outages={len(outages.mlflow)} "
                   f"dead_letters={dead} traces={len(ledger.traces)} "
                   f"assessments={len(ledger.assessments)} "
                   f"unavailable_exits={len(supervisor.unavailable_exits)} "
@@ -188,6 +191,10 @@ def test_soak(store_url: str, settings_factory: Any, producer: Any, tmp_path: Pa
                 print("soak mismatch:", line, flush=True)
     finally:
         stop.set()
+        version = S.pg_cluster()
+        if pg and version is not None and not S.pg_wait_ready(60):  # never leave it stopped
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                S.pg_ctl(version, "start")
         if supervisor is not None:
             supervisor.close()
         mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # None unsets
