@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -54,35 +55,20 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 @bomb_timeout
-def test_an_alias_bomb_in_a_rules_file_is_refused(tmp_path: Path) -> None:
-    path = _write(tmp_path, "rules.yaml", _rules_bomb())
+@pytest.mark.parametrize(("name", "bomb", "load"), [
+    ("rules.yaml", _rules_bomb, load_rules),
+    ("datasets.yaml", _datasets_bomb, load_specs),
+    ("config.yaml", _settings_bomb, load_settings),
+], ids=["rules", "datasets", "settings"])
+def test_an_alias_bomb_is_refused(tmp_path: Path, name: str, bomb: Callable[[], str],
+                                  load: Callable[[Path], object]) -> None:
+    path = _write(tmp_path, name, bomb())
     with pytest.raises(ConfigError) as info:
-        load_rules(path)
+        load(path)
     msg = str(info.value)
     assert "YAML aliases/anchors are not allowed" in msg
     assert str(path) in msg and "line 4" in msg
     assert len(msg) < BOUND
-
-
-@bomb_timeout
-def test_an_alias_bomb_in_a_datasets_file_is_refused(tmp_path: Path) -> None:
-    path = _write(tmp_path, "datasets.yaml", _datasets_bomb())
-    with pytest.raises(ConfigError) as info:
-        load_specs(path)
-    msg = str(info.value)
-    assert "YAML aliases/anchors are not allowed" in msg
-    assert str(path) in msg and "line 4" in msg
-    assert len(msg) < BOUND
-
-
-@bomb_timeout
-def test_an_alias_bomb_in_the_settings_file_is_refused(tmp_path: Path) -> None:
-    path = _write(tmp_path, "config.yaml", _settings_bomb())
-    with pytest.raises(ConfigError) as info:
-        load_settings(path)
-    msg = str(info.value)
-    assert "YAML aliases/anchors are not allowed" in msg
-    assert str(path) in msg and "line 4" in msg
 
 
 def test_an_alias_is_refused_where_it_is_used(tmp_path: Path) -> None:
