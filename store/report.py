@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -258,9 +258,7 @@ class GroupAccumulator:
                 agg.spans.setdefault(name, SpanAgg()).bins = bins
         kept = _fold_targets({n: f[0] for n, f in self.feedback.items()})
         for name, f in self.feedback.items():
-            fa = agg.feedback.get(kept[name])
-            agg.feedback[kept[name]] = FeedbackAgg(*f) if fa is None else FeedbackAgg(
-                *(a + b for a, b in zip(fa.as_list(), f, strict=True)))
+            _add_feedback(agg.feedback, kept[name], f)
         agg.candidates = {k: dict(v) for k, v in self.candidates.items()}
         return agg
 
@@ -292,10 +290,15 @@ def fold_names(agg: Agg) -> Agg:
         for k, n in sp.bins.items():
             into.bins[k] = into.bins.get(k, 0) + n
     for name, fa in agg.feedback.items():
-        cur = out.feedback.get(feedback[name])
-        out.feedback[feedback[name]] = FeedbackAgg(*fa.as_list()) if cur is None else \
-            FeedbackAgg(*(a + b for a, b in zip(cur.as_list(), fa.as_list(), strict=True)))
+        _add_feedback(out.feedback, feedback[name], fa.as_list())
     return out
+
+
+def _add_feedback(into: dict[str, FeedbackAgg], name: str, values: Sequence[int]) -> None:
+    """Add one feedback aggregate's counts (``FeedbackAgg.as_list`` order) under ``name``."""
+    cur = into.get(name)
+    into[name] = FeedbackAgg(*values) if cur is None else FeedbackAgg(
+        *(a + b for a, b in zip(cur.as_list(), values, strict=True)))
 
 
 def _sum_series(parts: list[Packed], target: Mapping[str, str], *,
