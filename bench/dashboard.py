@@ -16,7 +16,7 @@ import time
 
 from bench.report import events, fresh_store, load_bulk
 from store.dashboard import gather
-from worker.report_html import render
+from worker.report.page import render
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import sys
 import time
 from collections import Counter
 
-from worker.rules import AssessmentView, RuleSet, TraceView, parse_rules
+from worker.rules.engine import AssessmentView, RuleSet, TraceView, parse_rules
 
 TARGET_RULE_EVALS_PER_S = 100_000
 

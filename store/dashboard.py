@@ -11,7 +11,7 @@ versions, dead letters and the tag outbox. Invariants:
 - only ids, counts, metrics and short previews leave this module (``PREVIEW_CHARS``);
 - on PostgreSQL all reads share one REPEATABLE READ transaction (one snapshot). SQLite has one
   writer, and each read sees the state at its start.
-Rendering is ``worker.report_html``'s job; this module only reads.
+Rendering is ``worker.report.page``'s job; this module only reads.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ IN_CHUNK = 2000  # ids per IN (...) list
 
 
 class Decider(Protocol):
-    """The rules engine as the store needs it (``worker.rules.RuleSet`` implements it)."""
+    """The rules engine as the store needs it (``worker.rules.engine.RuleSet`` implements it)."""
 
     def evaluate(self, trace: TraceView,
                  assessments: Sequence[AssessmentView] = ()) -> Evaluation: ...

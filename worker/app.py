@@ -17,12 +17,12 @@ from store.checkpoints import StoreCheckpoints
 from store.engine import make_engine
 from store.metrics import MetricsConfig
 from store.writer import SqlWriter
-from worker.curation import load_specs
-from worker.curator import Curator, CuratorThread
-from worker.dataset_sinks import make_sink
+from worker.curation.curator import Curator, CuratorThread
+from worker.curation.sinks import make_sink
+from worker.curation.specs import load_specs
 from worker.loop import Worker
 from worker.maintenance import Pruner
-from worker.rules import load_rules
+from worker.rules.engine import load_rules
 from worker.settings import Settings
 from worker.tag_writer import MlflowTagSink, TagWriter
 

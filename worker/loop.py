@@ -54,7 +54,7 @@ class TagWriterPort(Protocol):
 
 
 class BackgroundPort(Protocol):
-    """A job beside the loop (``worker.curator.CuratorThread``)."""
+    """A job beside the loop (``worker.curation.curator.CuratorThread``)."""
 
     def start(self) -> None: ...
 

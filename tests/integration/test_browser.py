@@ -42,11 +42,11 @@ from tests.integration.test_dashboard import (
     seed,
 )
 from worker.app import create_kafka_worker
-from worker.cli import main
-from worker.dashboard_routes import dashboard_routes
-from worker.http_server import HttpServer
+from worker.cli.main import main
+from worker.serve.dashboard import dashboard_routes
+from worker.serve.server import HttpServer
+from worker.serve.telemetry import routes
 from worker.settings import Settings
-from worker.telemetry import routes
 
 pytestmark = pytest.mark.integration
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

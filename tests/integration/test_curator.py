@@ -17,11 +17,11 @@ from store.engine import make_engine
 from store.upserts import Batch
 from store.writer import SqlWriter
 from tests import payloads as P
-from worker.cli import main
-from worker.curation import DatasetSpec, SinkSpec, input_hash, parse_specs
-from worker.curator import Curator
-from worker.dataset_sinks import FileDatasetSink
-from worker.rules import load_rules
+from worker.cli.main import main
+from worker.curation.curator import Curator
+from worker.curation.sinks import FileDatasetSink
+from worker.curation.specs import DatasetSpec, SinkSpec, input_hash, parse_specs
+from worker.rules.engine import load_rules
 
 pytestmark = pytest.mark.integration
 BASE_MS = 1_795_000_000_000

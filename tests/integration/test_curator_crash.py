@@ -34,8 +34,8 @@ from store.models import DatasetRecord
 from store.upserts import Batch
 from store.writer import SqlWriter
 from tests import payloads as P
-from worker.curation import input_hash
-from worker.rules import load_rules
+from worker.curation.specs import input_hash
+from worker.rules.engine import load_rules
 
 pytestmark = [
     pytest.mark.integration,

@@ -26,7 +26,7 @@ from store import datasets as ds
 from store.engine import make_engine
 from store.models import DeadLetter
 from tests import mlflow_traffic as T
-from worker.cli import main
+from worker.cli.main import main
 
 pytestmark = [
     pytest.mark.integration,

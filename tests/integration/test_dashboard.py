@@ -32,13 +32,13 @@ from store.upserts import Batch
 from store.writer import SqlWriter
 from tests import metrics_data as M
 from tests import payloads as P
-from worker.cli import main
-from worker.curation import DatasetSpec, SinkSpec
-from worker.curator import Curator
-from worker.dashboard_routes import dashboard_routes
-from worker.dataset_sinks import FileDatasetSink
-from worker.http_server import HttpServer
-from worker.rules import parse_rules
+from worker.cli.main import main
+from worker.curation.curator import Curator
+from worker.curation.sinks import FileDatasetSink
+from worker.curation.specs import DatasetSpec, SinkSpec
+from worker.rules.engine import parse_rules
+from worker.serve.dashboard import dashboard_routes
+from worker.serve.server import HttpServer
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -256,7 +256,7 @@ def test_an_empty_window_and_bad_parameters(store_url: str, tmp_path: Path, monk
 def test_the_worker_serves_the_dashboard_beside_its_metrics(store_url: str) -> None:
     import socket
 
-    from worker.cli import _start_http
+    from worker.cli.main import _start_http
 
     with socket.socket() as s:  # a free port for the worker's server
         s.bind(("127.0.0.1", 0))

@@ -20,7 +20,7 @@ from consumers.embedded_broker import tansu_binary
 from consumers.errors import ConfigError
 from store.engine import make_engine
 from tests.conftest import service_missing
-from worker.demo import EXPERIMENT_NAME, cmd_demo, configure_parser
+from worker.demo.runner import EXPERIMENT_NAME, cmd_demo, configure_parser
 
 pytestmark = [
     pytest.mark.integration,

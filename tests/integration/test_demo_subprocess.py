@@ -174,7 +174,7 @@ def test_demo_stops_on_ctrl_c_and_leaves_nothing_behind(tmp_path: Path, phase: s
     try:
         if phase == "live":
             deadline = time.monotonic() + 60
-            while "level=INFO logger=worker.demo progress" not in demo.output():
+            while "level=INFO logger=worker.demo.runner progress" not in demo.output():
                 assert demo.watch(0.2) is None, demo.output()[-4000:]
                 assert time.monotonic() < deadline, "no live progress within 60 s"
         assert demo.watch(8 if phase == "history" else 2) is None, demo.output()[-4000:]

@@ -265,14 +265,14 @@ def test_run_without_kafka_says_what_it_waits_for_and_gives_up(store_url: str) -
 
 
 def _outcome(folder: Path, store_url: str) -> Any:
-    from worker.demo_summary import Outcome
-    from worker.demo_traffic import TrafficStats
+    from worker.demo.summary import Outcome
+    from worker.demo.traffic import TrafficStats
 
     return Outcome(store_url, folder, "kafka", "1", TrafficStats(), 0, None, 1.0, False)
 
 
 def test_explore_lines_run_as_printed(tmp_path: Path) -> None:
-    from worker.demo_summary import explore_lines
+    from worker.demo.summary import explore_lines
 
     store_url = f"sqlite:///{tmp_path}/trace_curator.db"
     assert cli("db", "upgrade", env={"TRACE_CURATOR_STORE_URL": store_url}).returncode == 0

@@ -20,10 +20,10 @@ from consumers.errors import ConfigError
 from store import datasets as ds
 from store.engine import make_engine
 from tests.integration.test_curator import _flat, _ingest, _lines
-from worker.cli import main
-from worker.curation import DatasetSpec, SinkSpec, input_hash, parse_specs
-from worker.curator import Curator
-from worker.dataset_sinks import FileDatasetSink, MlflowDatasetSink
+from worker.cli.main import main
+from worker.curation.curator import Curator
+from worker.curation.sinks import FileDatasetSink, MlflowDatasetSink
+from worker.curation.specs import DatasetSpec, SinkSpec, input_hash, parse_specs
 
 pytestmark = [
     pytest.mark.integration,
@@ -100,7 +100,7 @@ def test_a_failing_dataset_does_not_stop_the_others(store_url: str, tmp_path: Pa
         "good", sink=sink)
     curator = Curator(engine, [broken, good], {n: FileDatasetSink(str(tmp_path))
                                                for n in ("broken", "good")})
-    with caplog.at_level(logging.ERROR, logger="worker.curator"):
+    with caplog.at_level(logging.ERROR, logger="worker.curation.curator"):
         results = curator.run_cycle()
     assert [(r.dataset, r.state) for r in results] == [("broken", "failed"), ("good", "done")]
     assert "not a time" in (results[0].error or "")

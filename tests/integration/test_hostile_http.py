@@ -26,9 +26,9 @@ import pytest
 
 from store.engine import make_engine
 from tests.integration.test_dashboard import HOUR, seed
-from worker import http_server
-from worker.dashboard_routes import dashboard_routes
-from worker.http_server import TEXT, HttpServer
+from worker.serve import server as http_server
+from worker.serve.dashboard import dashboard_routes
+from worker.serve.server import TEXT, HttpServer
 from worker.timeparse import MAX_WINDOW_DAYS
 
 pytestmark = pytest.mark.integration

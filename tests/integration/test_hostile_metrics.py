@@ -29,8 +29,8 @@ from store.upserts import SPAN_TYPES_PER_TRACE, Batch
 from store.writer import SqlWriter
 from tests import payloads as P
 from tests.helpers import bucket_snapshot
-from worker.report_html import render
-from worker.rules import load_rules
+from worker.report.page import render
+from worker.rules.engine import load_rules
 
 pytestmark = pytest.mark.integration
 HOUR = 3_600_000

@@ -18,9 +18,9 @@ from tests import payloads as P
 from tests.conftest import publish
 from tests.helpers import wait_until
 from worker.app import create_kafka_worker
-from worker.http_server import HttpServer
+from worker.serve.server import HttpServer
+from worker.serve.telemetry import routes
 from worker.settings import Settings
-from worker.telemetry import routes
 
 pytestmark = pytest.mark.integration
 

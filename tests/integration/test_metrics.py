@@ -28,8 +28,8 @@ from store.writer import SqlWriter
 from tests import metrics_data as M
 from tests import payloads as P
 from tests.helpers import bucket_snapshot, fresh_pg_database
-from worker.cli import main
-from worker.rules import load_rules
+from worker.cli.main import main
+from worker.rules.engine import load_rules
 
 pytestmark = pytest.mark.integration
 HOUR = 3_600_000

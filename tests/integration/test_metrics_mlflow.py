@@ -34,8 +34,8 @@ from store.report import iso, summary
 from store.upserts import Batch
 from store.writer import SqlWriter
 from tests import mlflow_traffic as T
-from worker.cli import main
-from worker.rules import load_rules
+from worker.cli.main import main
+from worker.rules.engine import load_rules
 
 pytestmark = [
     pytest.mark.integration,

@@ -33,7 +33,7 @@ from tests import mlflow_traffic as T
 from tests.conftest import settings_env
 from tests.helpers import bucket_snapshot
 from worker.app import bucket_config, create_mlflow_worker, poll_config
-from worker.cli import main
+from worker.cli.main import main
 from worker.settings import Settings
 
 pytestmark = [
@@ -279,7 +279,7 @@ def test_all_experiments_mode_finds_an_experiment_created_after_the_start(
     from store.writer import SqlWriter
     from worker.app import metrics_config
     from worker.loop import Worker
-    from worker.rules import load_rules
+    from worker.rules.engine import load_rules
 
     settings = poll_settings(mlflow_experiment_ids="")  # every active experiment
     before = [T.log_trace(experiment, "ok") for _ in range(3)]

@@ -16,7 +16,7 @@ from store.upserts import Batch
 from store.writer import SqlWriter
 from tests import payloads as P
 from tests.integration.test_cli import cli
-from worker.rules import load_rules
+from worker.rules.engine import load_rules
 
 pytestmark = pytest.mark.integration
 NOW_MS = 1_795_000_000_000

@@ -545,7 +545,7 @@ MUST_IGNORE = [".venv/bin/python", ".git/HEAD", "tests/unit/test_loop.py", "benc
                "demo-data/mlflow.db", "trace_curator.db", "store/x.db", ".mypy_cache/x",
                ".ruff_cache/x", ".pytest_cache/x", ".hypothesis/x", ".env",
                "worker/__pycache__/cli.cpython-312.pyc", "trace_curator.egg-info/PKG-INFO"]
-MUST_KEEP = ["pyproject.toml", "README.md", "worker/cli.py", "consumers/formats.py",
+MUST_KEEP = ["pyproject.toml", "README.md", "worker/cli/main.py", "consumers/formats.py",
              "store/migrations/env.py", "store/migrations/script.py.mako",
              "store/migrations/versions/0001_initial.py"]
 

@@ -13,7 +13,7 @@ import pytest
 from consumers.errors import ConfigError
 from consumers.events import TraceView
 from store.datasets import Candidate
-from worker.curation import (
+from worker.curation.specs import (
     DEFAULT_DATASET,
     DatasetSpec,
     as_inputs,

@@ -2,7 +2,7 @@
 
 Every panel has a title, a known data source and targets; every SQL target reads one documented
 view (``tc_*``, created by migration 0003) and names only its columns, with only the template
-variables the dashboard declares; every PromQL target names metrics that ``worker.telemetry``
+variables the dashboard declares; every PromQL target names metrics that ``worker.serve.telemetry``
 really exposes (scraped from a ``WorkerCollector`` over a stand-in worker) and groups by labels
 they carry. The provisioning files define the data sources the dashboard refers to. Each check
 returns a list of problems; the tests at the end prove each one can fail. The SQL also runs on
@@ -29,7 +29,7 @@ from sqlalchemy import text
 from store import schema
 from store.engine import make_engine
 from worker.loop import RunStats
-from worker.telemetry import WorkerCollector
+from worker.serve.telemetry import WorkerCollector
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -171,7 +171,8 @@ def sql_problems(sql: str, views: Mapping[str, set[str]], variables: set[str]) -
 
 def promql_problems(expr: str, exposed: Mapping[str, set[str]]) -> list[str]:
     names = set(re.findall(r"\btrace_curator_\w+", expr))
-    problems = [f"{n} is not exposed by worker.telemetry" for n in sorted(names - set(exposed))]
+    problems = [f"{n} is not exposed by worker.serve.telemetry"
+                for n in sorted(names - set(exposed))]
     if not names:
         problems.append("names no trace_curator_* metric")
     body = re.sub(r"\[[^\]]*\]", "", expr)  # range selectors

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from consumers.errors import ConfigError
-from worker.curation import load_specs
-from worker.rules import load_rules
+from worker.curation.specs import load_specs
+from worker.rules.engine import load_rules
 from worker.settings import load_settings
 
 MAX_YAML_BYTES = 1 << 20  # the documented bound

@@ -17,7 +17,7 @@ from store.datasets import VersionRow
 from store.outbox import OutboxStats
 from store.report import NO_TRACES_NOTE, AssessmentStats, SpanTypeStats, Summary, stats_of
 from store.rollup import HOUR_MS, Agg
-from worker.report_html import LiveControls, error_page, render
+from worker.report.page import LiveControls, error_page, render
 
 T0 = 1_795_000_000_000 - 1_795_000_000_000 % HOUR_MS  # an hour start
 EVIL = '<script>window.__pwned=1</script>"\'&'

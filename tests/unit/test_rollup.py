@@ -30,7 +30,7 @@ from store.rollup import (
 )
 from store.sketch import key_for
 from store.upserts import SPAN_TYPES_PER_TRACE, span_summary
-from worker.report_format import bar, to_csv, to_json, to_table
+from worker.report.text import bar, to_csv, to_json, to_table
 
 T0 = 1_795_000_000_000
 

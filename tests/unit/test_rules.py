@@ -18,7 +18,7 @@ import yaml
 from mlflow.utils.search_utils import SearchTraceUtils
 
 from consumers.errors import ConfigError
-from worker.rules import (
+from worker.rules.engine import (
     DEFAULT_RULES_YAML,
     AssessmentView,
     Evaluation,

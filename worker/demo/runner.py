@@ -2,8 +2,8 @@
 
 The command and its orchestration: the embedded broker (``--source kafka``; ``--source mlflow``
 has none and the worker polls MLflow), the stores and settings, then the real worker in the main
-thread beside the traffic generator (``demo_traffic``, publishing through ``demo_outlet``) and the
-progress ``Monitor``, one line a second, in threads; then the summary (``demo_summary``).
+thread beside the traffic generator (``traffic``, publishing through ``outlet``) and the
+progress ``Monitor``, one line a second, in threads; then the summary (``summary``).
 Invariants: the broker is in memory, new on every run, and stopped on every exit, Ctrl+C too; the
 worker is stopped once the traffic is done, the store holds all of it and every rule tag is written
 back (or after a bound); re-runs over one folder are safe: upserts by id, and the malformed records
@@ -33,8 +33,8 @@ from consumers.embedded_broker import EmbeddedBroker
 from consumers.errors import ConfigError
 from store import schema
 from store.engine import make_engine
-from worker.demo_outlet import KafkaOutlet, NoOutlet, Outlet
-from worker.demo_summary import (
+from worker.demo.outlet import KafkaOutlet, NoOutlet, Outlet
+from worker.demo.summary import (
     CURATE_INTERVAL_S,
     Outcome,
     StoreCounts,
@@ -42,8 +42,8 @@ from worker.demo_summary import (
     produced_missing,
     summarize,
 )
-from worker.demo_traffic import EXPERIMENT_NAME as EXPERIMENT_NAME  # re-exported: tests use it
-from worker.demo_traffic import TrafficGenerator, prepare_mlflow
+from worker.demo.traffic import EXPERIMENT_NAME as EXPERIMENT_NAME  # re-exported: tests use it
+from worker.demo.traffic import TrafficGenerator, prepare_mlflow
 from worker.exit_codes import (
     EXIT_CONFIG,
     EXIT_FAILURE,

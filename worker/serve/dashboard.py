@@ -1,7 +1,7 @@
 """The quality dashboard on the worker's HTTP server: ``/`` (HTML) and ``/api/report`` (JSON).
 
 Both read the store on the request's thread and write nothing. ``/`` renders
-``worker.report_html`` for ``?since=1h|24h|7d|<duration>|<ISO>`` (default 24h), an optional
+``worker.report.page`` for ``?since=1h|24h|7d|<duration>|<ISO>`` (default 24h), an optional
 ``until`` and ``experiment``; ``/api/report`` takes the same parameters plus ``by``, and its body
 is exactly what ``trace-curator report --format json`` prints for that window. A bad parameter
 is a 400 that names it (also one given twice, too long, holding a control character, or a
@@ -24,9 +24,9 @@ from sqlalchemy import exc as sa_exc
 from consumers.errors import ConfigError
 from store.dashboard import gather
 from store.report import GROUP_BY, summary
-from worker.http_server import TEXT, Response, Route
-from worker.report_format import to_json
-from worker.report_html import LiveControls, error_page, render
+from worker.report.page import LiveControls, error_page, render
+from worker.report.text import to_json
+from worker.serve.server import TEXT, Response, Route
 from worker.timeparse import parse_window as parse_window_ms
 
 logger = logging.getLogger(__name__)

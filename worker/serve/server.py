@@ -1,5 +1,6 @@
-"""The worker's small HTTP server: ``/metrics``, ``/healthz``, ``/readyz`` (``worker.telemetry``)
-and the live report, ``/`` and ``/api/report`` (``worker.dashboard_routes``).
+"""The worker's small HTTP server: ``/metrics``, ``/healthz``, ``/readyz``
+(``worker.serve.telemetry``) and the live report, ``/`` and ``/api/report``
+(``worker.serve.dashboard``).
 
 Bound to ``TRACE_CURATOR_HTTP_HOST`` (127.0.0.1 by default) and ``TRACE_CURATOR_HTTP_PORT``
 (0 turns it off). GET only; a route is a function of the query string that returns (status,

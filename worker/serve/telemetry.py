@@ -29,8 +29,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
 from store import outbox
-from worker.http_server import TEXT, Response, Route
 from worker.loop import BATCH_SECONDS_BUCKETS, Worker
+from worker.serve.server import TEXT, Response, Route
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric

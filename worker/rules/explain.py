@@ -14,7 +14,7 @@ def _ts(ms: int) -> str:
 
 
 def default_rules_text() -> str:
-    from worker.default_rules import DEFAULT_RULES_YAML
+    from worker.rules.defaults import DEFAULT_RULES_YAML
 
     return "\n".join("    " + line for line in DEFAULT_RULES_YAML.strip().splitlines())
 

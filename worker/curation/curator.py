@@ -32,7 +32,8 @@ from sqlalchemy import Engine
 from consumers.redact import redact
 from store import datasets as ds
 from store.leader import LeaderLock
-from worker.curation import (
+from worker.curation.sinks import DatasetSink, FileDatasetSink
+from worker.curation.specs import (
     DatasetSpec,
     build_record,
     input_hash,
@@ -42,7 +43,6 @@ from worker.curation import (
     stamp_version,
     version_digest,
 )
-from worker.dataset_sinks import DatasetSink, FileDatasetSink
 from worker.timeparse import parse_time_ms
 
 logger = logging.getLogger(__name__)

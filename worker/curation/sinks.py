@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import orjson
 
 from consumers.errors import ConfigError
-from worker.curation import SinkSpec
+from worker.curation.specs import SinkSpec
 
 logger = logging.getLogger(__name__)
 MERGE_BATCH = 500  # records per merge_records call (about 0.3 s each on an OSS server)

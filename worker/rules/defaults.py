@@ -1,4 +1,4 @@
-"""The built-in rules (YAML), kept apart from ``worker.rules`` so that reading them, for
+"""The built-in rules (YAML), kept apart from ``worker.rules.engine`` so that reading them, for
 ``--help`` texts, does not import MLflow (seconds)."""
 
 DEFAULT_RULES_YAML = """\

@@ -7,7 +7,7 @@ usage), ``EXIT_UNAVAILABLE`` 3 (store or broker unreachable), ``EXIT_SCHEMA`` 4 
 
 Only ``db upgrade``, ``run`` and ``backfill`` may create a SQLite store; every other command refuses
 a store file that does not exist (a mistyped setting must not leave an empty store behind). Errors
-about the store name its URL, password masked. Output files go through ``worker.output_files``.
+about the store name its URL, password masked. Output files go through ``worker.cli.output_files``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from sqlalchemy import exc as sa_exc
 from consumers.errors import ConfigError, SchemaOutOfDateError, TransientError
 from consumers.redact import redact
 from store import schema
-from worker import rules_view
 from worker.exit_codes import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -40,6 +39,7 @@ from worker.exit_codes import (
     EXIT_UNAVAILABLE,
 )
 from worker.logs import setup_logging
+from worker.rules import explain as rules_view
 from worker.settings import Settings, describe_settings, load_settings
 from worker.timeparse import MAX_WINDOW_DAYS, parse_time_ms, parse_window
 
@@ -150,9 +150,9 @@ def _start_http(settings: Settings, worker: Any, engine: Engine) -> Any:
     TRACE_CURATOR_HTTP_PORT=0."""
     if settings.http_port == 0:
         return None
-    from worker.dashboard_routes import dashboard_routes
-    from worker.http_server import HttpServer
-    from worker.telemetry import routes
+    from worker.serve.dashboard import dashboard_routes
+    from worker.serve.server import HttpServer
+    from worker.serve.telemetry import routes
 
     served = {**routes(worker, engine),
               **dashboard_routes(engine, minute_retention_days=settings.retention_minute_days)}
@@ -165,7 +165,7 @@ def _start_http(settings: Settings, worker: Any, engine: Engine) -> Any:
 
 def cmd_backfill(args: argparse.Namespace) -> int:
     from worker.app import create_mlflow_worker, poll_config
-    from worker.backfill import ProgressReporter
+    from worker.cli.backfill import ProgressReporter
 
     now_ms = int(time.time() * 1000)
     # A backfill streams page by page: its window needs no cap, only the 1970-9999 bounds.
@@ -232,7 +232,7 @@ EXPORT_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".pa
 def _output_format(args: argparse.Namespace, by_suffix: dict[str, str], default: str) -> str:
     """``--format``, or the one ``--output``'s extension names; the output path is checked
     now, before any work (missing folder, a directory, a link, an existing file)."""
-    from worker.output_files import check_target, format_for
+    from worker.cli.output_files import check_target, format_for
 
     try:
         fmt = format_for(args.output, args.format, by_suffix, default)
@@ -246,9 +246,9 @@ def _output_format(args: argparse.Namespace, by_suffix: dict[str, str], default:
 def cmd_report(args: argparse.Namespace) -> int:
     from store.dashboard import gather
     from store.report import summary
-    from worker.output_files import write_text
-    from worker.report_format import FORMATS
-    from worker.report_html import render
+    from worker.cli.output_files import write_text
+    from worker.report.page import render
+    from worker.report.text import FORMATS
 
     fmt = _output_format(args, REPORT_SUFFIXES, "table")
     now_ms = int(time.time() * 1000)
@@ -300,7 +300,7 @@ def _curator(settings: Settings, engine: Engine) -> Any:
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
-    from worker.curator import CuratorThread
+    from worker.curation.curator import CuratorThread
 
     settings, engine = _current_store(args)
     setup_logging(settings.log_level, settings.log_format)
@@ -397,8 +397,8 @@ def cmd_datasets_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from store import datasets as ds
-    from worker.dataset_sinks import write_records
-    from worker.output_files import atomic_output
+    from worker.cli.output_files import atomic_output
+    from worker.curation.sinks import write_records
 
     fmt = _output_format(args, EXPORT_SUFFIXES, "jsonl")
     _, engine = _current_store(args)
@@ -505,7 +505,7 @@ def cmd_rules_explain(args: argparse.Namespace) -> int:
 def _evaluate_now(settings: Settings, conn: Any, view: Any) -> Any:
     """Evaluations where nothing matched are not logged: show what the rules say now."""
     from store.decisions import valid_feedback
-    from worker.rules import load_rules
+    from worker.rules.engine import load_rules
 
     try:
         rules = load_rules(settings.rules_file)
@@ -517,7 +517,7 @@ def _evaluate_now(settings: Settings, conn: Any, view: Any) -> Any:
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
     from store.decisions import stored_traces, valid_feedback
-    from worker.rules import load_rules
+    from worker.rules.engine import load_rules
 
     try:
         rules = load_rules(args.rules_file)
@@ -718,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     dex.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS)
     dex.set_defaults(func=cmd_datasets_export)
 
-    from worker import demo
+    from worker.demo import runner as demo
 
     d = sub.add_parser(
         "demo", help="run the whole path on embedded defaults, with demo traffic",

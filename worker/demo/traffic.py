@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from worker.demo_outlet import Outlet
+from worker.demo.outlet import Outlet
 
 # mlflow takes seconds to import: it is imported where used, so `trace-curator --help` stays fast.
 if TYPE_CHECKING:

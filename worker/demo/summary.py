@@ -25,10 +25,10 @@ from sqlalchemy import Connection, Engine, TextClause, bindparam, text
 
 from store.engine import make_engine
 from store.report import iso, summary
-from worker.demo_outlet import MALFORMED
-from worker.demo_traffic import EXPERIMENT_NAME, HISTORY_HOURS, TrafficGenerator, TrafficStats
+from worker.demo.outlet import MALFORMED
+from worker.demo.traffic import EXPERIMENT_NAME, HISTORY_HOURS, TrafficGenerator, TrafficStats
 from worker.loop import RunStats
-from worker.report_format import to_table
+from worker.report.text import to_table
 
 CURATE_INTERVAL_S = 10.0  # the worker's curator runs a cycle this often during the run
 

@@ -145,7 +145,7 @@ def _check_spec(spec: DatasetSpec, where: str) -> None:
         except ConfigError as exc:
             problems.append(f"since: {cut(str(exc), 200)}")
     if spec.filter is not None:
-        from worker.rules import _parse_filter_text
+        from worker.rules.engine import _parse_filter_text
 
         try:
             _parse_filter_text(spec.filter, "filter")
@@ -254,7 +254,7 @@ def matches(c: Candidate, spec: DatasetSpec, dimension_tag: str) -> bool:
         if env != spec.environment:
             return False
     if spec.filter is not None:
-        from worker.rules import _match_clause, _TraceInfoAdapter
+        from worker.rules.engine import _match_clause, _TraceInfoAdapter
 
         info = _TraceInfoAdapter(view, view.tags)
         return all(_match_clause(info, clause) for clause in _filter_clauses(spec.filter))
@@ -264,7 +264,7 @@ def matches(c: Candidate, spec: DatasetSpec, dimension_tag: str) -> bool:
 @functools.lru_cache(maxsize=64)
 def _filter_clauses(text: str) -> tuple[Mapping[str, Any], ...]:
     """A spec's filter, parsed once (MLflow's parser costs about 0.3 ms a call)."""
-    from worker.rules import _parse_filter_text
+    from worker.rules.engine import _parse_filter_text
 
     return _parse_filter_text(text, "filter").clauses
 

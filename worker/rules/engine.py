@@ -27,7 +27,7 @@ from mlflow.utils.search_utils import SearchTraceUtils
 
 from consumers.errors import ConfigError
 from consumers.events import AssessmentView, Evaluation, Outcome, RuleOutcome, TraceView
-from worker.default_rules import DEFAULT_RULES_YAML
+from worker.rules.defaults import DEFAULT_RULES_YAML
 from worker.yaml_files import GuardedLoader, brief, cut, load_yaml_file, load_yaml_text
 
 __all__ = [
