@@ -27,7 +27,7 @@ from store.report import GROUP_BY, summary
 from worker.report.page import LiveControls, error_page, render
 from worker.report.text import to_json
 from worker.serve.server import TEXT, Response, Route
-from worker.timeparse import parse_window as parse_window_ms
+from worker.timeparse import parse_window
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +58,13 @@ def _param(q: Mapping[str, list[str]], name: str) -> str | None:
     return values[0].strip() or None
 
 
-def parse_window(q: Mapping[str, list[str]], now_ms: int) -> tuple[str, int, int]:
+def query_window(q: Mapping[str, list[str]], now_ms: int) -> tuple[str, int, int]:
     """(since as asked, since_ms, until_ms) of a query string; the window is at most
     ``MAX_WINDOW_DAYS`` long (``worker.timeparse``). Raises BadRequestError."""
     since = _param(q, "since") or DEFAULT_SINCE
     until = _param(q, "until")
     try:
-        since_ms, until_ms = parse_window_ms(since, until, now_ms)
+        since_ms, until_ms = parse_window(since, until, now_ms)
     except ConfigError as exc:
         raise BadRequestError(str(exc)) from None
     return since, since_ms, until_ms
@@ -79,7 +79,7 @@ def dashboard_routes(engine: Engine, *, minute_retention_days: float | None = No
     def page(q: Mapping[str, list[str]]) -> Response:
         now_ms = int(clock() * 1000)
         try:
-            since, since_ms, until_ms = parse_window(q, now_ms)
+            since, since_ms, until_ms = query_window(q, now_ms)
             experiment = _param(q, "experiment")
             board = gather(engine, since_ms, until_ms, experiment_id=experiment, now_ms=now_ms,
                            minute_retention_days=minute_retention_days)
@@ -93,7 +93,7 @@ def dashboard_routes(engine: Engine, *, minute_retention_days: float | None = No
     def api_report(q: Mapping[str, list[str]]) -> Response:
         now_ms = int(clock() * 1000)
         try:
-            _, since_ms, until_ms = parse_window(q, now_ms)
+            _, since_ms, until_ms = query_window(q, now_ms)
             by = _param(q, "by")
             if by is not None and by not in GROUP_BY:
                 raise BadRequestError(f"by must be one of {', '.join(GROUP_BY)}, got {by!r}")
