@@ -1,9 +1,11 @@
-"""The worker: settings, the main loop, and the ``trace-curator`` command line.
+"""The worker: the running loop and its core, with the rules, curation, HTTP, reports, CLI and
+demo in sub-packages above it (imports run one way, from here up the list).
 
 Start with ``loop`` (poll -> decode -> store -> checkpoint), then ``settings`` (one frozen
-object) and ``cli`` (the commands). ``app`` wires settings to adapters. ``rules`` decides tags,
-``tag_writer`` writes them back; ``curation`` (pure) and ``curator`` build dataset versions
-into ``dataset_sinks``; ``maintenance`` prunes.
+object) and ``app`` (settings wired to adapters). Beside the loop: ``tag_writer`` (tags back to
+MLflow), ``maintenance`` (retention). Then ``rules/`` (which traces are candidates),
+``curation/`` (candidates into dataset versions), ``serve/`` (``/metrics``, the dashboard),
+``report/`` (rendering), ``cli/`` (the commands) and ``demo/``.
 """
 
 from worker.loop import Worker
