@@ -9,6 +9,7 @@ most ``BRIEF_CHARS`` characters), so a hostile value never makes a huge error me
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,25 @@ class GuardedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+
+class Yaml12Loader(GuardedLoader):
+    """The guarded SafeLoader (no anchors or aliases, bounded size and depth) with YAML 1.2
+    booleans (true/false only: an unquoted no stays 'no') and floats (1e-3 is a number)."""
+
+
+Yaml12Loader.yaml_implicit_resolvers = {
+    first: [r for r in resolvers if r[0] != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def load_yaml_text(text: str, source: str, loader: type[GuardedLoader] = GuardedLoader) -> Any:

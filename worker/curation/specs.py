@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
@@ -25,6 +25,9 @@ from consumers.errors import ConfigError
 from consumers.formats import parse_json_text
 from store.datasets import Candidate
 from worker.yaml_files import brief, cut, load_yaml_file
+
+if TYPE_CHECKING:  # at run time imported where used: it loads MLflow (seconds)
+    from worker.rules.filters import Filter
 
 Strategy = Literal["all", "stratified"]
 SinkKind = Literal["mlflow", "databricks", "files"]
@@ -145,10 +148,10 @@ def _check_spec(spec: DatasetSpec, where: str) -> None:
         except ConfigError as exc:
             problems.append(f"since: {cut(str(exc), 200)}")
     if spec.filter is not None:
-        from worker.rules.engine import _parse_filter_text
+        from worker.rules.filters import parse_filter
 
         try:
-            _parse_filter_text(spec.filter, "filter")
+            parse_filter(spec.filter, "filter")
         except ConfigError as exc:
             problems.append(str(exc))
     if problems:
@@ -254,19 +257,18 @@ def matches(c: Candidate, spec: DatasetSpec, dimension_tag: str) -> bool:
         if env != spec.environment:
             return False
     if spec.filter is not None:
-        from worker.rules.engine import _match_clause, _TraceInfoAdapter
+        from worker.rules.filters import TraceInfoView
 
-        info = _TraceInfoAdapter(view, view.tags)
-        return all(_match_clause(info, clause) for clause in _filter_clauses(spec.filter))
+        return _spec_filter(spec.filter).matches(TraceInfoView(view, view.tags))
     return True
 
 
 @functools.lru_cache(maxsize=64)
-def _filter_clauses(text: str) -> tuple[Mapping[str, Any], ...]:
+def _spec_filter(text: str) -> Filter:
     """A spec's filter, parsed once (MLflow's parser costs about 0.3 ms a call)."""
-    from worker.rules.engine import _parse_filter_text
+    from worker.rules.filters import parse_filter
 
-    return _parse_filter_text(text, "filter").clauses
+    return parse_filter(text, "filter")
 
 
 def stratum(c: Candidate, spec: DatasetSpec) -> str:

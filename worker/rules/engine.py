@@ -1,8 +1,8 @@
 """The rules engine: which traces become eval candidates, and why. Pure: no I/O, no MLflow calls.
 
 A rule set is parsed and validated once (``load_rules``); ``RuleSet.evaluate`` then does no parsing.
-Filters are MLflow search_traces filters, parsed once by MLflow's parser and matched locally with
-its own matcher; what that matcher cannot evaluate locally is rejected at load, never at run time.
+Filters are MLflow search_traces filters (``worker.rules.filters``: MLflow's own parser and local
+matcher); what that matcher cannot evaluate locally is rejected at load, never at run time.
 Only valid (non-overridden) feedback counts; expectations never do. Per tag key, the matched and
 sampled-in rule with the lowest precedence wins. A feedback rule with no valid feedback to judge is
 ``not_applicable`` rather than ``no_match``: the decision may change when feedback arrives.
@@ -15,20 +15,17 @@ from __future__ import annotations
 import hashlib
 import json
 import operator
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
-from mlflow.utils.search_utils import SearchTraceUtils
-
 from consumers.errors import ConfigError
 from consumers.events import AssessmentView, Evaluation, Outcome, RuleOutcome, TraceView
 from worker.rules.defaults import DEFAULT_RULES_YAML
-from worker.yaml_files import GuardedLoader, brief, cut, load_yaml_file, load_yaml_text
+from worker.rules.filters import Filter, TraceInfoView, parse_filter
+from worker.yaml_files import Yaml12Loader, brief, load_yaml_file, load_yaml_text
 
 __all__ = [
     "DEFAULT_RULES_YAML",
@@ -45,25 +42,6 @@ __all__ = [
 
 DEFAULT_TAG_KEY = "eval_candidate"
 TRACE_NAME_TAG = "mlflow.traceName"
-
-
-# MLflow's parser and matcher, typed once (they are untyped upstream; the matcher is private, so
-# mlflow is pinned and tests/unit/test_rules.py covers it).
-_parse_filter: Callable[[str], list[dict[str, Any]]] = (
-    SearchTraceUtils.parse_search_filter_for_search_traces
-)
-_match_clause: Callable[[object, Mapping[str, Any]], bool] = (
-    SearchTraceUtils._does_trace_match_clause
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Filter:
-    """One filter string as written, and MLflow's parsed clauses (AND-ed)."""
-
-    text: str
-    clauses: tuple[Mapping[str, Any], ...]
-    reason: str  # logged when it matches
 
 
 _NUMERIC_TESTS: dict[str, tuple[str, Callable[[Any, Any], bool]]] = {
@@ -134,15 +112,9 @@ class Rule:
         object.__setattr__(self, "no_match_reason", no_match)
         object.__setattr__(self, "sample_threshold", int(self.sample_rate * 2**64))
 
-    def match_filters(self, info: object) -> str | None:
+    def match_filters(self, info: TraceInfoView) -> str | None:
         """The reason of the first filter whose clauses all match ``info``, else None."""
-        for flt in self.filters:
-            for clause in flt.clauses:
-                if not _match_clause(info, clause):
-                    break
-            else:
-                return flt.reason
-        return None
+        return next((flt.reason for flt in self.filters if flt.matches(info)), None)
 
     def sampled_in(self, trace_id: str) -> bool:
         return self.sample_rate >= 1.0 or _sample_point(self.name, trace_id) < self.sample_threshold
@@ -158,27 +130,6 @@ class Rule:
             "precedence": self.precedence,
             "sample_rate": self.sample_rate,
         }
-
-
-class _TraceInfoAdapter:
-    """Exactly the attributes ``_does_trace_match_clause`` reads from an MLflow TraceInfo."""
-
-    __slots__ = (
-        "execution_time_ms",
-        "request_id",
-        "request_metadata",
-        "status",
-        "tags",
-        "timestamp_ms",
-    )
-
-    def __init__(self, trace: TraceView, tags: Mapping[str, str]) -> None:
-        self.tags = tags
-        self.request_metadata = trace.metadata
-        self.request_id = trace.trace_id
-        self.timestamp_ms = trace.timestamp_ms
-        self.execution_time_ms = trace.execution_time_ms
-        self.status = trace.status
 
 
 def _short(value: Any) -> str:
@@ -274,24 +225,27 @@ class RuleSet:
         digest = self._digest(trace_id, outcomes)
         return Evaluation(trace_id, tuple(outcomes), MappingProxyType(tags), digest)
 
-    def _adapt(self, trace: TraceView) -> _TraceInfoAdapter:
+    def _adapt(self, trace: TraceView) -> TraceInfoView:
         tags = trace.tags
         if self._name_tag and trace.name is not None and TRACE_NAME_TAG not in tags:
             tags = {**tags, TRACE_NAME_TAG: trace.name}
-        return _TraceInfoAdapter(trace, tags)
+        return TraceInfoView(trace, tags)
 
     @staticmethod
     def _verdict(
         rule: Rule,
         trace_id: str,
-        info: object,
+        info: TraceInfoView | None,
         valid: Sequence[AssessmentView],
         every: Sequence[AssessmentView],
     ) -> _Verdict:
         """The rule alone: tagged (unless outranked), sampled_out, no_match or not_applicable."""
-        reason = rule.match_filters(info) if rule.filters else None
-        if rule.filters and reason is None:
-            return "no_match", rule.no_match_reason
+        reason = None
+        if rule.filters:
+            assert info is not None  # evaluate adapts the trace when any rule has filters
+            reason = rule.match_filters(info)
+            if reason is None:
+                return "no_match", rule.no_match_reason
         if rule.feedback:
             matched, why = _judge_feedback(rule, valid, every)
             if matched is None:
@@ -315,53 +269,20 @@ class RuleSet:
 _RULE_KEYS = frozenset(
     {"name", "filter", "filters", "feedback", "tag", "precedence", "sample_rate"}
 )
-_STATUSES = frozenset({"OK", "ERROR", "IN_PROGRESS", "STATE_UNSPECIFIED"})
-_STRING_OPS = frozenset({"=", "!=", "LIKE", "ILIKE", "IS NULL", "IS NOT NULL"})
-_ATTRIBUTE_OPS = {
-    "status": frozenset({"=", "!=", "LIKE", "ILIKE", "IN", "NOT IN"}),
-    "request_id": frozenset({"=", "!=", "LIKE", "ILIKE", "IN", "NOT IN"}),
-    "timestamp_ms": frozenset({"=", "!=", ">", ">=", "<", "<="}),
-    "execution_time_ms": frozenset({"=", "!=", ">", ">=", "<", "<="}),
-}
-_NOT_LOCAL = {
-    "span": "span.* and trace.text filters need span data, which rules do not see",
-    "feedback": "feedback.* filters need the server; use the rule's feedback: condition",
-    "expectation": "expectation.* filters need the server; rules look at feedback only",
-    "issue": "issue.* filters need the server",
-}
-
-
-class _Yaml12Loader(GuardedLoader):
-    """The guarded SafeLoader (no anchors or aliases, bounded size and depth) with YAML 1.2
-    booleans (true/false only: an unquoted no stays 'no') and floats (1e-3 is a number)."""
-
-
-_Yaml12Loader.yaml_implicit_resolvers = {
-    first: [r for r in resolvers if r[0] != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
 
 
 def load_rules(path: str | Path | None) -> RuleSet:
     """The rules of the YAML file at ``path``; None gives the documented defaults."""
     if path is None:
         return parse_rules(DEFAULT_RULES_YAML, "<built-in defaults>")
-    data = load_yaml_file(path, f"rules file {path}", _Yaml12Loader)
+    data = load_yaml_file(path, f"rules file {path}", Yaml12Loader)
     return _parse_document(data, f"rules file {path}")
 
 
 def parse_rules(text: str, source: str = "<rules>") -> RuleSet:
     """Parse and validate a rules document; raise ConfigError naming the rule and the problem."""
     where = f"rules file {source}"
-    return _parse_document(load_yaml_text(text, where, _Yaml12Loader), where)
+    return _parse_document(load_yaml_text(text, where, Yaml12Loader), where)
 
 
 def _parse_document(data: Any, where: str) -> RuleSet:
@@ -426,64 +347,7 @@ def _parse_filters(raw: dict[str, Any], where: str) -> tuple[Filter, ...]:
     texts = raw.get("filters", [raw["filter"]] if "filter" in raw else [])
     if not isinstance(texts, list) or ("filters" in raw and not texts):
         raise ConfigError(f"{where}: 'filters' must be a non-empty list of filter strings")
-    return tuple(_parse_filter_text(text, where) for text in texts)
-
-
-def _parse_filter_text(text: Any, where: str) -> Filter:
-    if not isinstance(text, str) or not text.strip():
-        raise ConfigError(f"{where}: a filter must be a non-empty string, got {brief(text)}")
-    text = text.strip()
-    try:
-        clauses = _parse_filter(text)
-    except Exception as exc:  # MlflowException, or whatever sqlparse raises
-        hint = ""
-        if re.search(r"'OR'|'\(", str(exc)):
-            hint = " (filters are AND-only, without parentheses; list alternatives in 'filters')"
-        raise ConfigError(f"{where}: filter {brief(text)}: {cut(str(exc))}{hint}") from exc
-    for clause in clauses:
-        if problem := _clause_problem(clause):
-            raise ConfigError(f"{where}: filter {brief(text)}: {cut(problem)}")
-    return Filter(text, tuple(clauses), f"{text} matched")
-
-
-def _clause_problem(clause: Mapping[str, Any]) -> str | None:
-    """Why MLflow's local matcher cannot evaluate ``clause`` correctly, or None."""
-    kind, key, value = clause["type"], clause["key"], clause["value"]
-    op = str(clause["comparator"]).upper()
-    if kind in _NOT_LOCAL:
-        return _NOT_LOCAL[kind]
-    if kind in ("tag", "request_metadata"):
-        if op not in _STRING_OPS:
-            where = "tags" if kind == "tag" else "metadata"
-            return f"operator {op} is not supported on {where}; use one of {sorted(_STRING_OPS)}"
-        if isinstance(value, str) and "''" in value:
-            return "MLflow does not unescape '' in a quoted value; put it in double quotes"
-    elif kind == "attribute":
-        problem = _attribute_problem(key, op, value)
-        if problem:
-            return problem
-    # What the checks above missed, MLflow's matcher must not raise on a typical trace.
-    probe = TraceView("tr-probe", None, None, "OK", 0, 0, {key: "x"}, {key: "x"})
-    try:
-        _match_clause(_TraceInfoAdapter(probe, probe.tags), clause)
-    except Exception as exc:
-        return f"MLflow cannot evaluate it locally: {exc!r}"
-    return None
-
-
-def _attribute_problem(key: str, op: str, value: Any) -> str | None:
-    if key == "end_time_ms":
-        return "end_time_ms is not known locally; use timestamp_ms and execution_time_ms"
-    if key not in _ATTRIBUTE_OPS:
-        return f"attributes.{key} is not available to rules; use {sorted(_ATTRIBUTE_OPS)}"
-    if op not in _ATTRIBUTE_OPS[key]:
-        return f"operator {op} is not supported on attributes.{key}"
-    if key.endswith("_ms") and not _is_number(value):
-        return f"attributes.{key} compares with a number; write {value} without quotes"
-    values = value if isinstance(value, tuple) else (value,)
-    if key == "status" and op in ("=", "!=", "IN", "NOT IN") and set(values) - _STATUSES:
-        return f"status is one of {sorted(_STATUSES)} (case-sensitive), got {value!r}"
-    return None
+    return tuple(parse_filter(text, where) for text in texts)
 
 
 def _parse_feedback(raw: Any, where: str) -> tuple[FeedbackCondition, ...]:
