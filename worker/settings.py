@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
@@ -179,10 +180,9 @@ class Settings(BaseSettings):
         env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if "data" in _CONFIG_FILE:
-            sources.append(YamlFileSettingsSource(settings_cls, _CONFIG_FILE["data"]))
-        return tuple(sources)
+        """``Settings(...)``: keyword arguments, then the environment; no .env file, no secrets
+        folder. ``load_settings`` passes the same two and the config file explicitly."""
+        return init_settings, env_settings
 
     def masked(self) -> dict[str, Any]:
         """The effective settings for the start-up log: secrets masked, passwords in URLs hidden."""
@@ -226,9 +226,15 @@ class YamlFileSettingsSource(InitSettingsSource):
         super().__init__(settings_cls, data)
 
 
-# The --config file's mapping while load_settings builds a Settings (a class-level hook:
-# pydantic-settings calls settings_customise_sources without instance state).
-_CONFIG_FILE: dict[str, dict[str, Any]] = {}
+def _build(overrides: dict[str, Any], file_data: dict[str, Any] | None) -> Settings:
+    """A Settings from its sources, passed explicitly (pydantic-settings' ``_build_sources``),
+    highest priority first: ``overrides``, the environment, the config file's mapping."""
+    sources: tuple[PydanticBaseSettingsSource, ...] = (
+        InitSettingsSource(Settings, init_kwargs=overrides), EnvSettingsSource(Settings))
+    if file_data is not None:
+        sources += (YamlFileSettingsSource(Settings, file_data),)
+    # A documented BaseSettings.__init__ argument; mypy sees only the fields' signature.
+    return Settings(_build_sources=(sources, overrides))  # type: ignore[call-arg]
 
 
 def _secret_files(env: Any, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -282,27 +288,27 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     if misspelt:
         raise ConfigError("mistyped prefix in the environment: " + "; ".join(
             f"{k} is not read (did you mean {fix}?)" for k, fix in misspelt.items()))
-    _CONFIG_FILE.clear()
-    if path:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file {p} does not exist")
-        if not p.is_file():
-            raise ConfigError(f"config file {p} is not a regular file")
-        data = load_yaml_file(p, f"config file {p}") or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {p} must hold a mapping of setting: value")
-        _CONFIG_FILE["data"] = {str(k): v for k, v in data.items()}
+    file_data = _config_file(Path(path)) if path else None
     overrides = {**_secret_files(env, overrides), **overrides}
     try:
-        return Settings(**overrides)
+        return _build(overrides, file_data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{cut('.'.join(str(x) for x in e['loc']), 80) or 'settings'}: {cut(e['msg'], 200)}"
             for e in exc.errors()[:10])
         raise ConfigError(f"invalid settings: {problems}") from None
-    finally:
-        _CONFIG_FILE.clear()
+
+
+def _config_file(p: Path) -> dict[str, Any]:
+    """The mapping of the ``--config`` file, read by the guarded loader."""
+    if not p.exists():
+        raise ConfigError(f"config file {p} does not exist")
+    if not p.is_file():
+        raise ConfigError(f"config file {p} is not a regular file")
+    data = load_yaml_file(p, f"config file {p}") or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of setting: value")
+    return {str(k): v for k, v in data.items()}
 
 
 def describe_settings() -> str:
