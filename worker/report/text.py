@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import orjson
 
@@ -81,6 +81,24 @@ def _headline(st: Stats) -> list[str]:
     ]
 
 
+_SPAN_COLUMNS = (("count", 10), ("total s", 12), ("avg s", 10), ("p95 s", 10), ("max s", 10))
+_ASSESSMENT_COLUMNS = (("count", 8), ("mean", 10), ("pass rate", 12))
+_GROUP_COLUMNS = (("traces", 10), ("success", 10), ("p95 ms", 10), ("errors", 8))
+
+
+def _table(title: str, first: int, columns: Sequence[tuple[str, int]],
+           rows: Iterable[tuple[str, Sequence[str]]]) -> list[str]:
+    """A section: a blank line, the header (``title`` in ``first`` characters, then the column
+    names) and a line per row (its label indented by two, then its cells), cells right-aligned
+    to their column's width."""
+    def line(label: str, cells: Iterable[str]) -> str:
+        return f"{label:<{first}}" + "".join(
+            f"{cell:>{width}}" for cell, (_, width) in zip(cells, columns, strict=True))
+
+    return ["", line(title, (name for name, _ in columns)),
+            *(line("  " + label, cells) for label, cells in rows)]
+
+
 def to_table(s: Summary) -> str:
     st = s.overall
     scope = f"experiment {s.experiment_id}" if s.experiment_id else "all experiments"
@@ -91,24 +109,22 @@ def to_table(s: Summary) -> str:
     lines += ["", title]
     lines += [f"  {label:<11} |{bar(v, peak):<{BAR_WIDTH}} {v:,}" for label, v in volume]
     if st.span_types:
-        lines += ["", f"{'Span type':<16}{'count':>10}{'total s':>12}{'avg s':>10}"
-                      f"{'p95 s':>10}{'max s':>10}"]
-        lines += [f"  {t:<14}{sp.count:>10,}{sp.total_time_s:>12,.2f}{sp.avg_time_s:>10.3f}"
-                  f"{sp.p95_time_s:>10.3f}{sp.max_time_s:>10.3f}"
-                  for t, sp in st.span_types.items()]
+        lines += _table("Span type", 16, _SPAN_COLUMNS, (
+            (t, (f"{sp.count:,}", f"{sp.total_time_s:,.2f}", f"{sp.avg_time_s:.3f}",
+                 f"{sp.p95_time_s:.3f}", f"{sp.max_time_s:.3f}"))
+            for t, sp in st.span_types.items()))
     if st.assessments:
-        lines += ["", f"{'Assessment':<24}{'count':>8}{'mean':>10}{'pass rate':>12}"]
-        lines += [f"  {name:<22}{a.count:>8,}{'-' if a.mean is None else f'{a.mean:.3f}':>10}"
-                  f"{_pct(a.pass_rate):>12}" for name, a in st.assessments.items()]
+        lines += _table("Assessment", 24, _ASSESSMENT_COLUMNS, (
+            (name, (f"{a.count:,}", "-" if a.mean is None else f"{a.mean:.3f}", _pct(a.pass_rate)))
+            for name, a in st.assessments.items()))
     if st.candidates:
         lines += ["", "Candidates"]
         lines += [f"  {v:<22}{n:>8,}" for v, n in st.candidates.items()]
     if s.by:
-        lines += ["", f"{'By ' + s.by:<28}{'traces':>10}{'success':>10}{'p95 ms':>10}"
-                      f"{'errors':>8}"]
-        lines += [f"  {(g or '(none)')[:26]:<26}{gs.total_traces:>10,}"
-                  f"{_pct(gs.success_rate):>10}{_n(gs.p95_latency_ms):>10}{gs.error_count:>8,}"
-                  for g, gs in s.groups.items()]
+        lines += _table(f"By {s.by}", 28, _GROUP_COLUMNS, (
+            ((g or "(none)")[:26], (f"{gs.total_traces:,}", _pct(gs.success_rate),
+                                   _n(gs.p95_latency_ms), f"{gs.error_count:,}"))
+            for g, gs in s.groups.items()))
     if s.notes:
         lines += [""] + [f"Note: {n}" for n in s.notes]
     return "\n".join(lines) + "\n"
