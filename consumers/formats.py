@@ -1,15 +1,12 @@
 """Wire bytes -> typed events. Pure: no I/O, no clock, no Kafka, no SQL.
 
 Trace topic values are UTF-8 JSON in one of three forms (README, Event formats): MLflow trace JSON
-(``Trace.to_json()``), trace info JSON (``TraceInfo.to_dict()``), or the flat trace row. Assessment
-topic values are ``Assessment.to_dictionary()`` JSON. Every other input raises ``DecodeError`` whose
-message names the field and the problem; decoders never raise anything else, whatever the bytes
-(a Hypothesis test holds them to that). ``request``/``response`` are kept as the JSON text MLflow
-already produced, so the hot path never re-serializes them.
-
-Whatever an event holds, the store can write, on SQLite and PostgreSQL alike: times lie in years
-1970..9999 (epoch ms, span ns), counts (durations, tokens, the computed total) within int64,
-JSON values at most ``MAX_JSON_DEPTH`` levels deep, and text goes to text columns without NUL.
+(``Trace.to_json()``), trace info JSON (``TraceInfo.to_dict()``) or the flat trace row; assessment
+values are ``Assessment.to_dictionary()`` JSON. Any other input raises ``DecodeError`` naming the
+field and the problem, and nothing else, whatever the bytes (a Hypothesis test holds them to it).
+``request``/``response`` stay the JSON text MLflow produced: the hot path never re-serializes them.
+Every field is read by ``consumers.fields``, which holds it to what the store can write, on SQLite
+and PostgreSQL alike (times in years 1970..9999, counts within int64, bounded JSON depth, no NUL).
 """
 
 from __future__ import annotations
@@ -17,7 +14,6 @@ from __future__ import annotations
 import math
 import traceback as tb
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -33,16 +29,23 @@ from consumers.events import (
     TraceEvent,
     TraceStatus,
 )
+from consumers.fields import (
+    INT64_MAX,
+    MAX_ID_CHARS,
+    MAX_TIME_MS,
+    MAX_TIME_NS,
+    clean,
+    dump_json,
+    id_field,
+    int_field,
+    json_text,
+    load_object,
+    out_of_range,
+    str_field,
+    str_map_field,
+    time_ms_field,
+)
 
-MAX_ID_CHARS = 256
-INT64_MAX = 2**63 - 1  # what a BIGINT column holds
-MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
-# The last nanosecond of year 9999. Numbers above 2**64 reach us as floats (orjson's rule), so
-# the bound holds to a float's precision there.
-MAX_TIME_NS = MAX_TIME_MS * 1_000_000 + 999_999
-MAX_JSON_DEPTH = 254  # orjson reads 1,024 levels of nesting, but writes only 254
-_BOUND_NAMES = {INT64_MAX: "the int64 maximum", MAX_TIME_MS: "9999-12-31T23:59:59.999Z",
-                MAX_TIME_NS: "the end of year 9999"}
 TOKEN_USAGE_KEY = "mlflow.trace.tokenUsage"  # noqa: S105 - a metadata key, not a secret
 TRACE_NAME_TAG = "mlflow.traceName"
 _SPAN_STATUS = {"STATUS_CODE_OK": "OK", "STATUS_CODE_ERROR": "ERROR",
@@ -53,129 +56,7 @@ _TRACEBACK_FRAMES = 30
 
 
 # ---------------------------------------------------------------------------------------------
-# Field helpers: each names the field in its error.
-
-
-def _loads(value: bytes | None, max_bytes: int) -> dict[str, Any]:
-    if value is None:
-        raise DecodeError("empty record (a tombstone); expected a JSON object", "payload")
-    if len(value) > max_bytes:
-        raise DecodeError(f"{len(value)} bytes exceeds max_event_bytes={max_bytes}", "payload")
-    try:
-        obj = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"not valid UTF-8 JSON ({exc})", "payload") from None
-    if not isinstance(obj, dict):
-        raise DecodeError(f"expected a JSON object, got {type(obj).__name__}", "payload")
-    return obj
-
-
-def _str(d: Mapping[str, Any], key: str, path: str, *, required: bool = True,
-         max_chars: int | None = None) -> str | None:
-    v = d.get(key)
-    if v is None:
-        if required:
-            raise DecodeError("is missing", f"{path}{key}")
-        return None
-    if not isinstance(v, str):
-        raise DecodeError(f"expected a string, got {type(v).__name__}", f"{path}{key}")
-    if required and not v:
-        raise DecodeError("is empty", f"{path}{key}")
-    if max_chars is not None and len(v) > max_chars:
-        raise DecodeError(f"longer than {max_chars} characters", f"{path}{key}")
-    return _clean(v)
-
-
-def _clean(v: str) -> str:
-    """PostgreSQL text cannot hold NUL; a stray NUL in a name or message becomes U+FFFD."""
-    return v.replace("\x00", "\ufffd") if "\x00" in v else v
-
-
-def _id(d: Mapping[str, Any], key: str, path: str = "") -> str:
-    raw = d.get(key)
-    if isinstance(raw, str) and "\x00" in raw:
-        raise DecodeError("contains a NUL character", f"{path}{key}")
-    v = _str(d, key, path, max_chars=MAX_ID_CHARS)
-    assert v is not None  # required=True guarantees it
-    return v
-
-
-def _int(d: Mapping[str, Any], key: str, path: str, *, required: bool,
-         maximum: int = INT64_MAX) -> int | None:
-    """A number in ``[0, maximum]`` (``INT64_MAX``, ``MAX_TIME_MS`` or ``MAX_TIME_NS``)."""
-    v = d.get(key)
-    if v is None:
-        if required:
-            raise DecodeError("is missing", f"{path}{key}")
-        return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or (
-            isinstance(v, float) and not math.isfinite(v)):
-        raise DecodeError(f"expected a number, got {type(v).__name__}", f"{path}{key}")
-    iv = int(v)
-    if iv < 0:
-        raise DecodeError(f"must be >= 0, got {v}", f"{path}{key}")
-    if iv > maximum:
-        raise _out_of_range(v, maximum, f"{path}{key}")
-    return iv
-
-
-def _out_of_range(v: Any, maximum: int, field: str) -> DecodeError:
-    return DecodeError(f"out of range: {v} > {maximum} ({_BOUND_NAMES.get(maximum, 'max')})",
-                       field)
-
-
-def _str_map(d: Mapping[str, Any], key: str, path: str) -> dict[str, str]:
-    """A string -> string mapping; scalar values are stringified, nested values rejected. A NUL
-    in a value becomes U+FFFD: a tag's value can become a text column (the metrics dimension)."""
-    v = d.get(key)
-    if v is None:
-        return {}
-    if not isinstance(v, dict):
-        raise DecodeError(f"expected an object, got {type(v).__name__}", f"{path}{key}")
-    for item in v.values():  # the common case, all clean strings: no copy
-        if type(item) is not str or "\x00" in item:
-            break
-    else:
-        return v
-    out: dict[str, str] = {}
-    for k, item in v.items():
-        if isinstance(item, str):
-            out[k] = _clean(item)
-        elif isinstance(item, bool | int | float):
-            out[k] = orjson.dumps(item).decode()
-        elif item is None:
-            continue
-        else:
-            raise DecodeError(f"expected a string value, got {type(item).__name__}",
-                              f"{path}{key}.{k}")
-    return out
-
-
-def _time_ms(d: Mapping[str, Any], key: str, path: str, *, required: bool) -> int | None:
-    """ISO-8601 text (``2026-11-27T11:54:16.865Z``) or epoch milliseconds."""
-    v = d.get(key)
-    if v is None:
-        if required:
-            raise DecodeError("is missing", f"{path}{key}")
-        return None
-    if isinstance(v, str):
-        try:
-            dt = datetime.fromisoformat(v)
-        except ValueError:
-            raise DecodeError(f"not an ISO-8601 time: {v[:40]!r}", f"{path}{key}") from None
-        if dt.tzinfo is None:
-            raise DecodeError(f"ISO-8601 time without a time zone: {v[:40]!r}", f"{path}{key}")
-        try:
-            ms = int(dt.timestamp() * 1000)
-        except (OverflowError, OSError, ValueError):
-            raise DecodeError(f"time out of range: {v[:40]!r}", f"{path}{key}") from None
-        if ms < 0:
-            raise DecodeError(f"before 1970: {v[:40]!r}", f"{path}{key}")
-        if ms > MAX_TIME_MS:  # year 9999 with a negative offset is year 10000 in UTC
-            raise DecodeError(f"out of range: {v[:40]!r} is after 9999-12-31T23:59:59.999Z",
-                              f"{path}{key}")
-        return ms
-    return _int(d, key, path, required=required, maximum=MAX_TIME_MS)
+# Values of the trace forms
 
 
 def parse_json_text(text: str | None) -> Any:
@@ -186,32 +67,6 @@ def parse_json_text(text: str | None) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return text
-
-
-def _json_text(v: Any, field: str) -> str | None:
-    """Request/response as JSON text. Strings that already hold a JSON object or array are kept."""
-    if v is None:
-        return None
-    if isinstance(v, str):
-        s = v.lstrip()
-        if s[:1] in ("{", "["):
-            try:
-                orjson.loads(v)
-                return v
-            except orjson.JSONDecodeError:
-                pass
-    return _dumps(v, field).decode()
-
-
-def _dumps(v: Any, field: str) -> bytes:
-    """``v`` as the store will encode it. A parsed value can fail only by its depth: orjson
-    reads 1,024 levels of nesting but writes ``MAX_JSON_DEPTH``."""
-    try:
-        return orjson.dumps(v)
-    except orjson.JSONEncodeError as exc:
-        if "Recursion limit" in str(exc):
-            raise DecodeError(f"nested deeper than {MAX_JSON_DEPTH} levels", field) from None
-        raise DecodeError(f"not JSON-serializable ({exc})", field) from None
 
 
 def _token_usage(metadata: Mapping[str, str]) -> tuple[int | None, int | None, int | None]:
@@ -225,14 +80,14 @@ def _token_usage(metadata: Mapping[str, str]) -> tuple[int | None, int | None, i
     if not isinstance(usage, dict):
         raise DecodeError("expected an object", f"metadata.{TOKEN_USAGE_KEY}")
     path = f"metadata.{TOKEN_USAGE_KEY}."
-    inp = _int(usage, "input_tokens", path, required=False)
-    out = _int(usage, "output_tokens", path, required=False)
-    total = _int(usage, "total_tokens", path, required=False)
+    inp = int_field(usage, "input_tokens", path, required=False)
+    out = int_field(usage, "output_tokens", path, required=False)
+    total = int_field(usage, "total_tokens", path, required=False)
     if total is None and (inp is not None or out is not None):
         total = (inp or 0) + (out or 0)
         if total > INT64_MAX:
-            raise _out_of_range(f"input_tokens + output_tokens = {total}", INT64_MAX,
-                                f"{path}total_tokens")
+            raise out_of_range(f"input_tokens + output_tokens = {total}", INT64_MAX,
+                               f"{path}total_tokens")
     return inp, out, total
 
 
@@ -277,7 +132,7 @@ def _mlflow_spans(spans: Any) -> tuple[tuple[SpanSummary, ...], dict[str, Any] |
                 and span_type[-1] == '"':
             span_type = span_type[1:-1]
         out.append(SpanSummary(
-            _clean(name) if name else "",
+            clean(name) if name else "",
             span_type if type(span_type) is str and span_type else "UNKNOWN",
             (end - start) / 1e6,
             _SPAN_STATUS.get(code, "UNSET") if type(code) is str else "UNSET"))
@@ -288,10 +143,10 @@ def _slow_span_fields(s: Mapping[str, Any], i: int) -> tuple[int, int | None, st
     path = f"data.spans[{i}]."
     if not isinstance(s.get("attributes") or {}, dict):
         raise DecodeError("expected an object", f"{path}attributes")
-    start = _int(s, "start_time_unix_nano", path, required=True, maximum=MAX_TIME_NS)
+    start = int_field(s, "start_time_unix_nano", path, required=True, maximum=MAX_TIME_NS)
     assert start is not None
-    return (start, _int(s, "end_time_unix_nano", path, required=False, maximum=MAX_TIME_NS),
-            _str(s, "name", path, required=False))
+    return (start, int_field(s, "end_time_unix_nano", path, required=False, maximum=MAX_TIME_NS),
+            str_field(s, "name", path, required=False))
 
 
 def _flat_spans(spans: Any) -> tuple[SpanSummary, ...]:
@@ -304,8 +159,8 @@ def _flat_spans(spans: Any) -> tuple[SpanSummary, ...]:
         path = f"spans[{i}]."
         if not isinstance(s, dict):
             raise DecodeError(f"expected an object, got {type(s).__name__}", path[:-1])
-        start = _int(s, "start_time_ns", path, required=True, maximum=MAX_TIME_NS)
-        end = _int(s, "end_time_ns", path, required=False, maximum=MAX_TIME_NS)
+        start = int_field(s, "start_time_ns", path, required=True, maximum=MAX_TIME_NS)
+        end = int_field(s, "end_time_ns", path, required=False, maximum=MAX_TIME_NS)
         if end is None:
             continue
         assert start is not None
@@ -313,8 +168,8 @@ def _flat_spans(spans: Any) -> tuple[SpanSummary, ...]:
             raise DecodeError("end_time_ns is before start_time_ns", path[:-1])
         status = s.get("status")
         out.append(SpanSummary(
-            name=_str(s, "name", path, required=False) or "",
-            span_type=_str(s, "span_type", path, required=False) or "UNKNOWN",
+            name=str_field(s, "name", path, required=False) or "",
+            span_type=str_field(s, "span_type", path, required=False) or "UNKNOWN",
             duration_ms=(end - start) / 1e6,
             status=_SPAN_STATUS.get(status, "UNSET") if isinstance(status, str) else "UNSET",
         ))
@@ -328,7 +183,7 @@ def _flat_spans(spans: Any) -> tuple[SpanSummary, ...]:
 def _from_trace_info(info: Mapping[str, Any], path: str, prov: Provenance,
                      spans: tuple[SpanSummary, ...], root: Mapping[str, Any] | None,
                      source_format: str) -> TraceEvent:
-    trace_id = _id(info, "trace_id", path)
+    trace_id = id_field(info, "trace_id", path)
     status = _status(info.get("state"), f"{path}state")
     loc = info.get("trace_location")
     experiment_id: str | None = None
@@ -337,31 +192,32 @@ def _from_trace_info(info: Mapping[str, Any], path: str, prov: Provenance,
             raise DecodeError("expected an object", f"{path}trace_location")
         exp = loc.get("mlflow_experiment")
         if isinstance(exp, dict):
-            experiment_id = _str(exp, "experiment_id", f"{path}trace_location.mlflow_experiment.",
-                                 required=False, max_chars=MAX_ID_CHARS)
-    tags = _str_map(info, "tags", path)
-    metadata = _str_map(info, "trace_metadata", path)
-    timestamp_ms = _time_ms(info, "request_time", path, required=True)
+            experiment_id = str_field(exp, "experiment_id",
+                                      f"{path}trace_location.mlflow_experiment.",
+                                      required=False, max_chars=MAX_ID_CHARS)
+    tags = str_map_field(info, "tags", path)
+    metadata = str_map_field(info, "trace_metadata", path)
+    timestamp_ms = time_ms_field(info, "request_time", path, required=True)
     assert timestamp_ms is not None
-    execution_ms = _int(info, "execution_duration_ms", path, required=False)
+    execution_ms = int_field(info, "execution_duration_ms", path, required=False)
     request = response = None
     if root is not None:
         attrs = root.get("attributes") or {}
         request = attrs.get("mlflow.spanInputs") if isinstance(attrs, dict) else None
         response = attrs.get("mlflow.spanOutputs") if isinstance(attrs, dict) else None
         # Text columns: SQLite would keep a NUL that PostgreSQL refuses.
-        request = _clean(request) if isinstance(request, str) else None
-        response = _clean(response) if isinstance(response, str) else None
+        request = clean(request) if isinstance(request, str) else None
+        response = clean(response) if isinstance(response, str) else None
     if request is None:
-        request = metadata.get("mlflow.traceInputs") or _str(info, "request_preview", path,
-                                                              required=False)
+        request = metadata.get("mlflow.traceInputs") or str_field(info, "request_preview", path,
+                                                                  required=False)
     if response is None:
-        response = metadata.get("mlflow.traceOutputs") or _str(info, "response_preview", path,
-                                                                required=False)
+        response = metadata.get("mlflow.traceOutputs") or str_field(
+            info, "response_preview", path, required=False)
     name = tags.get(TRACE_NAME_TAG)
     if name is None and root is not None and isinstance(root.get("name"), str):
         name = root["name"]
-    name = _clean(name) if name is not None else None
+    name = clean(name) if name is not None else None
     inp, out, total = _token_usage(metadata)
     return TraceEvent(trace_id=trace_id, experiment_id=experiment_id, name=name, status=status,
                       timestamp_ms=timestamp_ms, execution_time_ms=execution_ms, request=request,
@@ -381,26 +237,26 @@ def _from_trace_json(obj: Mapping[str, Any], prov: Provenance) -> TraceEvent:
 
 
 def _from_flat(obj: Mapping[str, Any], prov: Provenance) -> TraceEvent:
-    trace_id = _id(obj, "trace_id")
+    trace_id = id_field(obj, "trace_id")
     status = _status(obj.get("status"), "status")
-    timestamp_ms = _int(obj, "timestamp_ms", "", required=True, maximum=MAX_TIME_MS)
+    timestamp_ms = int_field(obj, "timestamp_ms", "", required=True, maximum=MAX_TIME_MS)
     assert timestamp_ms is not None
-    execution_ms = _int(obj, "execution_time_ms", "", required=False)
-    tags = _str_map(obj, "tags", "")
-    metadata = _str_map(obj, "metadata", "")
+    execution_ms = int_field(obj, "execution_time_ms", "", required=False)
+    tags = str_map_field(obj, "tags", "")
+    metadata = str_map_field(obj, "metadata", "")
     experiment_id: str | None = None
     if obj.get("experiment_id") is not None:
         exp = obj["experiment_id"]
         if isinstance(exp, int) and not isinstance(exp, bool):
             exp = str(exp)
-        experiment_id = _id({"experiment_id": exp}, "experiment_id")
-    name = _str(obj, "name", "", required=False) or tags.get(TRACE_NAME_TAG)
-    name = _clean(name) if name is not None else None
+        experiment_id = id_field({"experiment_id": exp}, "experiment_id")
+    name = str_field(obj, "name", "", required=False) or tags.get(TRACE_NAME_TAG)
+    name = clean(name) if name is not None else None
     inp, out, total = _token_usage(metadata)
     return TraceEvent(trace_id=trace_id, experiment_id=experiment_id, name=name, status=status,
                       timestamp_ms=timestamp_ms, execution_time_ms=execution_ms,
-                      request=_json_text(obj.get("request"), "request"),
-                      response=_json_text(obj.get("response"), "response"), tags=tags,
+                      request=json_text(obj.get("request"), "request"),
+                      response=json_text(obj.get("response"), "response"), tags=tags,
                       metadata=metadata,
                       input_tokens=inp, output_tokens=out, total_tokens=total,
                       spans=_flat_spans(obj.get("spans")), source_format="flat", provenance=prov)
@@ -408,7 +264,7 @@ def _from_flat(obj: Mapping[str, Any], prov: Provenance) -> TraceEvent:
 
 def decode_trace(value: bytes | None, prov: Provenance, max_bytes: int) -> TraceEvent:
     """Decode one trace-topic value in any of the three accepted forms."""
-    obj = _loads(value, max_bytes)
+    obj = load_object(value, max_bytes)
     if "info" in obj and "data" in obj:
         return _from_trace_json(obj, prov)
     if "trace_location" in obj or "request_time" in obj or "state" in obj:
@@ -446,10 +302,10 @@ def numeric_value(value: Any) -> float | None:
 
 def decode_assessment(value: bytes | None, prov: Provenance, max_bytes: int) -> AssessmentEvent:
     """Decode one ``Assessment.to_dictionary()`` value (feedback or expectation)."""
-    obj = _loads(value, max_bytes)
-    assessment_id = _id(obj, "assessment_id")
-    trace_id = _id(obj, "trace_id")
-    name = _str(obj, "assessment_name", "", max_chars=1000)
+    obj = load_object(value, max_bytes)
+    assessment_id = id_field(obj, "assessment_id")
+    trace_id = id_field(obj, "trace_id")
+    name = str_field(obj, "assessment_name", "", max_chars=1000)
     assert name is not None
     fb, ex = obj.get("feedback"), obj.get("expectation")
     if (fb is None) == (ex is None):
@@ -471,19 +327,19 @@ def decode_assessment(value: bytes | None, prov: Provenance, max_bytes: int) -> 
         except (orjson.JSONDecodeError, TypeError):
             raise DecodeError("is not JSON", value_field) from None
     if type(val) is dict or type(val) is list:  # a scalar always encodes
-        _dumps(val, value_field)
+        dump_json(val, value_field)
     error: str | None = None
     err = body.get("error")
     if isinstance(err, dict):
         msg = err.get("error_message") or err.get("error_code")
-        error = msg if isinstance(msg, str) else _json_text(err, f"{kind}.error")
+        error = msg if isinstance(msg, str) else json_text(err, f"{kind}.error")
     elif isinstance(err, str):
         error = err
     if val is None and error is None and kind == "expectation":
         raise DecodeError("is missing", "expectation.value")
-    created = _time_ms(obj, "create_time", "", required=True)
+    created = time_ms_field(obj, "create_time", "", required=True)
     assert created is not None
-    updated = _time_ms(obj, "last_update_time", "", required=False) or created
+    updated = time_ms_field(obj, "last_update_time", "", required=False) or created
     valid = obj.get("valid", True)
     if valid is None:
         valid = True
@@ -497,15 +353,15 @@ def decode_assessment(value: bytes | None, prov: Provenance, max_bytes: int) -> 
         assessment_id=assessment_id, trace_id=trace_id, name=name,
         kind=kind,  # type: ignore[arg-type]
         value=val, numeric_value=numeric_value(val) if kind == "feedback" else None,
-        error=_clean(error) if error else error,
-        rationale=_clean(rationale) if isinstance(rationale, str) else None,
-        source_type=_str(source, "source_type", "source.", required=False),
-        source_id=_str(source, "source_id", "source.", required=False),
-        valid=valid, overrides=_str(obj, "overrides", "", required=False,
-                                    max_chars=MAX_ID_CHARS),
-        span_id=_str(obj, "span_id", "", required=False),
+        error=clean(error) if error else error,
+        rationale=clean(rationale) if isinstance(rationale, str) else None,
+        source_type=str_field(source, "source_type", "source.", required=False),
+        source_id=str_field(source, "source_id", "source.", required=False),
+        valid=valid, overrides=str_field(obj, "overrides", "", required=False,
+                                         max_chars=MAX_ID_CHARS),
+        span_id=str_field(obj, "span_id", "", required=False),
         create_time_ms=created, last_update_time_ms=updated,
-        metadata=_str_map(obj, "metadata", ""), provenance=prov)
+        metadata=str_map_field(obj, "metadata", ""), provenance=prov)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,8 +376,8 @@ def dead_letter(raw: RawRecord, exc: BaseException, now_ms: int,
     payload = raw.value or b""
     tb_text = None
     if not isinstance(exc, DecodeError):  # a decoder bug: keep where it happened
-        tb_text = _clean("".join(tb.format_exception(exc, limit=_TRACEBACK_FRAMES)))
+        tb_text = clean("".join(tb.format_exception(exc, limit=_TRACEBACK_FRAMES)))
     return DeadLetter(provenance=raw.provenance, key=raw.key,
                       payload=payload[:max_payload_bytes], payload_size_bytes=len(payload),
-                      error_type=type(exc).__name__, error=_clean(str(exc)[:2000]),
+                      error_type=type(exc).__name__, error=clean(str(exc)[:2000]),
                       traceback=tb_text, created_ms=now_ms)
