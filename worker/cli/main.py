@@ -15,13 +15,10 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import os
-import signal
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from types import FrameType
 from typing import Any
 
 from sqlalchemy import Engine
@@ -41,6 +38,7 @@ from worker.exit_codes import (
 from worker.logs import setup_logging
 from worker.rules import explain as rules_view
 from worker.settings import Settings, describe_settings, load_settings
+from worker.signals import StopSignals
 from worker.timeparse import MAX_WINDOW_DAYS, parse_time_ms, parse_window
 
 logger = logging.getLogger(__name__)
@@ -128,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise CliError(f"the worker could not start: {exc!r}", EXIT_UNAVAILABLE) from None
         raise CliError(_kafka_unreachable(settings, repr(exc)), EXIT_UNAVAILABLE) from None
     http = _start_http(settings, worker, engine)
-    _install_signals(worker.stop, settings.shutdown_timeout_s)
+    StopSignals(worker.stop, shutdown_timeout_s=settings.shutdown_timeout_s).install()
     _tune_gc()
     try:
         worker.run(exit_when_idle_s=args.exit_when_idle, max_records=args.max_records)
@@ -184,7 +182,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         worker = create_mlflow_worker(settings, engine, config)
     except ConfigError as exc:
         raise CliError(str(exc), EXIT_CONFIG) from None
-    _install_signals(worker.stop, settings.shutdown_timeout_s)
+    StopSignals(worker.stop, shutdown_timeout_s=settings.shutdown_timeout_s).install()
     reporter = ProgressReporter(worker, sys.stderr)
     reporter.start()
     try:
@@ -312,7 +310,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
         return EXIT_FAILURE if any(r.state in ("pending", "failed") for r in results) \
             else EXIT_OK
     stop = threading.Event()
-    _install_signals(stop, settings.shutdown_timeout_s)
+    StopSignals(stop, shutdown_timeout_s=settings.shutdown_timeout_s).install()
     thread = CuratorThread(curator, settings.curate_interval_s, engine)
     thread.start()
     stop.wait()
@@ -430,31 +428,6 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-
-
-def _install_signals(stop: threading.Event, shutdown_timeout_s: float) -> None:
-    """First SIGTERM/SIGINT: set ``stop`` (drain, checkpoint, exit). A second SIGINT: exit now.
-
-    A watchdog ends the process if draining takes longer than ``shutdown_timeout_s``; offsets of
-    the unfinished batch are not committed, so it is redelivered on restart.
-    """
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
-            os._exit(130)
-        logger.info("signal=%s received, draining and stopping", signal.Signals(signum).name)
-        stop.set()
-        timer = threading.Timer(shutdown_timeout_s, _shutdown_overrun, [shutdown_timeout_s])
-        timer.daemon = True
-        timer.start()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
-def _shutdown_overrun(timeout_s: float) -> None:
-    logger.error("shutdown took longer than shutdown_timeout_s=%.0f; exiting now", timeout_s)
-    os._exit(EXIT_FAILURE)
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

@@ -18,13 +18,11 @@ import logging
 import math
 import os
 import random
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from pydantic import SecretStr
@@ -54,6 +52,7 @@ from worker.exit_codes import (
 from worker.logs import setup_logging
 from worker.loop import RunStats, Worker
 from worker.settings import Settings
+from worker.signals import StopSignals
 
 # mlflow (seconds) and kafka (~0.1 s) are imported where used: `trace-curator --help` stays fast.
 
@@ -63,7 +62,6 @@ GROUP_ID = "trace-curator-demo"
 TOPIC_PARTITIONS = 3
 DRAIN_TIMEOUT_S = 60.0  # after the traffic, how long the worker may take to catch up
 JOIN_TIMEOUT_S = 30.0  # for the demo's own threads at the end (an MLflow write can wait on SQLite)
-Handler = Callable[[int, FrameType | None], Any] | int | None  # what signal.getsignal returns
 
 # ---------------------------------------------------------------------------------------------
 # The command
@@ -100,8 +98,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     folder = Path(args.dir).resolve()
     setup_logging("INFO")
     folder.mkdir(parents=True, exist_ok=True)
-    switch = StopSwitch()
-    switch.install()
+    # The first Ctrl+C drains; a second raises KeyboardInterrupt (the broker is still stopped).
+    switch = StopSignals(on_repeat="raise", hint=" (again to stop at once)").install()
     broker = EmbeddedBroker() if args.source == "kafka" else None
     try:
         if broker is not None:
@@ -125,7 +123,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace, bootstrap_servers: str | None, folder: Path,
-          switch: StopSwitch, started_s: float) -> int:
+          switch: StopSignals, started_s: float) -> int:
     if bootstrap_servers is not None:
         create_topics(bootstrap_servers)
     store_url = prepare_store(folder)
@@ -189,43 +187,6 @@ def _non_negative_int(value: str) -> int:
     if n < 0:
         raise argparse.ArgumentTypeError(f"must be at least 0, got {n}")
     return n
-
-
-class StopSwitch:
-    """Signals only set flags. The first SIGINT/SIGTERM sets ``interrupted`` and every linked
-    event (the generator's stop, the worker's stop): the worker drains its batch and stops. A
-    second one raises KeyboardInterrupt; the broker is still stopped by ``cmd_demo``."""
-
-    def __init__(self) -> None:
-        self.interrupted = threading.Event()
-        self._linked: list[threading.Event] = []
-        self._previous: dict[int, Handler] = {}
-
-    def link(self, event: threading.Event) -> None:
-        self._linked.append(event)
-        if self.interrupted.is_set():
-            event.set()
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.getsignal(sig)
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        if self.interrupted.is_set():
-            raise KeyboardInterrupt
-        logger.info("signal=%s received, draining and stopping (again to stop at once)",
-                    signal.Signals(signum).name)
-        self.interrupted.set()
-        for event in self._linked:
-            event.set()
-
-    def restore(self) -> None:
-        for sig, old in self._previous.items():
-            signal.signal(sig, old if old is not None else signal.SIG_DFL)
-        self._previous.clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,7 +268,7 @@ def _env(name: str, value: str) -> Iterator[None]:
 # The live run: worker (main thread), generator and progress monitor (threads)
 
 
-def run_live(settings: Settings, gen: TrafficGenerator, switch: StopSwitch,
+def run_live(settings: Settings, gen: TrafficGenerator, switch: StopSignals,
              store_url: str) -> RunStats:
     """Run the real worker while the generator writes live traffic. The monitor stops the
     worker once the traffic is done and ingested; the idle exit is only a safety net."""
