@@ -89,9 +89,9 @@ def _assessments(conn: Connection, trace_ids: Sequence[str]
                  ) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
     a = ASSESSMENTS
     out: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-    for i in range(0, len(trace_ids), 2000):
+    for chunk in dialect.chunks(trace_ids):
         rows = conn.execute(select(a.c.trace_id, a.c.kind, a.c.name, a.c.value)
-                            .where(dialect.in_ids(conn, a.c.trace_id, trace_ids[i:i + 2000]),
+                            .where(dialect.in_ids(conn, a.c.trace_id, chunk),
                                    a.c.valid.is_(True))
                             .order_by(a.c.last_update_time_ms, a.c.assessment_id))
         for row in rows:  # oldest first: the newest value of a name wins
@@ -103,10 +103,9 @@ def _assessments(conn: Connection, trace_ids: Sequence[str]
 def known_hashes(conn: Connection, dataset: str, hashes: Sequence[str]) -> set[str]:
     r = RECORDS
     found: set[str] = set()
-    for i in range(0, len(hashes), 2000):
+    for chunk in dialect.chunks(hashes):
         found.update(conn.execute(select(r.c.input_hash).where(
-            r.c.dataset == dataset, dialect.in_ids(conn, r.c.input_hash, hashes[i:i + 2000])))
-            .scalars())
+            r.c.dataset == dataset, dialect.in_ids(conn, r.c.input_hash, chunk))).scalars())
     return found
 
 

@@ -35,8 +35,6 @@ from store.models import (
     TRACES,
 )
 
-IN_CHUNK = 2000  # ids per IN (...) list
-
 
 class Decider(Protocol):
     """The rules engine as the store needs it (``worker.rules.engine.RuleSet`` implements it)."""
@@ -60,11 +58,6 @@ class Prior(NamedTuple):
     view: TraceView
 
 
-def _chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
-    for i in range(0, len(ids), IN_CHUNK):
-        yield ids[i:i + IN_CHUNK]
-
-
 VIEW_COLUMNS = (TRACES.c.trace_id, TRACES.c.experiment_id, TRACES.c.name, TRACES.c.status,
               TRACES.c.timestamp_ms, TRACES.c.execution_time_ms, TRACES.c.tags,
               TRACES.c.trace_metadata, TRACES.c.completeness)
@@ -79,7 +72,7 @@ def row_view(row: Any) -> TraceView:
 def prior_versions(conn: Connection, trace_ids: Sequence[str]) -> dict[str, Prior]:
     """The stored version of each trace, read before the batch's upsert."""
     out: dict[str, Prior] = {}
-    for chunk in _chunks(trace_ids):
+    for chunk in dialect.chunks(trace_ids):
         query = select(*VIEW_COLUMNS).where(dialect.in_ids(conn, TRACES.c.trace_id, chunk))
         for row in conn.execute(query):
             out[row.trace_id] = Prior(row.completeness, row_view(row))
@@ -96,7 +89,7 @@ def feedback_rows(conn: Connection, trace_ids: Sequence[str]) -> dict[str, list[
     and what the metric buckets read (``store.metrics.facts_of``), in one query."""
     a = ASSESSMENTS
     out: dict[str, list[Any]] = {}
-    for chunk in _chunks(trace_ids):
+    for chunk in dialect.chunks(trace_ids):
         rows = conn.execute(select(a.c.trace_id, a.c.assessment_id, a.c.name, a.c.value,
                                    a.c.numeric_value, a.c.error, a.c.last_update_time_ms)
                             .where(dialect.in_ids(conn, a.c.trace_id, chunk),
@@ -122,7 +115,7 @@ def valid_feedback(conn: Connection, trace_ids: Sequence[str]
 def current_tags(conn: Connection, trace_ids: Sequence[str]) -> dict[tuple[str, str], str | None]:
     t = TRACE_TAGS
     out: dict[tuple[str, str], str | None] = {}
-    for chunk in _chunks(trace_ids):
+    for chunk in dialect.chunks(trace_ids):
         for r in conn.execute(select(t.c.trace_id, t.c.tag_key, t.c.tag_value)
                               .where(dialect.in_ids(conn, t.c.trace_id, chunk))):
             out[(r.trace_id, r.tag_key)] = r.tag_value

@@ -1,19 +1,31 @@
-"""Dialect differences, in one place: upsert syntax and the bulk path.
+"""Dialect differences, in one place: upsert syntax, the bulk path and the parameter limits.
 
 Both SQLite and PostgreSQL speak ``INSERT ... ON CONFLICT``. On PostgreSQL, batches go through
 ``COPY`` into a per-connection temporary staging table (``ON COMMIT DELETE ROWS``) and one
 ``INSERT ... SELECT ... ON CONFLICT``: about 2-3x faster than executemany, with the same result.
-On SQLite, the DBAPI's own executemany on tuples.
+On SQLite, the DBAPI's own executemany on tuples. Long id and key lists go to the database in
+``chunks``, so no statement exceeds SQLite's bound-parameter limit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, String, Table, any_, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
+
+IN_CHUNK = 2000  # ids per ``in_ids`` list
+KEY_CHUNK = 500  # composite keys per ``tuple_(...).in_`` list (a few parameters each)
+
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
+    """``items`` in consecutive slices of at most ``size``, for IN lists under the limit."""
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 def in_ids(conn: Connection, column: Any, ids: Sequence[str]) -> Any:

@@ -49,8 +49,8 @@ def traces_frame(engine: Engine, since_ms: int, until_ms: int | None = None, *,
         rows = conn.execute(query).all()
         by_trace: dict[str, list[dict[str, Any]]] = {}
         ids = [r.trace_id for r in rows]
-        for i in range(0, len(ids), 2000):
-            aq = select(a).where(dialect.in_ids(conn, a.c.trace_id, ids[i:i + 2000]))
+        for chunk in dialect.chunks(ids):
+            aq = select(a).where(dialect.in_ids(conn, a.c.trace_id, chunk))
             if not include_invalid:
                 aq = aq.where(a.c.valid.is_(True))
             for r in conn.execute(aq.order_by(a.c.create_time_ms, a.c.assessment_id)):
