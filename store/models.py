@@ -9,7 +9,7 @@ unique by origin (topic, partition, offset), so a redelivered poison record is r
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -293,17 +293,21 @@ class DatasetSkip(Base):
     created_ms: Mapped[int] = mapped_column(BigInteger)
 
 
-# The Core tables, named once for the modules that write SQL against them (mypy sees a
-# declarative model's ``__table__`` as a FromClause, hence the one ignore per name).
-TRACES: Table = Trace.__table__  # type: ignore[assignment]
-ASSESSMENTS: Table = Assessment.__table__  # type: ignore[assignment]
-TRACE_TAGS: Table = TraceTag.__table__  # type: ignore[assignment]
-DECISION_LOG: Table = DecisionLog.__table__  # type: ignore[assignment]
-DEAD_LETTERS: Table = DeadLetter.__table__  # type: ignore[assignment]
-META: Table = StoreMeta.__table__  # type: ignore[assignment]
-OUTBOX: Table = TagOutbox.__table__  # type: ignore[assignment]
-CHECKPOINTS: Table = SourceCheckpoint.__table__  # type: ignore[assignment]
-DATASETS: Table = Dataset.__table__  # type: ignore[assignment]
-VERSIONS: Table = DatasetVersion.__table__  # type: ignore[assignment]
-RECORDS: Table = DatasetRecord.__table__  # type: ignore[assignment]
-SKIPS: Table = DatasetSkip.__table__  # type: ignore[assignment]
+def core_table(model: type[Base]) -> Table:
+    """A declarative model's Core table (mypy sees ``__table__`` as a FromClause)."""
+    return cast(Table, model.__table__)
+
+
+# The Core tables, named once for the modules that write SQL against them.
+TRACES = core_table(Trace)
+ASSESSMENTS = core_table(Assessment)
+TRACE_TAGS = core_table(TraceTag)
+DECISION_LOG = core_table(DecisionLog)
+DEAD_LETTERS = core_table(DeadLetter)
+META = core_table(StoreMeta)
+OUTBOX = core_table(TagOutbox)
+CHECKPOINTS = core_table(SourceCheckpoint)
+DATASETS = core_table(Dataset)
+VERSIONS = core_table(DatasetVersion)
+RECORDS = core_table(DatasetRecord)
+SKIPS = core_table(DatasetSkip)
