@@ -4,32 +4,27 @@ docs/design.md).
 ``LeaderLock.ensure()`` takes the lock without waiting, on a connection of its own that it keeps
 while it leads; it checks that connection on every call, so a leader whose database session died
 stops leading, and another worker's next ``ensure()`` takes over. A SQLite store supports one
-worker, which always leads.
+worker, which always leads. The lock's key and statements are ``store.locks``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from typing import Any
 
 from sqlalchemy import Engine, text
 
+from store import locks
+
 logger = logging.getLogger(__name__)
-
-
-def lock_key(name: str) -> int:
-    """A stable signed 64-bit key for ``pg_try_advisory_lock``."""
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big",
-                          signed=True)
 
 
 class LeaderLock:
     def __init__(self, engine: Engine, name: str) -> None:
         self.engine = engine
         self.name = name
-        self.key = lock_key(f"trace-curator:{name}")
+        self.key = locks.session_key(name)
         self._conn: Any = None
 
     @property
@@ -51,7 +46,7 @@ class LeaderLock:
             conn = self.engine.connect()
         except Exception:
             return False
-        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar()
+        got = locks.try_session_lock(conn, self.key)
         conn.commit()
         if got:
             self._conn = conn
@@ -64,7 +59,7 @@ class LeaderLock:
         if self._conn is None:
             return
         with contextlib.suppress(Exception):  # a dead session has released the lock already
-            self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+            locks.session_unlock(self._conn, self.key)
             self._conn.commit()
         self._drop()
 
