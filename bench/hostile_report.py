@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args(argv)
     rng = random.Random(7)
-    config = MetricsConfig()
+    config = MetricsConfig("environment", None, None)
     with tempfile.TemporaryDirectory() as tmp:
         engine = make_engine(args.store_url or f"sqlite:///{tmp}/hostile.db")
         schema.upgrade(engine)

@@ -108,7 +108,7 @@ def events(n: int, end_ms: int, days: float, seed: int = 1
 
 def load_upsert(engine: Engine, gen: Iterator[tuple[TraceEvent, AssessmentEvent | None]],
                 now_ms: int, batch: int = 2000) -> None:
-    cfg = MetricsConfig()
+    cfg = MetricsConfig("environment", None, None)
     traces: list[TraceEvent] = []
     fbs: list[AssessmentEvent] = []
 
@@ -131,7 +131,7 @@ def load_upsert(engine: Engine, gen: Iterator[tuple[TraceEvent, AssessmentEvent 
 def load_bulk(engine: Engine, gen: Iterator[tuple[TraceEvent, AssessmentEvent | None]],
               now_ms: int, chunk: int = 20_000) -> None:
     """The documented bulk path: rows by COPY, buckets from the same pure contribution code."""
-    cfg = MetricsConfig()
+    cfg = MetricsConfig("environment", None, None)
     stream = StreamRollup()
     rows: list[tuple[Any, ...]] = []
     arows: list[tuple[Any, ...]] = []

@@ -2,9 +2,10 @@
 
 Start with ``models`` (the schema), ``upserts`` (how a batch is written, exactly once in effect)
 and ``writer`` (the transaction and its error mapping). ``rollup`` is the pure metric maths,
-``metrics`` the buckets in SQL, ``report`` the ``summary`` API, ``frames`` a pandas view
-(``traces_frame``); ``datasets`` is the curator's ledger. ``engine`` is the one engine
-factory, ``dialect`` holds the SQLite/PostgreSQL differences, ``schema`` applies migrations.
+``metrics`` the buckets in SQL, ``retention`` the pruning, ``report`` the ``summary`` API,
+``frames`` a pandas view (``traces_frame``); ``datasets`` is the curator's ledger. ``engine`` is
+the one engine factory, ``dialect`` holds the SQLite/PostgreSQL differences and the parameter
+limits, ``locks`` every advisory lock, ``schema`` applies migrations.
 """
 
 from store.engine import make_engine

@@ -1,44 +1,28 @@
-"""Metric buckets in SQL: applied in the batch transaction, read back for reports, rebuilt, pruned.
+"""Metric buckets in SQL: moved in the batch transaction, read back for reports, rebuilt.
 
-``apply_batch`` takes a ``snapshot`` of every trace the batch touches before its upserts and
-another after its decisions; ``store.rollup.diff`` turns the two into bucket deltas and
-``apply_deltas`` writes them in the same transaction (so a trace never counts twice):
-  1. on PostgreSQL, take a transaction advisory lock per bucket, in key order, so concurrent
-     workers serialize on a shared bucket (and cannot deadlock on each other's buckets);
-  2. read the stored buckets, add the deltas in Python (sketch bins merge; integer sums add);
-  3. upsert the results, and delete a bucket that went back to zero.
-A bucket that would go below zero means a contribution was subtracted that was never added: a
-bug, so the batch fails and nothing commits. ``rebuild`` recomputes buckets from raw rows with
-the same pure code; ``prune`` removes raw rows and buckets past their retention, bounded.
-A bucket holds the sum of its traces' capped entries (at most 50 span types and 50 feedback
-names a trace, ``store.upserts`` and ``store.rollup``), so its size follows its traces and a
-subtraction removes exactly what was added; reports fold a bucket's rarer names at read time.
+``store.upserts`` reads the touched traces' state (``read_state``) before a batch and derives it
+after; ``store.rollup.diff`` turns the two into deltas, which ``apply_deltas`` adds in the same
+transaction, so a trace never counts twice: it locks the buckets (PostgreSQL, in key order,
+``store.locks``), adds in Python, upserts the sums and deletes a bucket back at zero. A bucket
+going below zero is a bug: the batch fails, nothing commits. ``rebuild`` recomputes buckets from
+raw rows with the same pure code. A bucket holds its traces' capped entries (50 span types and 50
+feedback names a trace), so a subtraction removes exactly what was added.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, delete, func, select, text, tuple_
+from sqlalchemy import Connection, Table, delete, func, select, tuple_
 
 from consumers.errors import ConfigError
-from store import dialect
+from store import dialect, locks
 from store.decisions import VIEW_COLUMNS, feedback_rows, row_view
-from store.models import (
-    ASSESSMENTS,
-    DEAD_LETTERS,
-    DECISION_LOG,
-    META,
-    TRACE_TAGS,
-    TRACES,
-    MetricHour,
-    MetricMinute,
-)
+from store.models import META, TRACE_TAGS, TRACES, MetricHour, MetricMinute, core_table
 from store.rollup import (
     RESOLUTIONS,
     SCALAR_NAMES,
@@ -56,18 +40,13 @@ from store.rollup import (
 logger = logging.getLogger(__name__)
 
 BUCKETS: dict[str, Table] = {
-    "minute": MetricMinute.__table__,  # type: ignore[dict-item]
-    "hour": MetricHour.__table__,  # type: ignore[dict-item]
+    "minute": core_table(MetricMinute),
+    "hour": core_table(MetricHour),
 }
 KEY_COLUMNS = ("bucket_ms", "rollup", "experiment_id", "trace_name", "dimension")
 BUCKET_COLUMNS = (*KEY_COLUMNS, *SCALAR_NAMES, "p50_ms", "p95_ms", "p99_ms", "max_ms",
                   "sketches", "spans", "feedback", "candidates", "updated_ms")
-IN_CHUNK = 2000
 DIMENSION_META_KEY = "metrics.dimension_tag"
-# A namespace for the per-bucket transaction advisory locks (the two-key form), far from the
-# single-key session locks that ``store.leader`` takes.
-_TRACE_LOCK_CLASS = 0x7C0A
-_BUCKET_LOCK_CLASS = 0x7C0B
 DAY_MS = 86_400_000
 
 
@@ -79,11 +58,13 @@ class MetricsInconsistentError(RuntimeError):
 class MetricsConfig:
     """``minute_days`` / ``hour_days``: the bucket retention. Deltas to a bucket older than its
     retention are dropped, in both directions: such a bucket is gone, or due to be pruned, so
-    neither an add nor a subtract may recreate it (a subtract would go below zero)."""
+    neither an add nor a subtract may recreate it (a subtract would go below zero); None keeps
+    every bucket. The values come from the settings (``metrics_dimension_tag``,
+    ``retention_*_days``), which alone hold the defaults."""
 
-    dimension_tag: str = "environment"
-    minute_days: float | None = None
-    hour_days: float | None = None
+    dimension_tag: str
+    minute_days: float | None
+    hour_days: float | None
 
     def horizons(self, now_ms: int) -> dict[str, int]:
         """Per resolution, the oldest bucket start that still takes deltas."""
@@ -104,14 +85,9 @@ _FACT_COLS = (*VIEW_COLUMNS, TRACES.c.input_tokens, TRACES.c.output_tokens,
               TRACES.c.total_tokens, TRACES.c.span_summary)
 
 
-def _chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
-    for i in range(0, len(ids), IN_CHUNK):
-        yield ids[i:i + IN_CHUNK]
-
-
 def trace_facts(conn: Connection, trace_ids: Sequence[str]) -> dict[str, TraceFacts]:
     out: dict[str, TraceFacts] = {}
-    for chunk in _chunks(trace_ids):
+    for chunk in dialect.chunks(trace_ids):
         for r in conn.execute(select(*_FACT_COLS)
                               .where(dialect.in_ids(conn, TRACES.c.trace_id, chunk))):
             out[r.trace_id] = TraceFacts(row_view(r), r.input_tokens, r.output_tokens,
@@ -138,7 +114,7 @@ def candidate_tags(conn: Connection, trace_ids: Sequence[str]
                    ) -> dict[str, list[tuple[str, str]]]:
     t = TRACE_TAGS
     out: dict[str, list[tuple[str, str]]] = {}
-    for chunk in _chunks(trace_ids):
+    for chunk in dialect.chunks(trace_ids):
         for r in conn.execute(select(t.c.trace_id, t.c.tag_key, t.c.tag_value)
                               .where(dialect.in_ids(conn, t.c.trace_id, chunk),
                                      t.c.tag_value.is_not(None))):
@@ -184,30 +160,7 @@ def snapshot(conn: Connection, trace_ids: Sequence[str], config: MetricsConfig
     return out
 
 
-def lock_traces(conn: Connection, trace_ids: Iterable[str]) -> None:
-    """On PostgreSQL, serialize batches that touch the same traces (transaction advisory locks,
-    in key order): a trace's before/after states are then read and written by one worker at a
-    time, so two workers never both count the same change."""
-    if conn.dialect.name == "postgresql":
-        _xact_locks(conn, _TRACE_LOCK_CLASS, (_hash32(t) for t in trace_ids))
-
-
 # --- writing deltas --------------------------------------------------------------------------
-
-
-def _hash32(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "big",
-                          signed=True)
-
-
-def _lock_id(res: str, bucket_ms: int, key: BucketKey) -> int:
-    return _hash32(orjson.dumps([res, bucket_ms, *key]).decode())
-
-
-def _xact_locks(conn: Connection, lock_class: int, ids: Iterable[int]) -> None:
-    """PostgreSQL transaction advisory locks (lock_class, id), taken in id order."""
-    conn.execute(text("SELECT pg_advisory_xact_lock(:cls, k) FROM unnest(CAST(:ids AS int[])) "
-                      "AS k ORDER BY k"), {"cls": lock_class, "ids": sorted(set(ids))})
 
 
 def read_buckets_by_key(conn: Connection, table: Table,
@@ -216,8 +169,7 @@ def read_buckets_by_key(conn: Connection, table: Table,
     cols = [table.c[c] for c in (*KEY_COLUMNS, *SCALAR_NAMES, "sketches", "spans", "feedback",
                                  "candidates")]
     n = len(SCALAR_NAMES)
-    for i in range(0, len(keys), 500):
-        chunk = keys[i:i + 500]
+    for chunk in dialect.chunks(keys, dialect.KEY_CHUNK):
         cond = tuple_(*(table.c[c] for c in KEY_COLUMNS)).in_([(b, *k) for b, k in chunk])
         for r in conn.execute(select(*cols).where(cond)):
             out[(r[0], BucketKey(r[1], r[2], r[3], r[4]))] = Agg.from_columns(
@@ -238,8 +190,7 @@ def apply_deltas(conn: Connection, deltas: Mapping[DeltaKey, Agg], now_ms: int) 
     """Add ``deltas`` to the stored buckets (see the module docstring). Returns buckets written."""
     if not deltas:
         return 0
-    if conn.dialect.name == "postgresql":
-        _xact_locks(conn, _BUCKET_LOCK_CLASS, (_lock_id(*k) for k in deltas))
+    locks.lock_buckets(conn, deltas)
     written = 0
     for res in RESOLUTIONS:
         table = BUCKETS[res.name]
@@ -262,9 +213,9 @@ def apply_deltas(conn: Connection, deltas: Mapping[DeltaKey, Agg], now_ms: int) 
             else:
                 rows.append(bucket_row(b, k, agg, now_ms))
         dialect.bulk_upsert(conn, table, KEY_COLUMNS, BUCKET_COLUMNS, rows)
-        for i in range(0, len(empty), 500):
+        for chunk in dialect.chunks(empty, dialect.KEY_CHUNK):
             conn.execute(delete(table).where(tuple_(*(table.c[c] for c in KEY_COLUMNS))
-                                             .in_(empty[i:i + 500])))
+                                             .in_(chunk)))
         written += len(rows) + len(empty)
     return written
 
@@ -378,65 +329,3 @@ def read_buckets(conn: Connection, ranges: Sequence[tuple[str, int, int]], rollu
         return list(cur.fetchall())
     finally:
         cur.close()
-
-
-# --- retention -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Retention:
-    raw_days: float = 30.0
-    minute_days: float = 30.0
-    hour_days: float = 730.0
-    max_rows_per_cycle: int = 5000
-
-
-@dataclass(frozen=True, slots=True)
-class PruneResult:
-    traces: int = 0
-    minute_buckets: int = 0
-    hour_buckets: int = 0
-    dead_letters: int = 0
-
-    def __bool__(self) -> bool:
-        return bool(self.traces or self.minute_buckets or self.hour_buckets or self.dead_letters)
-
-
-def prune(conn: Connection, now_ms: int, retention: Retention) -> PruneResult:
-    """Delete at most ``max_rows_per_cycle`` of each kind past retention, oldest first.
-
-    A trace row goes once both its start and its last write are older than ``raw_days``: a
-    late trace, or an IN_PROGRESS version with an old start, keeps its row for ``raw_days``
-    after it arrived, so its update or redelivery finds it and is not counted again. Its
-    assessments, tags and decision log go with it; its buckets stay, so reports keep covering
-    it. A redelivery more than ``raw_days`` after the first delivery would count again: keep
-    ``raw_days`` above the Kafka topics' retention.
-    """
-    limit = retention.max_rows_per_cycle
-    day = DAY_MS
-    t = TRACES
-    cutoff = now_ms - int(retention.raw_days * day)
-    ids = list(conn.execute(select(t.c.trace_id).where(t.c.timestamp_ms < cutoff,
-                                                       t.c.ingested_ms < cutoff)
-                            .order_by(t.c.timestamp_ms).limit(limit)).scalars())
-    for chunk in _chunks(ids):
-        for table, col in ((ASSESSMENTS, "trace_id"), (TRACE_TAGS, "trace_id"),
-                           (DECISION_LOG, "trace_id"), (TRACES, "trace_id")):
-            conn.execute(delete(table).where(dialect.in_ids(conn, table.c[col], chunk)))
-    d = DEAD_LETTERS
-    dl_ids = list(conn.execute(select(d.c.id).where(d.c.created_ms < cutoff)
-                               .order_by(d.c.id).limit(limit)).scalars())
-    if dl_ids:
-        conn.execute(delete(d).where(d.c.id.in_(dl_ids)))
-    counts = []
-    for res, days in (("minute", retention.minute_days), ("hour", retention.hour_days)):
-        table = BUCKETS[res]
-        old = now_ms - int(days * day)
-        keys = conn.execute(select(*(table.c[c] for c in KEY_COLUMNS))
-                            .where(table.c.bucket_ms < old).order_by(table.c.bucket_ms)
-                            .limit(limit)).all()
-        for i in range(0, len(keys), 500):
-            conn.execute(delete(table).where(tuple_(*(table.c[c] for c in KEY_COLUMNS))
-                                             .in_([tuple(k) for k in keys[i:i + 500]])))
-        counts.append(len(keys))
-    return PruneResult(len(ids), counts[0], counts[1], len(dl_ids))

@@ -12,9 +12,9 @@
   7. move the metric buckets by each touched trace's change of contribution (``store.metrics``).
 A trace's stored span summary names at most ``SPAN_TYPES_PER_TRACE`` span types (the rest are
 one exact ``other`` entry), so no trace can blow up its buckets or the reports.
-On PostgreSQL the batch first takes an advisory lock per touched trace, so concurrent workers
-never interleave on one trace. Applying the same batch again, or any redelivered subset,
-changes nothing.
+On PostgreSQL the batch first takes an advisory lock per touched trace (``store.locks``), so
+concurrent workers never interleave on one trace. Applying the same batch again, or any
+redelivered subset, changes nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from sqlalchemy import Connection, and_, exists, select, update
 from sqlalchemy.orm import aliased
 
 from consumers.events import AssessmentEvent, DeadLetter, TraceEvent
-from store import dialect, metrics
+from store import dialect, locks, metrics
 from store.decisions import (
     Decider,
     Prior,
@@ -58,7 +58,6 @@ class Batch:
     traces: list[TraceEvent] = field(default_factory=list)
     assessments: list[AssessmentEvent] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    dlq_flushed: bool = False  # the dead letters are already on the DLQ topic
     # A polled source's progress (name -> JSON value), stored in the batch's transaction.
     checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -216,7 +215,7 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
     assessments = latest_assessments(batch.assessments)
     touched = list(dict.fromkeys([e.trace_id for e in traces]
                                  + [a.trace_id for a in assessments]))
-    metrics.lock_traces(conn, touched)
+    locks.lock_traces(conn, touched)
     before = metrics.read_state(conn, touched, with_assessments=metrics_config is not None) \
         if (decider or metrics_config) and touched else metrics.State({}, {}, {})
     summaries = [span_summary(e) for e in traces]

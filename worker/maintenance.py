@@ -2,7 +2,7 @@
 
 ``Pruner.run_due`` is the loop's "(maybe) maintain" step. Each call that is due runs one
 transaction that deletes at most ``retention_max_rows`` rows of each kind past retention
-(``store.metrics.prune``); a backlog therefore drains over several steps without stalling
+(``store.retention.prune``); a backlog therefore drains over several steps without stalling
 ingestion. A store that is briefly unavailable only postpones the step: pruning is never worth
 stopping the worker for.
 """
@@ -15,7 +15,7 @@ import time
 from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 
-from store.metrics import PruneResult, Retention, prune
+from store.retention import PruneResult, Retention, prune
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -50,8 +50,6 @@ class Pruner:
             logger.info("pruned traces=%d minute_buckets=%d hour_buckets=%d dead_letters=%d",
                         result.traces, result.minute_buckets, result.hour_buckets,
                         result.dead_letters)
-            if any(n >= self.retention.max_rows_per_cycle for n in (
-                    result.traces, result.minute_buckets, result.hour_buckets,
-                    result.dead_letters)):
+            if result.most() >= self.retention.max_rows_per_cycle:
                 self._next_s = mono  # more to do: the next loop turn continues
         return result

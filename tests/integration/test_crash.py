@@ -117,7 +117,7 @@ def assert_exact(engine: Any, settings: Any, traces: list[Any], assessments: lis
     buckets = bucket_snapshot(engine)
     assert sum(r[5] for r in buckets["hour"] if r[1] == 2) == len(finals)  # rollup 2 traces
     with engine.begin() as conn:
-        rebuild(conn, MetricsConfig(), 0)
+        rebuild(conn, MetricsConfig("environment", None, None), 0)
     assert bucket_snapshot(engine) == buckets
 
 

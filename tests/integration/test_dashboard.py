@@ -87,7 +87,7 @@ def seed(engine: Engine, start_ms: int, span_ms: int, *, n: int = 400,
     evil.update(trace_id=EVIL_TRACE_ID, status="ERROR", request={"q": EVIL_REQUEST},
                 execution_time_ms=EVIL_LATENCY_MS)
     docs.append(evil)
-    writer = SqlWriter(engine, parse_rules(EVIL_RULES), MetricsConfig())
+    writer = SqlWriter(engine, parse_rules(EVIL_RULES), MetricsConfig("environment", None, None))
     traces = [decode_trace(P.dumps(d), PROV, 1 << 22) for d in docs]
     feedback = [decode_assessment(P.dumps(a), PROV, 1 << 22) for a in M.feedback_for(docs)]
     at = start_ms + span_ms // 2 if dead_letter_ms is None else dead_letter_ms
@@ -217,7 +217,7 @@ def test_the_default_window_is_the_last_24_hours(store_url: str, serve: Any, cap
     now = int(time.time() * 1000)
     seed(engine, now - 20 * HOUR, 19 * HOUR, n=120)
     seed_old = M.traffic(30, now - 5 * 24 * HOUR, HOUR, seed=5)  # only in the 7-day window
-    SqlWriter(engine, None, MetricsConfig()).write(Batch(traces=[
+    SqlWriter(engine, None, MetricsConfig("environment", None, None)).write(Batch(traces=[
         decode_trace(P.dumps(dict(d, trace_id="old-" + d["trace_id"])), PROV, 1 << 22)
         for d in seed_old]), now)
     monkeypatch.setenv("TRACE_CURATOR_STORE_URL", store_url)

@@ -262,7 +262,7 @@ def _counts(engine: Engine) -> list[int]:
 def test_the_store_refuses_an_unwritable_value_instead_of_crashing(engine: Engine,
                                                                    case: str) -> None:
     bad, names = UNWRITABLE[case]
-    writer = SqlWriter(engine, metrics_config=MetricsConfig())
+    writer = SqlWriter(engine, metrics_config=MetricsConfig("environment", None, None))
     with pytest.raises(StoreRejectedError) as info:
         writer.write(_batch(bad), BASE_MS)
     assert names in str(info.value), str(info.value)
@@ -280,7 +280,8 @@ def test_the_loop_isolates_an_unwritable_event(engine: Engine, case: str) -> Non
     journal: list[str] = []
     dlq = FakeDeadLetters(journal)
     worker = Worker(Settings(trace_topic="traces", assessment_topic="assess"),
-                    FakeSource([], journal), SqlWriter(engine, metrics_config=MetricsConfig()),
+                    FakeSource([], journal),
+                    SqlWriter(engine, metrics_config=MetricsConfig("environment", None, None)),
                     dlq, clock=lambda: BASE_MS / 1000)
     assert worker.store(batch, records)
     assert [d.provenance for d in dlq.published] == [bad.provenance]
@@ -345,7 +346,7 @@ def test_one_huge_trace_does_not_block_its_buckets(engine: Engine) -> None:
     normal trace of the same minute and names is stored and counted."""
     from store.rollup import METRIC_MAX_MS, METRIC_MAX_TOKENS
 
-    writer = SqlWriter(engine, metrics_config=MetricsConfig())
+    writer = SqlWriter(engine, metrics_config=MetricsConfig("environment", None, None))
     huge = _trace_event(0, input_tokens=2**63 - 1, output_tokens=0, total_tokens=2**63 - 1,
                         execution_time_ms=2**62)
     writer.write(Batch(traces=[huge]), BASE_MS)

@@ -73,7 +73,7 @@ def _feedback(trace_id: str, name: str, value: float, updated_ms: int = BASE_MS,
 
 def _write(engine: Engine, traces: list[Any] = (), assessments: list[Any] = ()  # type: ignore[assignment]
            ) -> None:
-    SqlWriter(engine, load_rules(None), MetricsConfig()).write(
+    SqlWriter(engine, load_rules(None), MetricsConfig("environment", None, None)).write(
         Batch(traces=list(traces), assessments=list(assessments)), BASE_MS)
 
 
@@ -91,7 +91,7 @@ def _rebuilt_equals_live(engine: Engine) -> None:
     live = bucket_snapshot(engine)
     assert live["minute"] and live["hour"]
     with engine.begin() as conn:
-        rebuild(conn, MetricsConfig(), BASE_MS)
+        rebuild(conn, MetricsConfig("environment", None, None), BASE_MS)
     assert bucket_snapshot(engine) == live
 
 

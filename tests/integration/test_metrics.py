@@ -20,9 +20,10 @@ from consumers.formats import decode_assessment, decode_trace
 from store import schema
 from store.engine import make_engine
 from store.frames import traces_frame
-from store.metrics import MetricsConfig, Retention, prune, rebuild
+from store.metrics import MetricsConfig, rebuild
 from store.models import Trace, TraceTag
 from store.report import summary
+from store.retention import Retention, prune
 from store.upserts import Batch
 from store.writer import SqlWriter
 from tests import metrics_data as M
@@ -46,7 +47,7 @@ def _assessment(doc: dict[str, Any]) -> Any:
 
 
 def _writer(engine: Engine) -> SqlWriter:
-    return SqlWriter(engine, load_rules(None), MetricsConfig())
+    return SqlWriter(engine, load_rules(None), MetricsConfig("environment", None, None))
 
 
 def _write(engine: Engine, traces: list[Any], assessments: list[Any], batch: int = 500) -> None:
@@ -263,7 +264,7 @@ def test_buckets_are_identical_whatever_the_delivery(store_url: str, tmp_path: A
             clean.dispose()
 
     with chaotic.begin() as conn:
-        rebuild(conn, MetricsConfig(), BASE_MS)
+        rebuild(conn, MetricsConfig("environment", None, None), BASE_MS)
     assert bucket_snapshot(chaotic) == got  # the buckets equal a recomputation from raw rows
 
     s = summary(chaotic, BASE_MS - HOUR, BASE_MS + 6 * HOUR)

@@ -140,7 +140,7 @@ def test_report_matches_mlflow_query_trace_metrics(logged: Logged, mlflow_server
     engine = make_engine(store_url)
     events = [decode_trace(j.encode(), Provenance("t", 0, 0), 1 << 22)
               for j in logged.traces_json]
-    writer = SqlWriter(engine, load_rules(None), MetricsConfig())
+    writer = SqlWriter(engine, load_rules(None), MetricsConfig("environment", None, None))
     for i in range(0, len(events), 100):
         writer.write(Batch(traces=events[i:i + 100]), logged.last_ms + MINUTE)
 

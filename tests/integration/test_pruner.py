@@ -7,8 +7,9 @@ import pytest
 from sqlalchemy import func, select
 
 from store.engine import make_engine
-from store.metrics import BUCKETS, MetricsConfig, Retention, rebuild
+from store.metrics import BUCKETS, MetricsConfig, rebuild
 from store.models import Trace
+from store.retention import Retention
 from store.upserts import Batch
 from store.writer import SqlWriter
 from tests import metrics_data as M
@@ -27,7 +28,7 @@ def _count(engine: object) -> int:
 
 def test_pruner_steps_are_bounded_and_continue_while_a_backlog_remains(store_url: str) -> None:
     engine = make_engine(store_url)
-    SqlWriter(engine, None, MetricsConfig()).write(
+    SqlWriter(engine, None, MetricsConfig("environment", None, None)).write(
         Batch(traces=[_trace(d) for d in M.traffic(250, BASE_MS, HOUR, seed=4)]), BASE_MS)
     pruner = Pruner(engine, Retention(raw_days=1, minute_days=1, hour_days=2,
                                       max_rows_per_cycle=100), interval_s=3600)
@@ -50,7 +51,9 @@ def test_pruner_steps_are_bounded_and_continue_while_a_backlog_remains(store_url
 
 def test_an_unreachable_store_postpones_pruning() -> None:
     engine = make_engine("postgresql://nobody@127.0.0.1:1/none")
-    assert Pruner(engine, Retention(), interval_s=1).run_due(BASE_MS) is None
+    assert Pruner(engine, Retention(raw_days=30.0, minute_days=30.0, hour_days=730.0,
+                                    max_rows_per_cycle=5000),
+                  interval_s=1).run_due(BASE_MS) is None
 
 
 def test_a_late_trace_past_raw_retention_counts_once_across_pruning(store_url: str) -> None:
@@ -60,12 +63,12 @@ def test_a_late_trace_past_raw_retention_counts_once_across_pruning(store_url: s
     past retention is neither recreated nor subtracted below zero."""
     engine = make_engine(store_url)
     now = BASE_MS + 40 * DAY
-    config = MetricsConfig(minute_days=30, hour_days=730)
+    config = MetricsConfig(dimension_tag="environment", minute_days=30, hour_days=730)
     writer = SqlWriter(engine, None, config)
     docs = M.traffic(20, BASE_MS, HOUR, seed=5)
     writer.write(Batch(traces=[_trace(M.in_progress_version(d)) for d in docs]), now)
-    pruner = Pruner(engine, Retention(raw_days=30, minute_days=30, hour_days=730),
-                    interval_s=0)
+    pruner = Pruner(engine, Retention(raw_days=30, minute_days=30, hour_days=730,
+                                      max_rows_per_cycle=5000), interval_s=0)
     first = pruner.run_due(now + 1)
     assert first is not None and first.traces == 0 and _count(engine) == 20
     writer.write(Batch(traces=[_trace(d) for d in docs]), now + 2)

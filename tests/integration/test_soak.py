@@ -293,7 +293,7 @@ def _compare(engine: Engine, settings: Any, ledger: S.Ledger, real_tags: dict[st
                    f"{len(ledger.traces)}")
     live = bucket_snapshot(engine)
     with engine.begin() as conn:
-        rebuild(conn, MetricsConfig(dimension_tag=settings.metrics_dimension_tag), 0)
+        rebuild(conn, MetricsConfig(settings.metrics_dimension_tag, None, None), 0)
     rebuilt = bucket_snapshot(engine)
     for res in live:
         if live[res] != rebuilt[res]:
