@@ -1,15 +1,13 @@
-"""The worker loop: poll -> (maybe) maintain -> decode -> store -> checkpoint, one batch at a time.
+"""The worker loop: poll -> (maybe) maintain -> decode -> checkpoint, one batch at a time.
 
-Checkpoint order is the invariant (docs/design.md, invariants 1 and 5):
-  1. publish and flush the batch's dead letters to ``<topic>.dlq``;
-  2. commit the SQL transaction that upserts the batch, its dead-letter rows, its rule
-     decisions (decision log, current tags, write-back outbox) and its metric bucket deltas;
-  3. commit offsets (last processed + 1) for every partition in the batch.
-A failure before step 3 commits no offset: the batch is redelivered, and idempotent upserts make
-that harmless. ``TransientError`` in steps 1-2 is retried with jittered exponential backoff for as
-long as the worker is not asked to stop; nothing is skipped. Signals only set ``stop``; the loop
-finishes the batch in hand and checkpoints before it returns. The tag writer (MLflow write-back)
-runs beside the loop for as long as ``run`` does.
+Checkpoint order is the invariant (docs/design.md, invariants 1 and 5; ``Worker._checkpoint``):
+(1) publish and flush the batch's dead letters to ``<topic>.dlq``; (2) commit the SQL transaction
+(upserts, dead-letter rows, rule decisions, metric deltas); (3) commit offsets, last processed + 1,
+per partition. A failure before step 3 commits no offset: the batch is redelivered, and idempotent
+upserts make that harmless. ``TransientError`` in steps 1-2 is retried with jittered exponential
+backoff until it succeeds or ``stop`` is set; nothing is skipped. Signals only set ``stop``: the
+batch in hand is checkpointed before ``run`` returns unless an outage holds it (then nothing is
+committed). The tag writer (MLflow write-back) and the curator run beside the loop.
 """
 
 from __future__ import annotations
@@ -75,6 +73,8 @@ class BatchWriter(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
 T = TypeVar("T")
 JOIN_GRACE_S = 60.0  # how long --exit-when-idle waits for a group join before giving up
 LAG_EVERY_S = 5.0  # how often the loop asks the source for its lag (a broker round trip)
@@ -222,24 +222,14 @@ class Worker:
         return now - max(idle_since, self._ready_since) >= idle_s
 
     def process(self, records: list[RawRecord]) -> bool:
-        """Decode, store and checkpoint one batch. False if stopped before the checkpoint."""
+        """Decode, checkpoint and count one batch. False if stopped before the checkpoint."""
         began = time.monotonic()
         if self.stats.first_record_s is None:
             self.stats.first_record_s = began
         batch = self.decode(records)
-        batch.checkpoints = self.source.checkpoint()
-        if not self._retry(lambda: self.store(batch, records), "store"):
+        if not self._checkpoint(batch, records):
             return False
-        if not self.source.commit(next_offsets(records)):
-            self.stats.commit_failures += 1
-        self.stats.batches += 1
-        self.stats.records += len(records)
-        self.stats.traces += len(batch.traces)
-        self.stats.assessments += len(batch.assessments)
-        self.stats.dead_letters += len(batch.dead_letters)
-        self.stats.last_checkpoint_s = time.monotonic()
-        self.stats.last_checkpoint_unix = time.time()
-        self.stats.observe_batch(self.stats.last_checkpoint_s - began)
+        self._count(batch, records, began)
         return True
 
     # -- the named steps -----------------------------------------------------------------------
@@ -265,17 +255,42 @@ class Worker:
                 batch.assessments.append(event)
         return batch
 
-    def store(self, batch: Batch, records: list[RawRecord]) -> bool:
-        """Checkpoint steps 1 and 2: dead letters out and flushed, then the SQL transaction.
+    def _checkpoint(self, batch: Batch, records: list[RawRecord]) -> bool:
+        """Checkpoint a decoded batch, in this order (the module docstring says why):
 
-        Safe to call again after a TransientError: letters already flushed are not re-sent, and
-        the upserts are idempotent.
+        1. publish and flush the batch's dead letters to ``<topic>.dlq``;
+        2. commit the SQL transaction: the batch's upserts, dead-letter rows, rule decisions,
+           metric deltas and the source's progress; a refused row is isolated (``store``);
+        3. commit offsets, last processed + 1, per partition.
+
+        TransientError in steps 1-2 is retried until they succeed or ``stop`` is set; a retry
+        does not re-send dead letters already flushed. Stopped during the retry: False, and no
+        offset is committed. A failed offset commit only counts in ``commit_failures``.
         """
+        batch.checkpoints = self.source.checkpoint()
+        dlq_flushed = False  # loop state: survives the retries of this batch only
+
+        def dead_letters_then_transaction() -> bool:
+            nonlocal dlq_flushed
+            # Step 1: dead letters out and durable, once per batch.
+            if batch.dead_letters and not dlq_flushed:
+                self.dlq.publish(batch.dead_letters)
+                self.dlq.flush()
+                dlq_flushed = True
+            # Step 2: the SQL transaction (idempotent upserts, so a retry is harmless).
+            return self.store(batch, records)
+
+        if not self._retry(dead_letters_then_transaction, "store"):
+            return False  # stopped during an outage: nothing committed, will be redelivered
+        # Step 3: offsets; a refused commit means redelivery, which the upserts absorb.
+        if not self.source.commit(next_offsets(records)):
+            self.stats.commit_failures += 1
+        return True
+
+    def store(self, batch: Batch, records: list[RawRecord]) -> bool:
+        """Checkpoint step 2: the batch's SQL transaction; True once the batch is stored. A row
+        the database refuses is isolated (``_store_isolating``). Raises TransientError."""
         now_ms = self.now_ms()
-        if batch.dead_letters and not batch.dlq_flushed:
-            self.dlq.publish(batch.dead_letters)
-            self.dlq.flush()
-            batch.dlq_flushed = True
         try:
             result = self.writer.write(batch, now_ms)
             self.stats.tags_changed += result.tags_changed
@@ -318,6 +333,17 @@ class Worker:
         self.writer.write(Batch(dead_letters=batch.dead_letters,
                                 checkpoints=batch.checkpoints), now_ms)
 
+    def _count(self, batch: Batch, records: list[RawRecord], began: float) -> None:
+        """Stats of a checkpointed batch, its latency from ``began`` (monotonic) included."""
+        self.stats.batches += 1
+        self.stats.records += len(records)
+        self.stats.traces += len(batch.traces)
+        self.stats.assessments += len(batch.assessments)
+        self.stats.dead_letters += len(batch.dead_letters)
+        self.stats.last_checkpoint_s = time.monotonic()
+        self.stats.last_checkpoint_unix = time.time()
+        self.stats.observe_batch(self.stats.last_checkpoint_s - began)
+
     def maintain(self) -> None:
         """(Maybe) maintain: retention pruning when its interval has passed."""
         if self.maintenance is not None:
@@ -357,7 +383,6 @@ class Worker:
             if self.stop.is_set():
                 return None
             raise
-
 
     def close(self) -> None:
         """Close the source and the sink and release database connections."""

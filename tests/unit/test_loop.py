@@ -60,6 +60,16 @@ def test_transient_store_errors_are_retried_and_commit_waits() -> None:
     assert src.committed == {(TRACES, 0): 5}
 
 
+def test_a_retry_does_not_resend_flushed_dead_letters() -> None:
+    failures = iter([TransientError("db down")] * 2)
+    recs = [*records(2), RawRecord(TRACES, 0, 2, None, b"not json")]
+    w, src, _, dlq, journal = make(recs, fail=lambda b: next(failures, None))
+    w.run(exit_when_idle_s=0)
+    assert journal == ["poll:3", "dlq.publish:1", "dlq.flush"] + ["write:failed"] * 2 + [
+        "write", "commit"]
+    assert len(dlq.published) == 1 and src.committed == {(TRACES, 0): 3}
+
+
 def test_stop_during_an_outage_commits_nothing() -> None:
     w, src, writer, _, journal = make(records(5), fail=lambda b: TransientError("db down"))
     threading.Timer(0.3, w.stop.set).start()
