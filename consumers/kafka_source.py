@@ -3,12 +3,10 @@ the dead-letter sink (``<topic>.dlq``). Kafka client settings live here.
 
 Offsets are committed only by ``commit()``, which the worker calls after the store transaction
 has committed (auto-commit is off). ``CommitFailedError`` after a rebalance returns False: the
-records will be redelivered, and the store's idempotent upserts make that harmless. Because the
-worker commits every batch before it polls again, a partition revoked during ``poll()`` never has
-uncommitted work in hand.
-
-The consumer connects in its constructor: it logs which brokers it waits for, and gives up after
-``bootstrap_timeout_ms`` with a ``TransientError`` that names them (the CLI exits unavailable).
+records are redelivered, and the idempotent upserts make that harmless. The worker commits every
+batch before it polls again, so a partition revoked during ``poll()`` has no uncommitted work.
+The consumer connects in its constructor and gives up after ``bootstrap_timeout_ms`` with a
+``TransientError`` that names the brokers it waited for (the CLI exits unavailable).
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from consumers.errors import TransientError
 from consumers.events import DeadLetter, RawRecord
+from consumers.ports import TopicKind
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +71,16 @@ def _names(tps: Any) -> str:
 
 
 class KafkaSource:
-    """An ``EventSource`` over a Kafka consumer group."""
+    """An ``EventSource`` over a Kafka consumer group, subscribed to the trace and assessment
+    topics."""
 
-    def __init__(self, client: KafkaClientConfig, topics: Iterable[str], group_id: str, *,
+    def __init__(self, client: KafkaClientConfig, trace_topic: str, assessment_topic: str,
+                 group_id: str, *,
                  session_timeout_ms: int = 10_000, heartbeat_interval_ms: int = 3_000,
                  max_poll_interval_ms: int = 300_000, max_poll_records: int = 5_000,
                  bootstrap_timeout_ms: int = BOOTSTRAP_TIMEOUT_MS) -> None:
-        self.topics = list(topics)
+        self._topics: dict[str, TopicKind] = {trace_topic: "trace",
+                                              assessment_topic: "assessment"}
         logger.info("waiting for Kafka bootstrap_servers=%s timeout_s=%.0f",
                     client.bootstrap_servers, bootstrap_timeout_ms / 1000)
         try:
@@ -94,11 +96,14 @@ class KafkaSource:
             raise TransientError(
                 f"no broker answered at {client.bootstrap_servers} within "
                 f"{bootstrap_timeout_ms / 1000:.0f} s") from exc
-        self._consumer.subscribe(self.topics, listener=_RebalanceLog())
+        self._consumer.subscribe(list(self._topics), listener=_RebalanceLog())
 
     @property
     def name(self) -> str:
         return "kafka"
+
+    def topics(self) -> Mapping[str, TopicKind]:
+        return self._topics
 
     def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
         try:

@@ -36,6 +36,7 @@ import orjson
 
 from consumers.errors import ConfigError, TransientError
 from consumers.events import DeadLetter, RawRecord
+from consumers.ports import TopicKind
 from consumers.redact import redact
 
 logger = logging.getLogger(__name__)
@@ -261,6 +262,9 @@ class MlflowSource:
     @property
     def name(self) -> str:
         return "mlflow"
+
+    def topics(self) -> Mapping[str, TopicKind]:
+        return {TRACES_TOPIC: "trace", ASSESSMENTS_TOPIC: "assessment"}
 
     def ready(self) -> bool:
         return self._ready

@@ -1,20 +1,28 @@
 """Ports: what the worker needs from a source of events and from a dead-letter sink.
 
 The Kafka adapters (``kafka_source``), the MLflow polling source and the in-memory test fakes
-implement the same Protocols, so unit tests need no mocks.
+implement the same Protocols, so unit tests need no mocks. A source declares the topics it
+delivers and what each holds (``topics``); the worker decodes by that declaration alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from consumers.events import DeadLetter, RawRecord
+
+TopicKind = Literal["trace", "assessment"]  # what the records of a topic hold
 
 
 class EventSource(Protocol):
     @property
     def name(self) -> str: ...
+
+    def topics(self) -> Mapping[str, TopicKind]:
+        """The topics this source delivers, and what each holds. A record on any other topic
+        has no decoder: the worker dead-letters it."""
+        ...
 
     def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
         """Up to ``max_records`` records, waiting at most ``timeout_ms``. Raises TransientError."""

@@ -10,18 +10,26 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from consumers.events import DeadLetter, RawRecord
+from consumers.ports import TopicKind
 from store.upserts import Batch, BatchResult
+
+FAKE_TOPICS: Mapping[str, TopicKind] = {"traces": "trace", "assessments": "assessment"}
 
 
 class FakeSource:
     name = "fake"
 
-    def __init__(self, records: list[RawRecord], journal: list[str], batch_size: int = 10) -> None:
+    def __init__(self, records: list[RawRecord], journal: list[str], batch_size: int = 10, *,
+                 topics: Mapping[str, TopicKind] = FAKE_TOPICS) -> None:
+        self._topics = topics
         self.pending = list(records)
         self.journal = journal
         self.batch_size = batch_size
         self.committed: dict[tuple[str, int], int] = {}
         self.closed = False
+
+    def topics(self) -> Mapping[str, TopicKind]:
+        return self._topics
 
     def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
         n = min(max_records, self.batch_size)

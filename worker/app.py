@@ -69,7 +69,7 @@ def create_kafka_worker(settings: Settings, engine: Engine | None = None) -> Wor
     engine = engine or create_engine_from(settings)
     client = kafka_client(settings)
     source = KafkaSource(
-        client, [settings.trace_topic, settings.assessment_topic], settings.group_id,
+        client, settings.trace_topic, settings.assessment_topic, settings.group_id,
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         max_poll_interval_ms=settings.kafka_max_poll_interval_ms,

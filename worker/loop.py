@@ -27,11 +27,10 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from consumers import mlflow_source
 from consumers.errors import DecodeError, TransientError
 from consumers.events import AssessmentEvent, DeadLetter, RawRecord, TraceEvent
 from consumers.formats import dead_letter, decode_assessment, decode_trace
-from consumers.ports import DeadLetterSink, EventSource
+from consumers.ports import DeadLetterSink, EventSource, TopicKind
 from store.upserts import Batch, BatchResult
 from store.writer import StoreRejectedError
 from worker.settings import Settings
@@ -147,15 +146,12 @@ class Worker:
         self.stats = RunStats()
         self._ready_since: float | None = None
         max_bytes = settings.max_event_bytes
-        self._decoders: dict[str, Callable[[RawRecord], TraceEvent | AssessmentEvent]] = {
-            settings.trace_topic: lambda r: decode_trace(r.value, r.provenance, max_bytes),
-            settings.assessment_topic: lambda r: decode_assessment(r.value, r.provenance,
-                                                                   max_bytes),
+        by_kind: dict[TopicKind, Callable[[RawRecord], TraceEvent | AssessmentEvent]] = {
+            "trace": lambda r: decode_trace(r.value, r.provenance, max_bytes),
+            "assessment": lambda r: decode_assessment(r.value, r.provenance, max_bytes),
         }
-        # The MLflow polling source hands over the same JSON on its own pseudo topics.
-        self._decoders[mlflow_source.TRACES_TOPIC] = self._decoders[settings.trace_topic]
-        self._decoders[mlflow_source.ASSESSMENTS_TOPIC] = self._decoders[
-            settings.assessment_topic]
+        # Decoded: the topics the source declares; a record on any other is a dead letter.
+        self._decoders = {topic: by_kind[kind] for topic, kind in source.topics().items()}
 
     # -- the loop ------------------------------------------------------------------------------
 

@@ -33,8 +33,8 @@ def make(recs: list[RawRecord], fail: Any = None, batch: int = 10,
     journal: list[str] = []
     settings = Settings(trace_topic=TRACES, assessment_topic=ASSESS, db_retry_max_wait_s=0.01,
                         poll_timeout_ms=1)
-    src, writer, dlq = FakeSource(recs, journal, batch), FakeWriter(journal, fail), \
-        FakeDeadLetters(journal)
+    src = FakeSource(recs, journal, batch, topics={TRACES: "trace", ASSESS: "assessment"})
+    writer, dlq = FakeWriter(journal, fail), FakeDeadLetters(journal)
     return Worker(settings, src, writer, dlq, clock=lambda: 1_800_000_000.0), src, writer, dlq, \
         journal
 
