@@ -300,24 +300,11 @@ def numeric_value(value: Any) -> float | None:
     return None
 
 
-def decode_assessment(value: bytes | None, prov: Provenance, max_bytes: int) -> AssessmentEvent:
-    """Decode one ``Assessment.to_dictionary()`` value (feedback or expectation)."""
-    obj = load_object(value, max_bytes)
-    assessment_id = id_field(obj, "assessment_id")
-    trace_id = id_field(obj, "trace_id")
-    name = str_field(obj, "assessment_name", "", max_chars=1000)
-    assert name is not None
-    fb, ex = obj.get("feedback"), obj.get("expectation")
-    if (fb is None) == (ex is None):
-        raise DecodeError("exactly one of 'feedback' and 'expectation' must be present",
-                          "feedback/expectation")
-    kind = "feedback" if fb is not None else "expectation"
-    body = fb if fb is not None else ex
-    if not isinstance(body, dict):
-        raise DecodeError(f"expected an object, got {type(body).__name__}", kind)
+def _assessment_value(body: Mapping[str, Any], kind: str) -> tuple[Any, str | None]:
+    """The value and the error message of a feedback or expectation body."""
     val = body.get("value")
     serialized = body.get("serialized_value")
-    value_field = "feedback.value" if fb is not None else "expectation.value"
+    value_field = f"{kind}.value"
     if val is None and kind == "expectation" and isinstance(serialized, dict):
         # MLflow's to_dictionary() form of list and dict expectations (expected_facts, ...):
         # {"serialized_value": {"serialization_format": "JSON_FORMAT", "value": "<JSON>"}}
@@ -337,6 +324,25 @@ def decode_assessment(value: bytes | None, prov: Provenance, max_bytes: int) -> 
         error = err
     if val is None and error is None and kind == "expectation":
         raise DecodeError("is missing", "expectation.value")
+    return val, error
+
+
+def decode_assessment(value: bytes | None, prov: Provenance, max_bytes: int) -> AssessmentEvent:
+    """Decode one ``Assessment.to_dictionary()`` value (feedback or expectation)."""
+    obj = load_object(value, max_bytes)
+    assessment_id = id_field(obj, "assessment_id")
+    trace_id = id_field(obj, "trace_id")
+    name = str_field(obj, "assessment_name", "", max_chars=1000)
+    assert name is not None
+    fb, ex = obj.get("feedback"), obj.get("expectation")
+    if (fb is None) == (ex is None):
+        raise DecodeError("exactly one of 'feedback' and 'expectation' must be present",
+                          "feedback/expectation")
+    kind = "feedback" if fb is not None else "expectation"
+    body = fb if fb is not None else ex
+    if not isinstance(body, dict):
+        raise DecodeError(f"expected an object, got {type(body).__name__}", kind)
+    val, error = _assessment_value(body, kind)
     created = time_ms_field(obj, "create_time", "", required=True)
     assert created is not None
     updated = time_ms_field(obj, "last_update_time", "", required=False) or created
