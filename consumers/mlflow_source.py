@@ -1,26 +1,12 @@
 """Polling an MLflow tracking server: the source for teams whose traces have no stream.
 
-Per experiment, a *scan* reads trace infos oldest first (``timestamp_ms ASC``, pages of at most
-500, without spans) from a start time to the end, and compares each page with the store
-(``StoreView.known``): a trace is fetched with its spans only when the store lacks it, or holds it
-IN_PROGRESS and MLflow has it finished; an assessment is emitted when its ``(assessment_id,
-last_update_time)`` is not what the store holds. Records are the same JSON as on Kafka
-(``Trace.to_json()``, ``Assessment.to_dictionary()``), on the pseudo topics ``mlflow:traces`` and
-``mlflow:assessments``, so decode -> rules -> store is the path the Kafka records take.
-
-Three kinds of scan:
-  * *tail*, every ``poll_interval_s``: from the experiment's watermark minus ``overlap_s``.
-    Ascending order means a trace that lands while we page only ever causes a duplicate, never
-    a skip; the overlap finds traces that land after newer ones (long traces, clock skew); the
-    store is the seen-set, bounded by that window.
-  * *rescan*, every ``assessment_rescan_interval_s``: the last ``assessment_window_s``. MLflow has
-    no "assessments since" query, so late feedback is found by diffing; traces that finished
-    after they were first seen IN_PROGRESS are completed here too.
-  * *backfill*: a closed window ``[since, until]``, once (``trace-curator backfill``).
-Invariant: a watermark moves only through ``checkpoint()``, which the worker writes in the same
-transaction as the batch it covers, and is applied in memory at ``commit``; a restart resumes from
-the stored watermark and the store check skips what is already in. Nothing is skipped or counted
-twice.
+Scans read trace infos per experiment, oldest first, page by page, and compare each page with
+the store: only what the store lacks (or holds older) is fetched and emitted, as the JSON Kafka
+carries (``Trace.to_json()``, ``Assessment.to_dictionary()``) on the pseudo topics
+``mlflow:traces`` and ``mlflow:assessments``; decode -> rules -> store is the Kafka path.
+Invariant: a watermark moves only through ``checkpoint()``, written in the transaction of the
+batch it covers and applied in memory at ``commit``; a restart resumes from the stored watermark.
+Nothing is skipped or counted twice. The MLflow client itself is ``consumers.mlflow_client``.
 """
 
 from __future__ import annotations
@@ -36,6 +22,7 @@ import orjson
 
 from consumers.errors import ConfigError, TransientError
 from consumers.events import DeadLetter, RawRecord
+from consumers.mlflow_client import is_transient
 from consumers.ports import TopicKind
 from consumers.redact import redact
 
@@ -74,7 +61,8 @@ class TraceLike(Protocol):
 
 
 class TraceServer(Protocol):
-    """The MLflow calls a scan needs (``MlflowTraceServer``; a fake in unit tests)."""
+    """The MLflow calls a scan needs (``consumers.mlflow_client.MlflowTraceServer``; a fake in
+    unit tests)."""
 
     def experiments(self) -> list[tuple[str, int]]:
         """Active experiments: (id, creation time ms)."""
@@ -231,7 +219,22 @@ def assessment_record(a: Any) -> RawRecord:
 
 
 class MlflowSource:
-    """An ``EventSource`` over an MLflow tracking server (see the module docstring)."""
+    """An ``EventSource`` over an MLflow tracking server.
+
+    A *scan* reads trace infos oldest first (``timestamp_ms ASC``, pages of at most 500, without
+    spans) from a start time to the end, and compares each page with the store
+    (``StoreView.known``): a trace is fetched with its spans only when the store lacks it, or
+    holds it IN_PROGRESS and MLflow has it finished; an assessment is emitted when its
+    ``(assessment_id, last_update_time)`` is not what the store holds. Three kinds of scan:
+      * *tail*, every ``poll_interval_s``: from the experiment's watermark minus ``overlap_s``.
+        Ascending order means a trace that lands while we page only ever causes a duplicate,
+        never a skip; the overlap finds traces that land after newer ones (long traces, clock
+        skew); the store is the seen-set, bounded by that window.
+      * *rescan*, every ``assessment_rescan_interval_s``: the last ``assessment_window_s``.
+        MLflow has no "assessments since" query, so late feedback is found by diffing; traces
+        that finished after they were first seen IN_PROGRESS are completed here too.
+      * *backfill*: a closed window ``[since, until]``, once (``trace-curator backfill``).
+    """
 
     def __init__(self, server: TraceServer, store: StoreView, config: PollConfig, *,
                  clock: Callable[[], float] = time.time,
@@ -498,19 +501,6 @@ class MlflowSource:
         return max(0.0, min(self._due.values()) - time.monotonic())
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Retry, do not crash: MLflow unreachable (connection errors derive from OSError), a
-    server-side MLflow error (HTTP 5xx or 429, by the exception's own status), or the store
-    away. A 4xx from MLflow (a bad filter, an unknown experiment) is a real error."""
-    if isinstance(exc, OSError):
-        return True
-    http_status = getattr(exc, "get_http_status_code", None)
-    if callable(http_status):  # MlflowException
-        code = int(http_status())
-        return code >= 500 or code == 429
-    return type(exc).__name__ in {"OperationalError", "InterfaceError"}  # SQLAlchemy, DBAPI
-
-
 class TableOnlyDeadLetters:
     """The dead-letter sink with no broker: the worker's batch already writes each dead letter
     to the ``dead_letters`` table, with the raw payload and the reason; nothing else to do."""
@@ -525,53 +515,3 @@ class TableOnlyDeadLetters:
 
     def close(self) -> None:
         return None
-
-
-# --- the MLflow adapter ------------------------------------------------------------------------
-
-
-class MlflowTraceServer:
-    """``TraceServer`` over MLflow's tracing client (REST server or a local store URI)."""
-
-    def __init__(self, tracking_uri: str | None) -> None:
-        from mlflow.tracing.client import TracingClient
-        from mlflow.tracking import MlflowClient
-
-        self._tracing = TracingClient(tracking_uri)
-        self._client = MlflowClient(tracking_uri)
-
-    def experiments(self) -> list[tuple[str, int]]:
-        from mlflow.entities import ViewType
-
-        out: list[tuple[str, int]] = []
-        token: str | None = None
-        while True:
-            page = self._client.search_experiments(view_type=ViewType.ACTIVE_ONLY,
-                                                   max_results=1000, page_token=token)
-            out.extend((e.experiment_id, int(e.creation_time or 0)) for e in page)
-            token = page.token
-            if not token:
-                return out
-
-    def page(self, experiment_id: str, since_ms: int, until_ms: int | None,
-             page_token: str | None, max_results: int) -> tuple[list[Any], str | None]:
-        page = self._search(experiment_id, since_ms, until_ms, page_token, max_results,
-                            spans=False)
-        return [t.info for t in page], page.token or None
-
-    def _search(self, experiment_id: str, since_ms: int, until_ms: int | None,
-                page_token: str | None, max_results: int, *, spans: bool) -> Any:
-        where = f"attributes.timestamp_ms >= {max(since_ms, 0)}"
-        if until_ms is not None:
-            where += f" AND attributes.timestamp_ms <= {until_ms}"
-        return self._tracing.search_traces(
-            locations=[experiment_id], filter_string=where, max_results=max_results,
-            order_by=["timestamp_ms ASC"], page_token=page_token, include_spans=spans)
-
-    def fetch(self, trace_ids: Sequence[str]) -> list[Any]:
-        return list(self._tracing.batch_get_traces(list(trace_ids)))
-
-    def page_traces(self, experiment_id: str, since_ms: int, until_ms: int | None,
-                    page_token: str | None, max_results: int) -> list[Any]:
-        return list(self._search(experiment_id, since_ms, until_ms, page_token, max_results,
-                                 spans=True))

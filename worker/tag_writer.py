@@ -1,5 +1,4 @@
-"""The tag writer: a worker thread that drains the outbox into MLflow (invariant 3,
-docs/design.md).
+"""The tag writer: a thread that drains the outbox into MLflow (invariant 3, docs/design.md).
 
 Each round takes the rows that are due, sends them with bounded concurrency
 (``set_trace_tag`` / ``delete_trace_tag``; one call per tag, MLflow has no batch API), and then,
@@ -25,7 +24,7 @@ from sqlalchemy import Engine
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from consumers.errors import CuratorError, TransientError
-from consumers.mlflow_source import is_transient
+from consumers.mlflow_client import is_transient
 from consumers.redact import redact
 from store import outbox
 from store.leader import LeaderLock

@@ -274,7 +274,8 @@ def test_polled_records_are_stored_with_their_origin(
 
 def test_all_experiments_mode_finds_an_experiment_created_after_the_start(
         poll_settings: Callable[..., Settings], experiment: str) -> None:
-    from consumers.mlflow_source import MlflowSource, MlflowTraceServer
+    from consumers.mlflow_client import MlflowTraceServer
+    from consumers.mlflow_source import MlflowSource
     from store.checkpoints import StoreCheckpoints
     from store.writer import SqlWriter
     from worker.app import metrics_config

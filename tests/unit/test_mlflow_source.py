@@ -249,7 +249,7 @@ def test_only_server_side_and_connection_errors_are_transient() -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
-    from consumers.mlflow_source import is_transient
+    from consumers.mlflow_client import is_transient
 
     assert is_transient(ConnectionRefusedError("refused"))
     assert is_transient(MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE))
