@@ -256,7 +256,7 @@ def test_an_empty_window_and_bad_parameters(store_url: str, tmp_path: Path, monk
 def test_the_worker_serves_the_dashboard_beside_its_metrics(store_url: str) -> None:
     import socket
 
-    from worker.cli.main import _start_http
+    from worker.cli.run import _start_http
 
     with socket.socket() as s:  # a free port for the worker's server
         s.bind(("127.0.0.1", 0))

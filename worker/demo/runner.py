@@ -67,6 +67,25 @@ JOIN_TIMEOUT_S = 30.0  # for the demo's own threads at the end (an MLflow write 
 # The command
 
 
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+             _parent: argparse.ArgumentParser) -> None:
+    """The ``demo`` command of ``trace-curator``. It reads no settings file: the parent parser
+    (``--config``) is not used."""
+    p = sub.add_parser(
+        "demo", help="run the whole path on embedded defaults, with demo traffic",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the whole product live with no infrastructure: a backdated history of "
+                    "real MLflow traces of a small support bot in a local MLflow store, then "
+                    "live traffic (feedback on about half, some of it late) while the real "
+                    "worker ingests it into a SQLite store, from an embedded Kafka-protocol "
+                    "broker (with 3 malformed records) or, with --source mlflow, by polling "
+                    "MLflow. Progress once a second; at the end the report, the rule tags, the "
+                    "dataset versions and how to open the MLflow UI. Needs the demo extra: "
+                    "pip install 'trace-curator[demo]'.")
+    configure_parser(p)
+    p.set_defaults(func=cmd_demo)
+
+
 def configure_parser(p: argparse.ArgumentParser) -> None:
     if p.description is None:
         p.description = (
