@@ -1,6 +1,6 @@
 """The command line's layout: every command and option as before, ``--config`` before or after the
 command from one parent parser, one mapping from errors to exit codes, no MLflow import for
-``--help`` or ``check``."""
+``--help`` or ``check``, and a ``run`` start-up error that names the configured source."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from consumers.embedded_broker import free_port
+from consumers.errors import TransientError
 from worker.cli.main import build_parser, main
 from worker.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_SCHEMA, EXIT_UNAVAILABLE
 
@@ -147,3 +150,30 @@ def test_config_error_schema_and_cli_errors_have_their_exit_codes(
     assert main(["check"]) == EXIT_UNAVAILABLE  # a CliError with its own code
     assert "does not exist" in capsys.readouterr().err
 
+
+def test_run_with_the_mlflow_source_names_the_mlflow_server(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+        ) -> None:
+    """A start-up TransientError under source=mlflow names MLflow and its setting, not Kafka.
+
+    The MLflow source itself connects on the first poll (and retries there), so the failure is
+    injected where the Kafka source raises it: in ``create_worker``."""
+    import worker.app
+
+    uri = f"http://user:s3cret@127.0.0.1:{free_port()}"
+    monkeypatch.setenv("TRACE_CURATOR_STORE_URL", f"sqlite:///{tmp_path}/store.db")
+    monkeypatch.setenv("TRACE_CURATOR_SOURCE", "mlflow")
+    monkeypatch.setenv("TRACE_CURATOR_MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("TRACE_CURATOR_HTTP_PORT", "0")
+    assert main(["db", "upgrade"]) == EXIT_OK
+
+    def unreachable(*_args: Any, **_kwargs: Any) -> Any:
+        raise TransientError(f"mlflow polling: ConnectionError: {uri} refused")
+
+    monkeypatch.setattr(worker.app, "create_worker", unreachable)
+    assert main(["run", "--exit-when-idle", "1"]) == EXIT_UNAVAILABLE
+    err = capsys.readouterr().err
+    assert "Kafka" not in err and "KAFKA" not in err
+    assert "MLflow tracking server" in err
+    assert "TRACE_CURATOR_MLFLOW_TRACKING_URI" in err
+    assert "user:***@127.0.0.1" in err and "s3cret" not in err

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from consumers.errors import ConfigError, TransientError
+from consumers.redact import redact
 from worker.cli import common
 from worker.exit_codes import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE
 from worker.logs import setup_logging
@@ -103,16 +104,23 @@ def _start_worker(settings: Settings, engine: Engine) -> Any:
         return create_worker(settings, engine)
     except ConfigError:
         raise
-    except TransientError as exc:  # no broker answered within the bootstrap bound
-        raise common.CliError(_kafka_unreachable(settings, str(exc)), EXIT_UNAVAILABLE) from None
+    except TransientError as exc:  # the source did not answer (Kafka: within the bootstrap bound)
+        raise common.CliError(_source_unreachable(settings, str(exc)),
+                              EXIT_UNAVAILABLE) from None
     except Exception as exc:  # any other kafka error while connecting
         if settings.source == "mlflow":
             raise common.CliError(f"the worker could not start: {exc!r}",
                                   EXIT_UNAVAILABLE) from None
-        raise common.CliError(_kafka_unreachable(settings, repr(exc)), EXIT_UNAVAILABLE) from None
+        raise common.CliError(_source_unreachable(settings, repr(exc)),
+                              EXIT_UNAVAILABLE) from None
 
 
-def _kafka_unreachable(settings: Settings, detail: str) -> str:
+def _source_unreachable(settings: Settings, detail: str) -> str:
+    """What could not be reached, and the setting that names it: the MLflow tracking server
+    (URI masked) for source=mlflow, else the Kafka brokers."""
+    if settings.source == "mlflow":
+        return (f"the MLflow tracking server at {redact(settings.mlflow_tracking_uri or '')} is "
+                f"unreachable ({detail}): check TRACE_CURATOR_MLFLOW_TRACKING_URI")
     return (f"Kafka at {settings.kafka_bootstrap_servers} is unreachable ({detail}): check "
             "TRACE_CURATOR_KAFKA_BOOTSTRAP_SERVERS, or set TRACE_CURATOR_SOURCE=mlflow to poll "
             "an MLflow server instead")
