@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -105,71 +106,77 @@ class Child:
 
 
 @pytest.fixture
-def children() -> list[Child]:
+def start() -> Iterator[Callable[..., Child]]:
+    """Start a child (killed at the end of the test) and wait for its first line ``ready``."""
     started: list[Child] = []
-    yield started
+
+    def run(code: str, *args: str, env: dict[str, str] | None = None,
+            ready: str | None = "ready") -> Child:
+        child = Child(code, *args, env=env)
+        started.append(child)
+        if ready is not None:
+            child.wait_for(ready)
+        return child
+
+    yield run
     for child in started:
         child.kill()
 
 
-def test_sigterm_sets_the_stop_event_and_the_command_finishes(children: list[Child]) -> None:
-    child = Child(WORKER, "30", "0")
-    children.append(child)
-    child.wait_for("ready")
+def signal_twice(child: Child, first: signal.Signals, second: signal.Signals,
+                 between: str) -> float:
+    """Send ``first``, wait for ``between`` in the output, send ``second``; when it was sent."""
+    child.proc.send_signal(first)
+    child.wait_for(between)
+    sent = time.monotonic()
+    child.proc.send_signal(second)
+    return sent
+
+
+def test_sigterm_sets_the_stop_event_and_the_command_finishes(
+        start: Callable[..., Child]) -> None:
+    child = start(WORKER, "30", "0")
     child.proc.send_signal(signal.SIGTERM)
     assert child.wait() == EXIT_OK, child.output()
     assert "signal=SIGTERM received, draining and stopping" in child.output()
     assert "stopped" in child.output()
 
 
-def test_a_second_sigint_exits_at_once_with_exit_interrupted(children: list[Child]) -> None:
-    child = Child(WORKER, "30", "60")
-    children.append(child)
-    child.wait_for("ready")
-    child.proc.send_signal(signal.SIGINT)
-    child.wait_for("draining")
-    started = time.monotonic()
-    child.proc.send_signal(signal.SIGINT)
+def test_a_second_sigint_exits_at_once_with_exit_interrupted(
+        start: Callable[..., Child]) -> None:
+    child = start(WORKER, "30", "60")
+    sent = signal_twice(child, signal.SIGINT, signal.SIGINT, "draining")
     assert child.wait() == EXIT_INTERRUPTED, child.output()
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - sent < 10
     assert "stopped" not in child.output()
 
 
-def test_a_second_sigterm_leaves_the_drain_to_the_watchdog(children: list[Child]) -> None:
-    child = Child(WORKER, "2", "60")
-    children.append(child)
-    child.wait_for("ready")
-    child.proc.send_signal(signal.SIGTERM)
-    child.wait_for("draining")
-    child.proc.send_signal(signal.SIGTERM)
+def test_a_second_sigterm_leaves_the_drain_to_the_watchdog(start: Callable[..., Child]) -> None:
+    child = start(WORKER, "2", "60")
+    signal_twice(child, signal.SIGTERM, signal.SIGTERM, "draining")
     time.sleep(0.5)
     assert child.proc.poll() is None, child.output()
     assert child.wait() == EXIT_FAILURE, child.output()
     assert "shutdown took longer than shutdown_timeout_s=2" in child.output()
 
 
-def test_a_drain_longer_than_the_timeout_exits_with_exit_failure(children: list[Child]) -> None:
-    child = Child(WORKER, "0.5", "60")
-    children.append(child)
-    child.wait_for("ready")
-    started = time.monotonic()
+def test_a_drain_longer_than_the_timeout_exits_with_exit_failure(
+        start: Callable[..., Child]) -> None:
+    child = start(WORKER, "0.5", "60")
+    sent = time.monotonic()
     child.proc.send_signal(signal.SIGTERM)
     assert child.wait() == EXIT_FAILURE, child.output()
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - sent < 10
     assert "shutdown took longer than shutdown_timeout_s=0" in child.output()
 
 
 @pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
 def test_the_demo_variant_raises_on_a_second_signal_and_restores(
-        children: list[Child], second: signal.Signals) -> None:
-    child = Child(DEMO)
-    children.append(child)
-    child.wait_for("ready")
-    child.proc.send_signal(signal.SIGINT)
-    child.wait_for("linked set: True")
+        start: Callable[..., Child], second: signal.Signals) -> None:
+    child = start(DEMO)
+    signal_twice(child, signal.SIGINT, second, "linked set: True")
     assert "signal=SIGINT received, draining and stopping (again to stop at once)" \
         in child.output()
-    child.proc.send_signal(second)
     assert child.wait() == EXIT_INTERRUPTED, child.output()
     assert "KeyboardInterrupt" in child.output()
     assert "restored: True" in child.output()
@@ -195,18 +202,16 @@ def test_outside_the_main_thread_install_changes_nothing() -> None:
 
 
 def test_run_against_an_mlflow_server_that_is_not_there(tmp_path: Path,
-                                                        children: list[Child]) -> None:
+                                                        start: Callable[..., Child]) -> None:
     """The MLflow source connects on its first poll: ``run`` starts, retries the poll (no idle
     exit while it fails), names no Kafka, and drains on SIGTERM."""
     env = {"TRACE_CURATOR_STORE_URL": f"sqlite:///{tmp_path}/store.db",
            "TRACE_CURATOR_SOURCE": "mlflow", "TRACE_CURATOR_HTTP_PORT": "0",
            "TRACE_CURATOR_MLFLOW_TRACKING_URI": f"http://user:s3cret@127.0.0.1:{free_port()}"}
     main = "import sys; from worker.cli import main; sys.exit(main(sys.argv[1:]))"
-    upgrade = Child(main, "db", "upgrade", env=env)
-    children.append(upgrade)
+    upgrade = start(main, "db", "upgrade", env=env, ready=None)
     assert upgrade.wait(120) == EXIT_OK, upgrade.output()
-    child = Child(main, "run", "--exit-when-idle", "1", env=env)
-    children.append(child)
+    child = start(main, "run", "--exit-when-idle", "1", env=env, ready=None)
     child.wait_for("poll failed, retrying attempt=2", timeout_s=120)
     assert child.proc.poll() is None
     child.proc.send_signal(signal.SIGTERM)
