@@ -1,8 +1,11 @@
 """Sources: records (Kafka) or pages (MLflow) -> typed, validated events, or dead letters.
 
-Start with ``events`` (the shared vocabulary), ``errors`` (the taxonomy) and ``formats`` (wire
-bytes -> events, pure). ``kafka_source`` holds the Kafka adapters and client settings,
-``producer`` the helper that publishes MLflow traces, ``embedded_broker`` the test/demo broker.
+Start with ``events`` (the shared vocabulary), ``errors`` (the taxonomy), ``ports`` (what the
+loop needs from a source) and ``formats`` (wire bytes -> events, pure; its field readers and
+bounds in ``fields``). ``kafka_source`` holds the Kafka adapters, ``mlflow_source`` the polling
+source (``mlflow_plan`` its pure half, ``mlflow_client`` its MLflow calls), ``redact`` the one
+place credentials are masked, ``producer`` the helper that publishes MLflow traces and
+``embedded_broker`` the test and demo broker.
 """
 
 from consumers.errors import ConfigError, CuratorError, DecodeError, TransientError

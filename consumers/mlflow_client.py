@@ -27,7 +27,7 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class MlflowTraceServer:
-    """``consumers.mlflow_source.TraceServer`` over MLflow's tracing client (REST server or a
+    """``consumers.mlflow_plan.TraceServer`` over MLflow's tracing client (REST server or a
     local store URI)."""
 
     def __init__(self, tracking_uri: str | None) -> None:

@@ -13,13 +13,13 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from consumers.mlflow_source import Known
+from consumers.mlflow_plan import Known
 from store import dialect
 from store.models import ASSESSMENTS, CHECKPOINTS, TRACES
 
 
 class StoreCheckpoints:
-    """``consumers.mlflow_source.StoreView`` over the SQL store."""
+    """``consumers.mlflow_plan.StoreView`` over the SQL store."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

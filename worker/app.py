@@ -8,7 +8,8 @@ from sqlalchemy import Engine
 
 from consumers.kafka_source import KafkaClientConfig, KafkaDeadLetterSink, KafkaSource
 from consumers.mlflow_client import MlflowTraceServer
-from consumers.mlflow_source import MlflowSource, PollConfig, TableOnlyDeadLetters
+from consumers.mlflow_plan import PollConfig
+from consumers.mlflow_source import MlflowSource, TableOnlyDeadLetters
 from store.checkpoints import StoreCheckpoints
 from store.engine import make_engine
 from store.metrics import MetricsConfig

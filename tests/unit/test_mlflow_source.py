@@ -13,15 +13,15 @@ import orjson
 import pytest
 
 from consumers.errors import ConfigError, TransientError
-from consumers.mlflow_source import (
+from consumers.mlflow_plan import (
     ASSESSMENTS_TOPIC,
     TRACES_TOPIC,
     Known,
-    MlflowSource,
     PollConfig,
     plan_page,
     record_offset,
 )
+from consumers.mlflow_source import MlflowSource
 
 NOW_MS = 1_800_000_000_000
 

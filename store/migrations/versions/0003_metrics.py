@@ -134,7 +134,7 @@ def upgrade() -> None:
     if conn.execute(sa.text("SELECT 1 FROM traces LIMIT 1")).first() is not None:
         from store.metrics import MetricsConfig, rebuild
 
-        rebuild(conn, MetricsConfig(), int(time.time() * 1000))
+        rebuild(conn, MetricsConfig("environment", None, None), int(time.time() * 1000))
 
 
 def downgrade() -> None:
