@@ -1,7 +1,8 @@
 """Persistence: SQLAlchemy models, Alembic migrations, the engine, idempotent upserts, metrics.
 
 Start with ``models`` (the schema), ``upserts`` (how a batch is written, exactly once in effect)
-and ``writer`` (the transaction and its error mapping). ``rollup`` is the pure metric maths,
+and ``writer`` (the transaction and its error mapping). ``rollup`` is the pure metric maths
+(``sketch`` the latency sketch, ``sketch_column`` its stored form),
 ``metrics`` the buckets in SQL, ``retention`` the pruning, ``report`` the ``summary`` API,
 ``frames`` a pandas view (``traces_frame``); ``datasets`` is the curator's ledger. ``engine`` is
 the one engine factory, ``dialect`` holds the SQLite/PostgreSQL differences and the parameter

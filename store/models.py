@@ -195,7 +195,7 @@ class _MetricBucket:
     p95_ms: Mapped[float | None] = mapped_column(Float)
     p99_ms: Mapped[float | None] = mapped_column(Float)
     max_ms: Mapped[float | None] = mapped_column(Float)
-    # The latency and per-span-type histograms, binary (``store.rollup.encode_sketches``).
+    # The latency and per-span-type histograms, binary (``store.sketch_column``).
     sketches: Mapped[bytes] = mapped_column(LargeBinary)
     spans: Mapped[dict[str, Any]] = mapped_column(JSON)
     feedback: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -28,22 +28,24 @@ from sqlalchemy import Connection, Engine
 from store.metrics import read_buckets
 from store.rollup import (
     HOUR_MS,
-    KEY_BASE,
-    KEY_SLOTS,
-    LATENCY_SERIES,
     MICRO,
     MINUTE_MS,
     OTHER,
     SCALAR_NAMES,
     Agg,
     FeedbackAgg,
-    Packed,
     SpanAgg,
     floor_to,
+)
+from store.sketch import Sketch
+from store.sketch_column import (
+    KEY_BASE,
+    KEY_SLOTS,
+    LATENCY_SERIES,
+    Packed,
     series_id,
     unpack_sketches,
 )
-from store.sketch import Sketch
 
 GroupBy = Literal["trace_name", "environment", "experiment"]
 GROUP_BY: tuple[str, ...] = ("trace_name", "environment", "experiment")
