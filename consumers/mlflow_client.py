@@ -23,7 +23,7 @@ def is_transient(exc: BaseException) -> bool:
     if callable(http_status):  # MlflowException
         code = int(http_status())
         return code >= 500 or code == 429
-    return type(exc).__name__ in {"OperationalError", "InterfaceError"}  # SQLAlchemy, DBAPI
+    return type(exc).__name__ in {"OperationalError", "InterfaceError", "TimeoutError"}  # SQL
 
 
 class MlflowTraceServer:

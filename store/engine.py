@@ -14,9 +14,15 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+# What a call raises when the store went away (a refused or dropped connection, a database
+# shutting down, a pool wait that ran out): an outage to wait out, never a crash.
+STORE_GONE: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
 
 
 def _json_dumps(obj: Any) -> str:

@@ -46,8 +46,14 @@ class LeaderLock:
             conn = self.engine.connect()
         except Exception:
             return False
-        got = locks.try_session_lock(conn, self.key)
-        conn.commit()
+        try:
+            got = locks.try_session_lock(conn, self.key)
+            conn.commit()
+        except Exception:  # the session died while asking: not leading; the job asks again
+            logger.warning("could not take the %s leader lock (database session ended)",
+                           self.name)
+            _discard(conn)
+            return False
         if got:
             self._conn = conn
             logger.info("leading %s", self.name)
@@ -64,7 +70,12 @@ class LeaderLock:
         self._drop()
 
     def _drop(self) -> None:
-        with contextlib.suppress(Exception):
-            self._conn.invalidate()  # never hand a session holding the lock back to the pool
-            self._conn.close()
+        _discard(self._conn)
         self._conn = None
+
+
+def _discard(conn: Any) -> None:
+    """Close ``conn`` without handing its session (which may hold the lock) back to the pool."""
+    with contextlib.suppress(Exception):
+        conn.invalidate()
+        conn.close()

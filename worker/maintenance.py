@@ -13,8 +13,8 @@ import logging
 import time
 
 from sqlalchemy import Engine
-from sqlalchemy import exc as sa_exc
 
+from store.engine import STORE_GONE
 from store.retention import PruneResult, Retention, prune
 from worker.settings import Settings
 
@@ -43,7 +43,7 @@ class Pruner:
         try:
             with self.engine.begin() as conn:
                 result = prune(conn, now_ms, self.retention)
-        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+        except STORE_GONE as exc:
             logger.warning("pruning postponed error=%s", str(exc).splitlines()[0][:200])
             return None
         if result:

@@ -27,6 +27,7 @@ from consumers.errors import CuratorError, TransientError
 from consumers.mlflow_client import is_transient
 from consumers.redact import redact
 from store import outbox
+from store.engine import STORE_GONE
 from store.leader import LeaderLock
 from store.outbox import OutboxRow, OutboxStats
 
@@ -115,7 +116,7 @@ class TagWriter:
     def _loop(self) -> None:
         next_report = time.monotonic() + LAG_REPORT_S
         while not self._stop.is_set():
-            if not self.leader.ensure():  # another worker writes the tags
+            if not self.leader.ensure():  # another worker writes the tags, or the store is away
                 self._stop.wait(max(self.interval_s, 1.0))
                 continue
             try:
@@ -182,5 +183,10 @@ class TagWriter:
             return outbox.stats(conn)
 
     def drained(self) -> bool:
-        """Nothing left that MLflow could take now (rows waiting for unknown traces aside)."""
-        return self.stats().ready == 0
+        """Nothing left that MLflow could take now (rows waiting for unknown traces aside).
+        False while the store cannot say: an outage is not the end of the work."""
+        try:
+            return self.stats().ready == 0
+        except STORE_GONE as exc:
+            logger.debug("tag outbox unreadable, not drained error=%s", exc)
+            return False

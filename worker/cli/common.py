@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy import exc as sa_exc
 
 from store import schema
+from store.engine import STORE_GONE
 from worker.exit_codes import EXIT_UNAVAILABLE
 from worker.settings import Settings, load_settings
 from worker.timeparse import MAX_WINDOW_DAYS, parse_window
@@ -86,16 +86,17 @@ def store_url(settings: Settings) -> str:
     return str(settings.masked()["store_url"])
 
 
-def unreachable(settings: Settings, exc: sa_exc.OperationalError) -> CliError:
+def unreachable(settings: Settings, exc: BaseException) -> CliError:
+    detail = getattr(exc, "orig", None) or exc
     return CliError(f"the store {store_url(settings)} is unreachable: "
-                    f"{str(exc.orig).strip()[:300]}", EXIT_UNAVAILABLE)
+                    f"{str(detail).strip()[:300]}", EXIT_UNAVAILABLE)
 
 
 def ensure_schema(settings: Settings, engine: Engine) -> None:
     """SchemaOutOfDateError when the schema is not current; a CliError when unreachable."""
     try:
         schema.ensure_current(engine)
-    except sa_exc.OperationalError as exc:
+    except STORE_GONE as exc:
         raise unreachable(settings, exc) from None
 
 
@@ -109,15 +110,19 @@ def current_store(args: argparse.Namespace) -> tuple[Settings, Engine]:
 
 
 def check_metrics(settings: Settings, engine: Engine) -> None:
-    """Buckets are keyed by one dimension tag; refuse to mix in another (ConfigError)."""
+    """Buckets are keyed by one dimension tag; refuse to mix in another (ConfigError). A store
+    that goes away now, after the schema check, is a CliError (EXIT_UNAVAILABLE) like before it."""
     from store.metrics import check_dimension_tag
     from worker.app import metrics_config
 
     config = metrics_config(settings)
     if config is None:
         return
-    with engine.begin() as conn:
-        check_dimension_tag(conn, config)
+    try:
+        with engine.begin() as conn:
+            check_dimension_tag(conn, config)
+    except STORE_GONE as exc:
+        raise unreachable(settings, exc) from None
 
 
 def window(args: argparse.Namespace, at_ms: int,

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from sqlalchemy import exc as sa_exc
-
 from store import schema
+from store.engine import STORE_GONE
 from worker.cli import common
 from worker.exit_codes import EXIT_OK
 from worker.logs import setup_logging
@@ -45,7 +44,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     engine = common.store_engine(settings)
     try:
         before, after = schema.upgrade(engine)
-    except sa_exc.OperationalError as exc:
+    except STORE_GONE as exc:
         raise common.unreachable(settings, exc) from None
     url = settings.masked()["store_url"]
     if before == after:

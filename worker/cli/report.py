@@ -12,8 +12,7 @@ import argparse
 import sys
 import time
 
-from sqlalchemy import exc as sa_exc
-
+from store.engine import STORE_GONE
 from worker.cli import common
 from worker.exit_codes import EXIT_OK
 
@@ -87,7 +86,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                              by=args.by, now_ms=at_ms,
                              minute_retention_days=settings.retention_minute_days)
             text = FORMATS[fmt](result)
-    except sa_exc.OperationalError as exc:
+    except STORE_GONE as exc:
         raise common.unreachable(settings, exc) from None
     if args.output:
         write_text(args.output, text, force=args.force)

@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 
 from consumers.errors import ConfigError, TransientError
 from consumers.redact import redact
+from store.engine import STORE_GONE
 from worker.cli import common
 from worker.exit_codes import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE
 from worker.logs import setup_logging
@@ -104,6 +105,8 @@ def _start_worker(settings: Settings, engine: Engine) -> Any:
         return create_worker(settings, engine)
     except ConfigError:
         raise
+    except STORE_GONE as exc:  # the store went away after the start-up checks
+        raise common.unreachable(settings, exc) from None
     except TransientError as exc:  # the source did not answer (Kafka: within the bootstrap bound)
         raise common.CliError(_source_unreachable(settings, str(exc)),
                               EXIT_UNAVAILABLE) from None
