@@ -1,12 +1,13 @@
 """Metric buckets in SQL: moved in the batch transaction, read back for reports, rebuilt.
 
 ``store.upserts`` reads the touched traces' state (``read_state``) before a batch and derives it
-after; ``store.rollup.diff`` turns the two into deltas, which ``apply_deltas`` adds in the same
-transaction, so a trace never counts twice: it locks the buckets (PostgreSQL, in key order,
-``store.locks``), adds in Python, upserts the sums and deletes a bucket back at zero. A bucket
-going below zero is a bug: the batch fails, nothing commits. ``rebuild`` recomputes buckets from
-raw rows with the same pure code. A bucket holds its traces' capped entries (50 span types and 50
-feedback names a trace), so a subtraction removes exactly what was added.
+after; ``store.rollup.deltas`` turns the contributions that changed into deltas, summed per bucket
+in Python first, which ``apply_deltas`` adds in the same transaction, so a trace never counts
+twice: it locks the buckets (PostgreSQL, in key order, ``store.locks``), adds in Python, upserts
+the sums and deletes a bucket back at zero. A bucket going below zero is a bug: the batch
+fails, nothing commits. ``rebuild`` recomputes buckets from raw rows with the same pure code.
+A bucket holds its traces' capped entries (50 span types and 50 feedback names a trace), so a
+subtraction removes exactly what was added.
 """
 
 from __future__ import annotations

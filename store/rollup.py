@@ -6,7 +6,8 @@ configurable tag (default ``environment``). Its contribution is a function of it
 its valid feedback and its current candidate tags only (``contribution``), so the store can
 apply ``new - old`` whenever any of them change (a trace never counts twice). Every quantity is an
 integer (milliseconds, microseconds, micro-units, counts, sketch bins), so adding and
-subtracting contributions in any order gives identical buckets: no float drift.
+subtracting contributions in any order gives identical buckets: no float drift. The same holds
+for summing a batch's contributions per cell first (``deltas``, ``Agg.of``): the hot path does.
 The metric families are declared once in ``SCALARS`` and read by generic code.
 Free-form names are capped per trace, deterministically from the trace alone, so that the
 subtraction of a contribution removes exactly what was added: a trace names at most
@@ -21,8 +22,11 @@ order) would differ.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import add as _add
+from operator import sub as _sub
 from typing import Any, NamedTuple
 
 from consumers.events import TraceView
@@ -40,6 +44,7 @@ NUMERIC_CLAMP = 1e12
 # function of the trace alone), so subtraction stays exact; the trace row keeps true values.
 METRIC_MAX_MS = 30 * 86_400_000  # a latency or span duration counts at most 30 days
 METRIC_MAX_TOKENS = 2**40  # per trace and kind (input, output, total)
+_MAX_SPAN_US = METRIC_MAX_MS * 1000
 
 # The scalar columns of a bucket, in storage order: (column, description).
 SCALARS: tuple[tuple[str, str], ...] = (
@@ -120,9 +125,14 @@ class Contribution(NamedTuple):
     candidates: tuple[tuple[str, str], ...]  # (tag key, tag value)
 
 
+# ``tuple.__new__(NamedTupleClass, values)`` builds the same tuple as the class's own
+# ``__new__``, without its Python-level argument handling: the hot path builds several a trace.
+_tuple_new = tuple.__new__
+
+
 def bucket_key(trace: TraceView, dimension_tag: str) -> BucketKey:
     dim = trace.tags.get(dimension_tag) or trace.metadata.get(dimension_tag) or ""
-    return BucketKey(0, trace.experiment_id or "", trace.name or "", str(dim))
+    return _tuple_new(BucketKey, (0, trace.experiment_id or "", trace.name or "", str(dim)))
 
 
 def _span_parts(summary: Mapping[str, Any]) -> tuple[SpanPart, ...]:
@@ -137,8 +147,10 @@ def _span_parts(summary: Mapping[str, Any]) -> tuple[SpanPart, ...]:
         # [[key, n], ...] as stored; a row written before span bins were stored has all its
         # spans at the mean duration.
         bins = s.get("bins") or ((DEFAULT_MAPPING.key_for(max(total_ms / count, 0.0)), count),)
-        total_us = min(round(total_ms * 1000), count * METRIC_MAX_MS * 1000)
-        parts.append(SpanPart(span_type, count, total_us, bins))
+        total_us = round(total_ms * 1000)
+        cap = count * _MAX_SPAN_US
+        parts.append(_tuple_new(SpanPart, (span_type, count, total_us if total_us <= cap else cap,
+                                           bins)))
     return tuple(parts)
 
 
@@ -168,20 +180,25 @@ def contribution(trace: TraceFacts, feedback: Sequence[FeedbackFacts],
     view = trace.view
     status = view.status
     latency = view.execution_time_ms
-    has_latency = status != "IN_PROGRESS" and latency is not None and latency >= 0
-    if latency is not None:
-        latency = min(latency, METRIC_MAX_MS)
+    if status != "IN_PROGRESS" and latency is not None and latency >= 0:
+        if latency > METRIC_MAX_MS:
+            latency = METRIC_MAX_MS
+        has_latency, latency_bin = 1, DEFAULT_MAPPING.key_for(float(latency))
+    else:
+        has_latency, latency, latency_bin = 0, 0, None
+    tokens_in, tokens_out, tokens_total = (trace.input_tokens or 0, trace.output_tokens or 0,
+                                           trace.total_tokens or 0)
     scalars = (1, int(status == "OK"), int(status == "ERROR"), int(status == "IN_PROGRESS"),
-               int(has_latency), latency if has_latency and latency is not None else 0,
-               min(trace.input_tokens or 0, METRIC_MAX_TOKENS),
-               min(trace.output_tokens or 0, METRIC_MAX_TOKENS),
-               min(trace.total_tokens or 0, METRIC_MAX_TOKENS))
-    return Contribution(
-        view.timestamp_ms, bucket_key(view, dimension_tag), scalars,
-        DEFAULT_MAPPING.key_for(float(latency)) if has_latency and latency is not None else None,
-        _span_parts(trace.span_summary or {}),
-        _feedback_parts(feedback),
-        tuple(sorted(set(candidates))))
+               has_latency, latency,
+               tokens_in if tokens_in <= METRIC_MAX_TOKENS else METRIC_MAX_TOKENS,
+               tokens_out if tokens_out <= METRIC_MAX_TOKENS else METRIC_MAX_TOKENS,
+               tokens_total if tokens_total <= METRIC_MAX_TOKENS else METRIC_MAX_TOKENS)
+    summary = trace.span_summary
+    return _tuple_new(Contribution, (
+        view.timestamp_ms, bucket_key(view, dimension_tag), scalars, latency_bin,
+        _span_parts(summary) if summary else (),
+        _feedback_parts(feedback) if feedback else (),
+        tuple(sorted(set(candidates))) if candidates else ()))
 
 
 def _feedback_parts(feedback: Sequence[FeedbackFacts]) -> tuple[FeedbackPart, ...]:
@@ -238,12 +255,32 @@ class Agg:
 
     def add(self, c: Contribution, sign: int = 1) -> None:
         sc = self.scalars
-        for i, v in enumerate(c.scalars):
-            sc[i] += sign * v
+        sc[:] = map(_add if sign == 1 else _sub, sc, c.scalars) if sign in (1, -1) \
+            else [a + sign * v for a, v in zip(sc, c.scalars, strict=True)]
         if c.latency_bin is not None:
-            _add_bins(self.latency, ((c.latency_bin, 1),), sign)
+            latency = self.latency
+            k = c.latency_bin
+            left = latency.get(k, 0) + sign
+            if left:
+                latency[k] = left
+            else:
+                del latency[k]
+        spans = self.spans
         for sp in c.spans:
-            self._add_span(sp, sign)
+            agg = spans.get(sp.span_type)
+            if agg is None:
+                agg = spans[sp.span_type] = SpanAgg()
+            agg.count += sign * sp.n
+            agg.total_us += sign * sp.total_us
+            bins = agg.bins
+            for k, n in sp.bins:
+                left = bins.get(k, 0) + sign * n
+                if left:
+                    bins[k] = left
+                else:
+                    del bins[k]
+            if not agg.count and not agg.total_us and not bins:
+                del spans[sp.span_type]
         for fp in c.feedback:
             self._add_feedback(fp, sign)
         for tag_key, value in c.candidates:
@@ -255,16 +292,6 @@ class Agg:
                 del per_key[value]
                 if not per_key:
                     del self.candidates[tag_key]
-
-    def _add_span(self, sp: SpanPart, sign: int) -> None:
-        agg = self.spans.get(sp.span_type)
-        if agg is None:
-            agg = self.spans[sp.span_type] = SpanAgg()
-        agg.count += sign * sp.n
-        agg.total_us += sign * sp.total_us
-        _add_bins(agg.bins, sp.bins, sign)
-        if not agg.count and not agg.total_us and not agg.bins:
-            del self.spans[sp.span_type]
 
     def _add_feedback(self, fp: FeedbackPart, sign: int) -> None:
         fa = self.feedback.get(fp.name)
@@ -282,6 +309,40 @@ class Agg:
             fa.judge_errors += sign
         if not any(fa.as_list()):
             del self.feedback[fp.name]
+
+    @classmethod
+    def of(cls, cs: Sequence[Contribution]) -> Agg:
+        """The sum of ``cs``: equal to ``add`` of each in turn (a sum of integers and a removal
+        of the entries back at zero do not depend on the order), built a column at a time."""
+        agg = cls()
+        if not cs:
+            return agg
+        agg.scalars[:] = map(sum, zip(*[c.scalars for c in cs], strict=True))
+        agg.latency = dict(Counter([c.latency_bin for c in cs if c.latency_bin is not None]))
+        spans = agg.spans
+        for c in cs:
+            for span_type, n, total_us, bins in c.spans:
+                sp = spans.get(span_type)
+                if sp is None:
+                    sp = spans[span_type] = SpanAgg()
+                sp.count += n
+                sp.total_us += total_us
+                sb = sp.bins
+                for k, kn in bins:
+                    sb[k] = sb.get(k, 0) + kn
+        for t in list(spans):
+            sp = spans[t]
+            if not all(sp.bins.values()):
+                sp.bins = {k: kn for k, kn in sp.bins.items() if kn}
+            if not sp.count and not sp.total_us and not sp.bins:
+                del spans[t]
+        for c in cs:
+            for fp in c.feedback:
+                agg._add_feedback(fp, 1)
+            for tag_key, value in c.candidates:
+                per_key = agg.candidates.setdefault(tag_key, {})
+                per_key[value] = per_key.get(value, 0) + 1
+        return agg
 
     def merge(self, other: Agg, sign: int = 1) -> None:
         for i, v in enumerate(other.scalars):
@@ -420,19 +481,42 @@ def expand(cells: Mapping[DeltaKey, Agg]) -> dict[DeltaKey, Agg]:
     return {k: v for k, v in out.items() if not v.is_zero()}
 
 
+def deltas(removed: Iterable[Contribution], added: Iterable[Contribution]
+           ) -> dict[DeltaKey, Agg]:
+    """Bucket deltas that add ``added`` and subtract ``removed``: the contributions are first
+    grouped by finest cell and summed there (``Agg.of``), then ``expand``ed; equal to
+    ``add_deltas`` of each, one by one."""
+    groups: dict[DeltaKey, tuple[list[Contribution], list[Contribution]]] = {}
+    for side, cs in ((0, added), (1, removed)):
+        for c in cs:
+            ts = c.timestamp_ms
+            dk = ("minute", ts - ts % MINUTE_MS, c.key)
+            group = groups.get(dk)
+            if group is None:
+                group = groups[dk] = ([], [])
+            group[side].append(c)
+    cells: dict[DeltaKey, Agg] = {}
+    for dk, (plus, minus) in groups.items():
+        cell = Agg.of(plus)
+        if minus:
+            cell.merge(Agg.of(minus), -1)
+        cells[dk] = cell
+    return expand(cells)
+
+
 def diff(before: Mapping[str, Contribution], after: Mapping[str, Contribution]
          ) -> dict[DeltaKey, Agg]:
     """Bucket deltas that turn ``before`` contributions into ``after`` ones (per trace id)."""
-    cells: dict[DeltaKey, Agg] = {}
+    removed, added = [], []
     for tid in before.keys() | after.keys():
         old, new = before.get(tid), after.get(tid)
         if old == new:
             continue
         if old is not None:
-            add_deltas(cells, old, -1)
+            removed.append(old)
         if new is not None:
-            add_deltas(cells, new, +1)
-    return expand(cells)
+            added.append(new)
+    return deltas(removed, added)
 
 
 class StreamRollup:

@@ -46,7 +46,7 @@ from store.models import (
     TRACES,
     Assessment,
 )
-from store.rollup import OTHER, FeedbackFacts, TraceFacts, diff
+from store.rollup import OTHER, Contribution, FeedbackFacts, TraceFacts, contribution, deltas
 from store.sketch import DEFAULT_MAPPING
 
 # Span types that keep their name in one trace's summary; later types merge into ``OTHER``.
@@ -250,28 +250,47 @@ def _update_metrics(config: MetricsConfig, before: metrics.State,
                     assessments: Sequence[AssessmentEvent], tag_changes: Sequence[TagChange],
                     feedback_now: Mapping[str, list[FeedbackFacts]], conn: Connection,
                     now_ms: int) -> None:
-    """Bucket deltas for the traces whose row, valid feedback or candidate tags changed."""
-    after = metrics.State(dict(before.facts), dict(before.feedback), dict(before.tags))
-    dirty: set[str] = set()
+    """Bucket deltas for the traces whose row, valid feedback or candidate tags changed.
+
+    A trace's contribution before the batch is computed from ``before``, after it from the
+    batch's own version, feedback and tag changes; a trace the store did not hold has no
+    "before" and is simply added. The contributions are summed per bucket cell in Python
+    (``rollup.deltas``), so the buckets see one delta each."""
+    dim = config.dimension_tag
+    facts, feedback, tags = before.facts, before.feedback, before.tags
+    new_facts: dict[str, TraceFacts] = {}
     for e, summary in zip(traces, summaries, strict=True):
-        old = before.facts.get(e.trace_id)
+        old = facts.get(e.trace_id)
         if old is None or e.completeness > old.completeness:
-            after.facts[e.trace_id] = TraceFacts(event_view(e), e.input_tokens,
-                                                 e.output_tokens, e.total_tokens, summary,
-                                                 e.completeness)
-            dirty.add(e.trace_id)
-    reread = sorted(({a.trace_id for a in assessments} | dirty) & after.facts.keys())
-    for tid in reread:
-        after.feedback[tid] = feedback_now.get(tid, [])
-        if after.feedback[tid] != before.feedback.get(tid, []):
-            dirty.add(tid)
+            new_facts[e.trace_id] = TraceFacts(event_view(e), e.input_tokens, e.output_tokens,
+                                               e.total_tokens, summary, e.completeness)
+    dirty = set(new_facts)
+    new_feedback: dict[str, list[FeedbackFacts]] = {}
+    for tid in {a.trace_id for a in assessments} | dirty:
+        if tid in facts or tid in new_facts:
+            valid = new_feedback[tid] = feedback_now.get(tid, [])
+            if valid != feedback.get(tid, []):
+                dirty.add(tid)
     changed_tags: dict[str, dict[str, str | None]] = {}
     for ch in tag_changes:  # the decisions of this batch, applied to the tags read before it
-        changed_tags.setdefault(ch.trace_id, dict(before.tags.get(ch.trace_id, ())))[
+        changed_tags.setdefault(ch.trace_id, dict(tags.get(ch.trace_id, ())))[
             ch.tag_key] = ch.tag_value
-    for tid, tags in changed_tags.items():
-        after.tags[tid] = sorted((k, v) for k, v in tags.items() if v is not None)
-        dirty.add(tid)
-    deltas = diff({t: c for t in dirty if (c := before.contribution(t, config)) is not None},
-                  {t: c for t in dirty if (c := after.contribution(t, config)) is not None})
-    metrics.apply_deltas(conn, config.retained(deltas, now_ms), now_ms)
+    new_tags = {tid: sorted((k, v) for k, v in kv.items() if v is not None)
+                for tid, kv in changed_tags.items()}
+    dirty.update(new_tags)
+    removed: list[Contribution] = []
+    added: list[Contribution] = []
+    for tid in dirty:
+        old = facts.get(tid)
+        stored = new_facts.get(tid) or old
+        if stored is None:
+            continue  # not stored, before or after: no contribution either way
+        c = contribution(stored, new_feedback.get(tid, feedback.get(tid, ())),
+                         new_tags.get(tid, tags.get(tid, ())), dim)
+        if old is not None:
+            was = contribution(old, feedback.get(tid, ()), tags.get(tid, ()), dim)
+            if was == c:
+                continue
+            removed.append(was)
+        added.append(c)
+    metrics.apply_deltas(conn, config.retained(deltas(removed, added), now_ms), now_ms)
