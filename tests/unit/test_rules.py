@@ -1,8 +1,8 @@
 """The rules engine: MLflow filter operators matched locally, feedback rules, precedence, sampling,
 digests, the defaults, and rules files that must fail at load with the rule and the problem named.
 
-It also pins the private ``SearchTraceUtils._does_trace_match_clause`` that ``worker.rules.filters``
-relies on.
+It also pins the private ``SearchTraceUtils._does_trace_match_clause`` whose answers
+``worker.rules.predicates`` reproduces (tests/unit/test_filters_differential.py compares the two).
 """
 
 from __future__ import annotations

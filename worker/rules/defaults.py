@@ -1,5 +1,5 @@
 """The built-in rules (YAML), kept apart from ``worker.rules.engine`` so that reading them, for
-``--help`` texts, does not import MLflow (seconds)."""
+``--help`` texts, loads nothing else."""
 
 DEFAULT_RULES_YAML = """\
 # trace-curator rules (TRACE_CURATOR_RULES_FILE); without a file, these defaults apply.

@@ -1,8 +1,9 @@
 """The rules engine: which traces become eval candidates, and why. Pure: no I/O, no MLflow calls.
 
 A rule set is parsed and validated once (``load_rules``); ``RuleSet.evaluate`` then does no parsing.
-Filters are MLflow search_traces filters (``worker.rules.filters``: MLflow's own parser and local
-matcher); what that matcher cannot evaluate locally is rejected at load, never at run time.
+Filters are MLflow search_traces filters (``worker.rules.filters``: MLflow's own parser, all filters
+of a document in one request, and each clause compiled into a predicate that answers as MLflow's
+local matcher); what that matcher cannot evaluate locally is rejected at load, never at run time.
 Only valid (non-overridden) feedback counts; expectations never do. Per tag key, the matched and
 sampled-in rule with the lowest precedence wins. A feedback rule with no valid feedback to judge is
 ``not_applicable`` rather than ``no_match``: the decision may change when feedback arrives.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -24,7 +25,7 @@ from typing import Any
 from consumers.errors import ConfigError
 from consumers.events import AssessmentView, Evaluation, Outcome, RuleOutcome, TraceView
 from worker.rules.defaults import DEFAULT_RULES_YAML
-from worker.rules.filters import Filter, TraceInfoView, parse_filter
+from worker.rules.filters import Filter, TraceInfoView, parse_filter, prepare
 from worker.yaml_files import Yaml12Loader, brief, load_yaml_file, load_yaml_text
 
 __all__ = [
@@ -114,7 +115,10 @@ class Rule:
 
     def match_filters(self, info: TraceInfoView) -> str | None:
         """The reason of the first filter whose clauses all match ``info``, else None."""
-        return next((flt.reason for flt in self.filters if flt.matches(info)), None)
+        for flt in self.filters:
+            if flt.test(info):
+                return flt.reason
+        return None
 
     def sampled_in(self, trace_id: str) -> bool:
         return self.sample_rate >= 1.0 or _sample_point(self.name, trace_id) < self.sample_threshold
@@ -291,6 +295,7 @@ def _parse_document(data: Any, where: str) -> RuleSet:
     if extra := sorted(set(data) - {"rules"}, key=str):
         raise ConfigError(f"{where}: unknown top-level key(s) {brief(extra)}; only 'rules' is "
                           "allowed")
+    prepare(_filter_texts(data["rules"]), where)  # MLflow parses them all at once
     rules = [_parse_rule(raw, pos, where) for pos, raw in enumerate(data["rules"], start=1)]
     seen: dict[str, int] = {}
     for rule in rules:
@@ -339,6 +344,15 @@ def _parse_tag(raw: Any, rule_name: str, where: str) -> tuple[str, str]:
             raise ConfigError(f"{where}: tag {label} must be a non-empty string, got "
                               f"{brief(text)}")
     return key, value
+
+
+def _filter_texts(raws: list[Any]) -> Iterator[Any]:
+    """Whatever the rules give as filter texts (``prepare`` ignores what is not a string)."""
+    for raw in raws:
+        if isinstance(raw, dict):
+            yield raw.get("filter")
+            if isinstance(raw.get("filters"), list):
+                yield from raw["filters"]
 
 
 def _parse_filters(raw: dict[str, Any], where: str) -> tuple[Filter, ...]:

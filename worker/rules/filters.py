@@ -1,35 +1,31 @@
-"""MLflow search_traces filters, parsed once and matched locally: used by rules and dataset specs.
+"""MLflow search_traces filters, parsed once by MLflow and matched locally: for rules and datasets.
 
-``parse_filter`` parses a filter text with MLflow's own parser and then checks that MLflow's own
-local matcher can evaluate every clause correctly; what it cannot (span, feedback or expectation
-filters, unsupported operators, unknown attributes) is a ``ConfigError`` at load, never a
-surprise at run time. A ``Filter``'s clauses are AND-ed. ``match_clause`` is MLflow's matcher,
-fed a ``TraceInfoView``: exactly the TraceInfo attributes that matcher reads. The matcher is
-private upstream, so mlflow is pinned and tests/unit/test_rules.py covers it.
+``parse_filter`` parses a filter text with MLflow's own parser (``worker.rules.mlflow_parser``:
+in this process when MLflow is already imported, else in a short-lived helper process, so that
+the worker does not keep MLflow in memory) and compiles each clause into a plain predicate
+(``worker.rules.predicates``) that answers what MLflow's local matcher would. What that matcher
+cannot evaluate correctly (span, feedback or expectation filters, unsupported operators, unknown
+attributes) is a ``ConfigError`` at load, never a surprise at run time. A ``Filter``'s clauses
+are AND-ed. A ``TraceInfoView`` is exactly the TraceInfo attributes that matcher reads. Parsed
+texts are remembered per process: ``prepare`` parses many texts in one request, and a text
+parsed again costs nothing.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
-
-from mlflow.utils.search_utils import SearchTraceUtils
 
 from consumers.errors import ConfigError
 from consumers.events import TraceView
+from worker.rules.mlflow_parser import Parsed, ParserUnavailable, parse_texts
+from worker.rules.predicates import ClauseError, Predicate, compile_clause
 from worker.yaml_files import brief, cut
 
-__all__ = ["Filter", "TraceInfoView", "match_clause", "parse_filter"]
-
-# MLflow's parser and matcher, typed once (they are untyped upstream).
-_mlflow_parse: Callable[[str], list[dict[str, Any]]] = (
-    SearchTraceUtils.parse_search_filter_for_search_traces
-)
-_mlflow_match: Callable[[object, Mapping[str, Any]], bool] = (
-    SearchTraceUtils._does_trace_match_clause
-)
+__all__ = ["Filter", "TraceInfoView", "match_clause", "parse_filter", "prepare"]
 
 _STATUSES = frozenset({"OK", "ERROR", "IN_PROGRESS", "STATE_UNSPECIFIED"})
 _STRING_OPS = frozenset({"=", "!=", "LIKE", "ILIKE", "IS NULL", "IS NOT NULL"})
@@ -70,21 +66,49 @@ class TraceInfoView:
 
 
 def match_clause(info: TraceInfoView, clause: Mapping[str, Any]) -> bool:
-    """Whether ``info`` passes one parsed clause, as MLflow's own matcher decides."""
-    return _mlflow_match(info, clause)
+    """Whether ``info`` passes one parsed clause, as MLflow's own matcher decides (the clause is
+    compiled on each call: a ``Filter`` compiles its clauses once)."""
+    return compile_clause(clause)(info)
 
 
 @dataclass(frozen=True, slots=True)
 class Filter:
-    """One filter string as written, and MLflow's parsed clauses (AND-ed)."""
+    """One filter string as written, MLflow's parsed clauses (AND-ed), and their predicate."""
 
     text: str
     clauses: tuple[Mapping[str, Any], ...]
     reason: str  # logged when it matches
+    test: Predicate = field(repr=False, compare=False)  # all clauses, compiled
 
     def matches(self, info: TraceInfoView) -> bool:
         """Whether every clause matches ``info``."""
-        return all(_mlflow_match(info, clause) for clause in self.clauses)
+        return self.test(info)
+
+
+_PARSED: dict[str, Parsed] = {}  # text (stripped) -> MLflow's clauses or error, per process
+_PARSED_MAX = 4096  # texts come from config files; past this, start over
+
+
+def prepare(texts: Iterable[Any], where: str) -> None:
+    """Have MLflow parse every new filter text among ``texts`` (other values are ignored) in one
+    request, so that ``parse_filter`` then finds them parsed. A ConfigError names ``where``."""
+    try:
+        _parse_new(texts)
+    except ParserUnavailable as exc:
+        raise ConfigError(f"{where}: cannot parse its filters: {exc}") from None
+
+
+def _parse_new(texts: Iterable[Any]) -> dict[str, Parsed]:
+    """Each distinct filter text among ``texts``, parsed; those not yet known in one request."""
+    wanted = dict.fromkeys(t.strip() for t in texts if isinstance(t, str) and t.strip())
+    known = {t: parsed for t in wanted if (parsed := _PARSED.get(t)) is not None}
+    todo = [t for t in wanted if t not in known]
+    if todo:
+        known.update(zip(todo, parse_texts(todo), strict=True))
+        if len(_PARSED) + len(todo) > _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED.update((t, known[t]) for t in todo)
+    return known
 
 
 def parse_filter(text: Any, where: str) -> Filter:
@@ -93,16 +117,50 @@ def parse_filter(text: Any, where: str) -> Filter:
         raise ConfigError(f"{where}: a filter must be a non-empty string, got {brief(text)}")
     text = text.strip()
     try:
-        clauses = _mlflow_parse(text)
-    except Exception as exc:  # MlflowException, or whatever sqlparse raises
+        parsed = _parse_new([text])[text]
+    except ParserUnavailable as exc:
+        raise ConfigError(f"{where}: filter {brief(text)}: {exc}") from None
+    if isinstance(parsed, str):
         hint = ""
-        if re.search(r"'OR'|'\(", str(exc)):
+        if re.search(r"'OR'|'\(", parsed):
             hint = " (filters are AND-only, without parentheses; list alternatives in 'filters')"
-        raise ConfigError(f"{where}: filter {brief(text)}: {cut(str(exc))}{hint}") from exc
-    for clause in clauses:
-        if problem := _clause_problem(clause):
-            raise ConfigError(f"{where}: filter {brief(text)}: {cut(problem)}")
-    return Filter(text, tuple(clauses), f"{text} matched")
+        raise ConfigError(f"{where}: filter {brief(text)}: {cut(parsed)}{hint}")
+    tests = []
+    for clause in parsed:
+        test = _compile(clause)
+        if isinstance(test, str):
+            raise ConfigError(f"{where}: filter {brief(text)}: {cut(test)}")
+        tests.append(test)
+    clauses = tuple(MappingProxyType(dict(clause)) for clause in parsed)
+    return Filter(text, clauses, f"{text} matched", _all_of(tests))
+
+
+def _all_of(tests: list[Predicate]) -> Predicate:
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        first, second = tests
+        return lambda info: bool(first(info) and second(info))
+    every = tuple(tests)
+    return lambda info: all(test(info) for test in every)
+
+
+def _compile(clause: Mapping[str, Any]) -> Predicate | str:
+    """The clause's predicate, or why MLflow's local matcher cannot evaluate it correctly."""
+    if problem := _clause_problem(clause):
+        return problem
+    try:
+        test = compile_clause(clause)
+    except ClauseError as exc:
+        return f"MLflow cannot evaluate it locally: {exc}"
+    # What the checks above missed must not raise on a typical trace.
+    key = clause["key"]
+    probe = TraceView("tr-probe", None, None, "OK", 0, 0, {key: "x"}, {key: "x"})
+    try:
+        test(TraceInfoView(probe, probe.tags))
+    except Exception as exc:
+        return f"MLflow cannot evaluate it locally: {exc!r}"
+    return test
 
 
 def _clause_problem(clause: Mapping[str, Any]) -> str | None:
@@ -118,15 +176,7 @@ def _clause_problem(clause: Mapping[str, Any]) -> str | None:
         if isinstance(value, str) and "''" in value:
             return "MLflow does not unescape '' in a quoted value; put it in double quotes"
     elif kind == "attribute":
-        problem = _attribute_problem(key, op, value)
-        if problem:
-            return problem
-    # What the checks above missed, MLflow's matcher must not raise on a typical trace.
-    probe = TraceView("tr-probe", None, None, "OK", 0, 0, {key: "x"}, {key: "x"})
-    try:
-        _mlflow_match(TraceInfoView(probe, probe.tags), clause)
-    except Exception as exc:
-        return f"MLflow cannot evaluate it locally: {exc!r}"
+        return _attribute_problem(key, op, value)
     return None
 
 
