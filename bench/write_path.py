@@ -8,13 +8,14 @@ fresh PostgreSQL database per run:
     settings' ``MetricsConfig``), as the worker runs by default;
   * bare: the same batches with rules and metrics off (decider=None, metrics_config=None).
 Each configuration runs ``--repeat`` times, alternating, each on a fresh store; the best rate
-is kept (a shared 2-core machine is noisy) and the ratio full/bare is printed. The full runs
-also report a split of the batch transaction by stage: an accumulating timer wraps the named
-functions (inclusive times; a nested stage is indented under its caller), so the split costs
-a few microseconds a call. ``--profile`` prints cProfile's top functions of one more full run
-instead. The collector is tuned as the worker tunes it (``gc.freeze`` after start-up, a
-larger young generation). Afterwards every store must hold exactly N traces, else it prints
-MISMATCH and exits 1.
+is kept (a shared 2-core machine is noisy) and the ratio full/bare is printed, with the
+benchmark process's own CPU time per event (the least noisy figure; on PostgreSQL the
+server's share is not in it). The full runs also report a split of the batch transaction by
+stage: an accumulating timer wraps the named functions (inclusive times; a nested stage is
+indented under its caller), so the split costs a few microseconds a call. ``--profile``
+prints cProfile's top functions of one more full run instead. The collector is tuned as the
+worker tunes it (``gc.freeze`` after start-up, a larger young generation). Afterwards every
+store must hold exactly N traces, else it prints MISMATCH and exits 1.
 """
 
 from __future__ import annotations
@@ -151,8 +152,9 @@ def count_traces(engine: Engine) -> int:
 
 def write_all(url: str, events: list[TraceEvent], batch: int, full: bool,
               timer: StageTimer | None = None, profile: cProfile.Profile | None = None
-              ) -> tuple[float, int]:
-    """Write ``events`` into a fresh migrated store at ``url``; (seconds, traces stored)."""
+              ) -> tuple[float, float, int]:
+    """Write ``events`` into a fresh migrated store at ``url``; (wall seconds, this process's
+    CPU seconds, traces stored)."""
     engine = make_engine(url)
     try:
         schema.upgrade(engine)
@@ -168,13 +170,13 @@ def write_all(url: str, events: list[TraceEvent], batch: int, full: bool,
         with ctx:
             if profile is not None:
                 profile.enable()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for b in batches:
                 writer.write_batch(engine, b, int(time.time() * 1000), decider, config)
-            elapsed = time.perf_counter() - t0
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
             if profile is not None:
                 profile.disable()
-        return elapsed, count_traces(engine)
+        return elapsed, cpu, count_traces(engine)
     finally:
         engine.dispose()
 
@@ -190,8 +192,9 @@ def print_split(timer: StageTimer, elapsed: float, n: int) -> None:
 
 
 def run_backend(backend: str, args: argparse.Namespace, events: list[TraceEvent],
-                tmp: Path) -> tuple[float, float, bool]:
+                tmp: Path) -> tuple[dict[str, float], dict[str, float], bool]:
     best = {"full": 0.0, "bare": 0.0}
+    cpu_us = {"full": float("inf"), "bare": float("inf")}
     ok = True
     last_timer: StageTimer | None = None
     last_elapsed = 0.0
@@ -199,10 +202,12 @@ def run_backend(backend: str, args: argparse.Namespace, events: list[TraceEvent]
         for mode in ("full", "bare"):
             timer = StageTimer() if mode == "full" and args.split else None
             with fresh_store(backend, args.pg_dsn, tmp) as url:
-                elapsed, rows = write_all(url, events, args.batch, mode == "full", timer)
+                elapsed, cpu, rows = write_all(url, events, args.batch, mode == "full", timer)
             rate = len(events) / elapsed
+            cpu_us[mode] = min(cpu_us[mode], 1e6 * cpu / len(events))
             print(f"  {backend:<10} run {r + 1} {mode}: {rate:>9,.0f} events/s "
-                  f"({elapsed:.2f} s, {rows} traces)")
+                  f"({elapsed:.2f} s, {1e6 * cpu / len(events):.1f} us CPU/event here, "
+                  f"{rows} traces)")
             if rows != len(events):
                 print(f"MISMATCH on {backend} {mode}: wrote {len(events)} events, the store "
                       f"holds {rows} traces")
@@ -223,7 +228,7 @@ def run_backend(backend: str, args: argparse.Namespace, events: list[TraceEvent]
         pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(args.profile)
         print(f"  {backend}: cProfile, top {args.profile} by cumulative time")
         print(out.getvalue())
-    return best["full"], best["bare"], ok
+    return best, cpu_us, ok
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -268,12 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     with tempfile.TemporaryDirectory(prefix="tc-write-path-") as tmp:
         for backend in args.backends:
-            full, bare, fine = run_backend(backend, args, events, Path(tmp))
-            results.append((backend, full, bare))
+            rates, cpu_us, fine = run_backend(backend, args, events, Path(tmp))
+            results.append((backend, rates, cpu_us))
             ok = ok and fine
-    print(f"\n{'backend':<11}{'full events/s':>15}{'bare events/s':>15}{'full/bare':>11}")
-    for backend, full, bare in results:
-        print(f"{backend:<11}{full:>15,.0f}{bare:>15,.0f}{full / bare:>11.2f}")
+    print(f"\n{'backend':<11}{'full events/s':>15}{'bare events/s':>15}{'full/bare':>11}"
+          f"{'full CPU us/ev':>16}{'bare CPU us/ev':>16}")
+    for backend, rates, cpu_us in results:
+        print(f"{backend:<11}{rates['full']:>15,.0f}{rates['bare']:>15,.0f}"
+              f"{rates['full'] / rates['bare']:>11.2f}{cpu_us['full']:>16.1f}"
+              f"{cpu_us['bare']:>16.1f}")
     return 0 if ok else 1
 
 

@@ -28,7 +28,6 @@ from consumers.events import (
 )
 from store import dialect
 from store.models import (
-    ASSESSMENTS,
     DECISION_LOG,
     OUTBOX,
     TRACE_TAGS,
@@ -69,14 +68,22 @@ def row_view(row: Any) -> TraceView:
                      row.execution_time_ms, row.tags or {}, row.trace_metadata or {})
 
 
+# ``VIEW_COLUMNS`` as SQL text, for the hot path's reads through the DBAPI (``dialect.select_in``);
+# the JSON columns tags and trace_metadata are at indexes 6 and 7.
+VIEW_SQL = ("trace_id, experiment_id, name, status, timestamp_ms, execution_time_ms, tags, "
+            "trace_metadata, completeness")
+VIEW_JSON = (6, 7)
+
+
+def tuple_view(r: Sequence[Any]) -> TraceView:
+    """The rules' view of a ``traces`` row read as a tuple in ``VIEW_SQL`` order."""
+    return TraceView(r[0], r[1], r[2], r[3], r[4], r[5], r[6] or {}, r[7] or {})
+
+
 def prior_versions(conn: Connection, trace_ids: Sequence[str]) -> dict[str, Prior]:
     """The stored version of each trace, read before the batch's upsert."""
-    out: dict[str, Prior] = {}
-    for chunk in dialect.chunks(trace_ids):
-        query = select(*VIEW_COLUMNS).where(dialect.in_ids(conn, TRACES.c.trace_id, chunk))
-        for row in conn.execute(query):
-            out[row.trace_id] = Prior(row.completeness, row_view(row))
-    return out
+    return {r[0]: Prior(r[8], tuple_view(r)) for r in dialect.select_in(
+        conn, f"SELECT {VIEW_SQL} FROM traces WHERE trace_id {{ids}}", trace_ids, VIEW_JSON)}
 
 
 def event_view(e: TraceEvent) -> TraceView:
@@ -84,18 +91,27 @@ def event_view(e: TraceEvent) -> TraceView:
                      e.execution_time_ms, e.tags, e.metadata)
 
 
-def feedback_rows(conn: Connection, trace_ids: Sequence[str]) -> dict[str, list[Any]]:
+class FeedbackRow(NamedTuple):
+    """A valid feedback row, as ``feedback_rows`` reads it."""
+
+    trace_id: str
+    assessment_id: str
+    name: str
+    value: Any
+    numeric_value: float | None
+    error: str | None
+    last_update_time_ms: int
+
+
+def feedback_rows(conn: Connection, trace_ids: Sequence[str]) -> dict[str, list[FeedbackRow]]:
     """Valid feedback rows per trace, oldest update first: what the rules read (``views_of``)
     and what the metric buckets read (``store.metrics.facts_of``), in one query."""
-    a = ASSESSMENTS
-    out: dict[str, list[Any]] = {}
-    for chunk in dialect.chunks(trace_ids):
-        rows = conn.execute(select(a.c.trace_id, a.c.assessment_id, a.c.name, a.c.value,
-                                   a.c.numeric_value, a.c.error, a.c.last_update_time_ms)
-                            .where(dialect.in_ids(conn, a.c.trace_id, chunk),
-                                   a.c.kind == "feedback", a.c.valid.is_(True)))
-        for r in rows:
-            out.setdefault(r.trace_id, []).append(r)
+    out: dict[str, list[FeedbackRow]] = {}
+    for r in dialect.select_in(
+            conn, "SELECT trace_id, assessment_id, name, value, numeric_value, error, "
+                  "last_update_time_ms FROM assessments WHERE trace_id {ids} "
+                  "AND kind = 'feedback' AND valid", trace_ids, (3,)):
+        out.setdefault(r[0], []).append(FeedbackRow._make(r))
     for found in out.values():
         found.sort(key=lambda r: (r.last_update_time_ms, r.assessment_id))
     return out
@@ -113,13 +129,9 @@ def valid_feedback(conn: Connection, trace_ids: Sequence[str]
 
 
 def current_tags(conn: Connection, trace_ids: Sequence[str]) -> dict[tuple[str, str], str | None]:
-    t = TRACE_TAGS
-    out: dict[tuple[str, str], str | None] = {}
-    for chunk in dialect.chunks(trace_ids):
-        for r in conn.execute(select(t.c.trace_id, t.c.tag_key, t.c.tag_value)
-                              .where(dialect.in_ids(conn, t.c.trace_id, chunk))):
-            out[(r.trace_id, r.tag_key)] = r.tag_value
-    return out
+    return {(tid, key): value for tid, key, value in dialect.select_in(
+        conn, "SELECT trace_id, tag_key, tag_value FROM trace_tags WHERE trace_id {ids}",
+        trace_ids)}
 
 
 def decide_batch(conn: Connection, decider: Decider, traces: Sequence[TraceEvent],

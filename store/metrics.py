@@ -22,8 +22,8 @@ from sqlalchemy import Connection, Table, delete, func, select, tuple_
 
 from consumers.errors import ConfigError
 from store import dialect, locks
-from store.decisions import VIEW_COLUMNS, feedback_rows, row_view
-from store.models import META, TRACE_TAGS, TRACES, MetricHour, MetricMinute, core_table
+from store.decisions import VIEW_JSON, VIEW_SQL, feedback_rows, tuple_view
+from store.models import META, TRACES, MetricHour, MetricMinute, core_table
 from store.rollup import (
     RESOLUTIONS,
     SCALAR_NAMES,
@@ -82,18 +82,13 @@ class MetricsConfig:
 
 # --- reading the state of traces -------------------------------------------------------------
 
-_FACT_COLS = (*VIEW_COLUMNS, TRACES.c.input_tokens, TRACES.c.output_tokens,
-              TRACES.c.total_tokens, TRACES.c.span_summary)
+_FACTS_SQL = (f"SELECT {VIEW_SQL}, input_tokens, output_tokens, total_tokens, span_summary "
+              "FROM traces WHERE trace_id {ids}")
 
 
 def trace_facts(conn: Connection, trace_ids: Sequence[str]) -> dict[str, TraceFacts]:
-    out: dict[str, TraceFacts] = {}
-    for chunk in dialect.chunks(trace_ids):
-        for r in conn.execute(select(*_FACT_COLS)
-                              .where(dialect.in_ids(conn, TRACES.c.trace_id, chunk))):
-            out[r.trace_id] = TraceFacts(row_view(r), r.input_tokens, r.output_tokens,
-                                         r.total_tokens, r.span_summary or {}, r.completeness)
-    return out
+    return {r[0]: TraceFacts(tuple_view(r), r[9], r[10], r[11], r[12] or {}, r[8])
+            for r in dialect.select_in(conn, _FACTS_SQL, trace_ids, (*VIEW_JSON, 12))}
 
 
 def facts_of(rows: Mapping[str, Sequence[Any]]) -> dict[str, list[FeedbackFacts]]:
@@ -113,13 +108,11 @@ def feedback_facts(conn: Connection, trace_ids: Sequence[str]
 
 def candidate_tags(conn: Connection, trace_ids: Sequence[str]
                    ) -> dict[str, list[tuple[str, str]]]:
-    t = TRACE_TAGS
     out: dict[str, list[tuple[str, str]]] = {}
-    for chunk in dialect.chunks(trace_ids):
-        for r in conn.execute(select(t.c.trace_id, t.c.tag_key, t.c.tag_value)
-                              .where(dialect.in_ids(conn, t.c.trace_id, chunk),
-                                     t.c.tag_value.is_not(None))):
-            out.setdefault(r.trace_id, []).append((r.tag_key, r.tag_value))
+    for tid, key, value in dialect.select_in(
+            conn, "SELECT trace_id, tag_key, tag_value FROM trace_tags WHERE trace_id {ids} "
+                  "AND tag_value IS NOT NULL", trace_ids):
+        out.setdefault(tid, []).append((key, value))
     return out
 
 
