@@ -6,17 +6,29 @@ mixing attribute, tag, metadata and backticked-key filters, OR lists, LIKE / ILI
 sampled rule and one feedback rule. It times ``evaluate`` over all N traces (best of K runs) and
 prints traces/s and rule evaluations/s (traces/s x rules). The rule set is parsed once, before the
 clock starts; its parse time is printed too. Timings are printed, never asserted.
+
+In the same run it times the old path: the same rules with every filter matched by MLflow's own
+local matcher (``SearchTraceUtils._does_trace_match_clause``, clause by clause, per trace) instead
+of the compiled predicates, runs of the two interleaved, and prints both rates and their ratio,
+then the same for the filters alone (every filter against every trace, nothing else). It first
+checks that both paths give the same outcomes on the first 10k traces. ``--no-mlflow`` skips
+the comparison; then MLflow is never imported, and the parse time includes the helper process.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
+import resource
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from worker.rules.engine import AssessmentView, RuleSet, TraceView, parse_rules
+from worker.rules.filters import TraceInfoView
 
 TARGET_RULE_EVALS_PER_S = 100_000
 
@@ -116,14 +128,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--traces", type=int, default=100_000, metavar="N", help="default: 100000")
     p.add_argument("--runs", type=int, default=3, metavar="K", help="keep the best (default: 3)")
     p.add_argument("--seed", type=int, default=7, help="random seed of the synthetic traces")
+    p.add_argument("--no-mlflow", action="store_true",
+                   help="skip the comparison with MLflow's matcher (and never import MLflow)")
     args = p.parse_args(argv)
     if min(args.traces, args.runs) < 1:
         p.error("--traces and --runs must be positive")
     return args
 
 
+def with_mlflow_matcher(rules: RuleSet) -> RuleSet:
+    """The same rules, every filter matched by MLflow's own matcher: the path before compiling."""
+    from mlflow.utils.search_utils import SearchTraceUtils
+
+    match: Callable[[object, Mapping[str, Any]], bool] = SearchTraceUtils._does_trace_match_clause
+
+    def old(flt: Any) -> Any:
+        clauses = flt.clauses
+        return dataclasses.replace(flt, test=lambda info: all(match(info, c) for c in clauses))
+
+    return RuleSet([dataclasses.replace(r, filters=tuple(old(f) for f in r.filters))
+                    for r in rules.rules])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not args.no_mlflow:
+        import mlflow.utils.search_utils  # noqa: F401 - before parsing, so that it is in-process
     start = time.perf_counter()
     rules = parse_rules(BENCH_RULES_YAML, "<bench>")
     parse_ms = (time.perf_counter() - start) * 1000
@@ -131,26 +161,66 @@ def main(argv: list[str] | None = None) -> int:
     traces = [make_trace(rng, i) for i in range(args.traces)]
     work = [(t, make_assessments(rng, t.trace_id)) for t in traces]
     with_feedback = sum(1 for _, a in work if a)
-    print(f"rules: {len(rules.rules)} (parsed once in {parse_ms:.1f} ms), digest {rules.digest}")
+    where = "in-process" if not args.no_mlflow else "MLflow in a helper process"
+    print(f"rules: {len(rules.rules)} (parsed once in {parse_ms:.1f} ms, {where}), "
+          f"digest {rules.digest}")
     print(f"traces: {len(work):,} ({with_feedback:,} with assessments)")
-    timings = [run_once(rules, work) for _ in range(args.runs)]
-    best = min(timings)
-    traces_per_s = len(work) / best
-    evals_per_s = traces_per_s * len(rules.rules)
-    runs = ", ".join(f"{t:.3f}" for t in timings)
-    print(f"evaluate: best {best:.3f} s of {args.runs} runs ({runs})")
-    print(f"traces/s: {traces_per_s:,.0f}  ({1e6 / traces_per_s:.1f} us per trace)")
+    old = None if args.no_mlflow else with_mlflow_matcher(rules)
+    if old is not None:
+        for t, a in work[:10_000]:
+            assert rules.evaluate(t, a) == old.evaluate(t, a), t.trace_id
+    timings, old_timings = [], []
+    for _ in range(args.runs):  # interleaved, so that both see the same machine
+        timings.append(run_once(rules, work))
+        if old is not None:
+            old_timings.append(run_once(old, work))
+    evals_per_s = report("compiled predicates", rules, work, timings)
     verdict = "meets" if evals_per_s >= TARGET_RULE_EVALS_PER_S else "BELOW"
     print(
         f"rule evaluations/s: {evals_per_s:,.0f}  ({verdict} the target of "
         f"{TARGET_RULE_EVALS_PER_S:,}/s)"
     )
+    if old is not None:
+        old_per_s = report("MLflow's matcher (old path)", old, work, old_timings)
+        print(f"rule evaluations/s: {old_per_s:,.0f}")
+        print(f"compiled / MLflow's matcher: {evals_per_s / old_per_s:.2f}x rule evaluations/s")
+        new_f, old_f = (min(match_all(r, traces) for _ in range(args.runs)) for r in (rules, old))
+        print(f"filters alone ({filter_count(rules)} filters per trace): compiled "
+              f"{len(traces) * filter_count(rules) / new_f:,.0f} filter matches/s, MLflow's "
+              f"matcher {len(traces) * filter_count(rules) / old_f:,.0f}/s, {old_f / new_f:.2f}x")
     counts = Counter(o.outcome for t, a in work[:10_000] for o in rules.evaluate(t, a).outcomes)
     print(
         "outcomes over the first 10k traces: "
         + ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
     )
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    print(f"mlflow imported: {'mlflow' in sys.modules}; peak RSS {peak_mb} MB (traces included)")
     return 0
+
+
+def filter_count(rules: RuleSet) -> int:
+    return sum(len(r.filters) for r in rules.rules)
+
+
+def match_all(rules: RuleSet, traces: list[TraceView]) -> float:
+    """Seconds to match every filter of every rule against every trace (no other rule work)."""
+    tests = [f.test for r in rules.rules for f in r.filters]
+    infos = [TraceInfoView(t, t.tags) for t in traces]
+    start = time.perf_counter()
+    for info in infos:
+        for test in tests:
+            test(info)
+    return time.perf_counter() - start
+
+
+def report(label: str, rules: RuleSet, work: list[Any], timings: list[float]) -> float:
+    """Prints one path's timings; returns its rule evaluations/s."""
+    best = min(timings)
+    traces_per_s = len(work) / best
+    runs = ", ".join(f"{t:.3f}" for t in timings)
+    print(f"{label}: evaluate best {best:.3f} s of {len(timings)} runs ({runs})")
+    print(f"  traces/s: {traces_per_s:,.0f}  ({1e6 / traces_per_s:.1f} us per trace)")
+    return traces_per_s * len(rules.rules)
 
 
 if __name__ == "__main__":
