@@ -136,23 +136,27 @@ def time_ms_field(d: Mapping[str, Any], key: str, path: str, *, required: bool) 
             raise DecodeError("is missing", f"{path}{key}")
         return None
     if isinstance(v, str):
-        try:
-            dt = datetime.fromisoformat(v)
-        except ValueError:
-            raise DecodeError(f"not an ISO-8601 time: {v[:40]!r}", f"{path}{key}") from None
-        if dt.tzinfo is None:
-            raise DecodeError(f"ISO-8601 time without a time zone: {v[:40]!r}", f"{path}{key}")
-        try:
-            ms = int(dt.timestamp() * 1000)
-        except (OverflowError, OSError, ValueError):
-            raise DecodeError(f"time out of range: {v[:40]!r}", f"{path}{key}") from None
-        if ms < 0:
-            raise DecodeError(f"before 1970: {v[:40]!r}", f"{path}{key}")
-        if ms > MAX_TIME_MS:  # year 9999 with a negative offset is year 10000 in UTC
-            raise DecodeError(f"out of range: {v[:40]!r} is after 9999-12-31T23:59:59.999Z",
-                              f"{path}{key}")
-        return ms
+        return iso_time_ms(v, f"{path}{key}")
     return int_field(d, key, path, required=required, maximum=MAX_TIME_MS)
+
+
+def iso_time_ms(v: str, field: str) -> int:
+    """ISO-8601 text with a time zone as epoch milliseconds, 1970 to the end of year 9999."""
+    try:
+        dt = datetime.fromisoformat(v)
+    except ValueError:
+        raise DecodeError(f"not an ISO-8601 time: {v[:40]!r}", field) from None
+    if dt.tzinfo is None:
+        raise DecodeError(f"ISO-8601 time without a time zone: {v[:40]!r}", field)
+    try:
+        ms = int(dt.timestamp() * 1000)
+    except (OverflowError, OSError, ValueError):
+        raise DecodeError(f"time out of range: {v[:40]!r}", field) from None
+    if ms < 0:
+        raise DecodeError(f"before 1970: {v[:40]!r}", field)
+    if ms > MAX_TIME_MS:  # year 9999 with a negative offset is year 10000 in UTC
+        raise DecodeError(f"out of range: {v[:40]!r} is after 9999-12-31T23:59:59.999Z", field)
+    return ms
 
 
 def json_text(v: Any, field: str) -> str | None:

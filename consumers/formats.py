@@ -7,6 +7,16 @@ field and the problem, and nothing else, whatever the bytes (a Hypothesis test h
 ``request``/``response`` stay the JSON text MLflow produced: the hot path never re-serializes them.
 Every field is read by ``consumers.fields``, which holds it to what the store can write, on SQLite
 and PostgreSQL alike (times in years 1970..9999, counts within int64, bounded JSON depth, no NUL).
+
+Trace JSON takes a fast path first (``decode_trace_fast``): msgspec decodes the record into typed
+structs of just the fields the event needs, checking the rest as JSON without building it, and
+each check of the reference path (``decode_trace_reference``: orjson, then the field readers) is
+a type or a bound of those structs. Anything else (a failed check, a NUL, a float or a span time
+past int64 where a value is read, bytes that are not UTF-8, JSON msgspec refuses or nests past
+Python's recursion limit) goes to the reference path, which decides and names the error: when
+the fast path returns an event, the reference path returns an equal one (tests hold the two to
+it). One difference is known: a number beyond a double's range (``1e400``, a 400-digit int) in
+a field neither path reads is refused by orjson but skipped by msgspec, so that record decodes.
 """
 
 from __future__ import annotations
@@ -14,8 +24,9 @@ from __future__ import annotations
 import math
 import traceback as tb
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 import orjson
 
 from consumers.errors import DecodeError
@@ -38,6 +49,7 @@ from consumers.fields import (
     dump_json,
     id_field,
     int_field,
+    iso_time_ms,
     json_text,
     load_object,
     out_of_range,
@@ -48,7 +60,7 @@ from consumers.fields import (
 
 TOKEN_USAGE_KEY = "mlflow.trace.tokenUsage"  # noqa: S105 - a metadata key, not a secret
 TRACE_NAME_TAG = "mlflow.traceName"
-_SPAN_STATUS = {"STATUS_CODE_OK": "OK", "STATUS_CODE_ERROR": "ERROR",
+_SPAN_STATUS: dict[str | None, str] = {"STATUS_CODE_OK": "OK", "STATUS_CODE_ERROR": "ERROR",
                 "STATUS_CODE_UNSET": "UNSET", "OK": "OK", "ERROR": "ERROR", "UNSET": "UNSET"}
 _YES = frozenset({"yes", "true", "pass", "passed"})
 _NO = frozenset({"no", "false", "fail", "failed"})
@@ -127,16 +139,21 @@ def _mlflow_spans(spans: Any) -> tuple[tuple[SpanSummary, ...], dict[str, Any] |
                               f"data.spans[{i}]")
         status = s.get("status")
         code = status.get("code") if type(status) is dict else status
-        span_type = attrs.get("mlflow.spanType")
-        if type(span_type) is str and len(span_type) >= 2 and span_type[0] == '"' \
-                and span_type[-1] == '"':
-            span_type = span_type[1:-1]
         out.append(SpanSummary(
             clean(name) if name else "",
-            span_type if type(span_type) is str and span_type else "UNKNOWN",
+            _span_type(attrs.get("mlflow.spanType")),
             (end - start) / 1e6,
             _SPAN_STATUS.get(code, "UNSET") if type(code) is str else "UNSET"))
     return tuple(out), root
+
+
+def _span_type(v: Any) -> str:
+    """``mlflow.spanType`` as MLflow writes it, a JSON string (``'"LLM"'``), unquoted."""
+    if type(v) is not str or not v:
+        return "UNKNOWN"
+    if len(v) >= 2 and v[0] == '"' and v[-1] == '"':
+        return v[1:-1] or "UNKNOWN"
+    return v
 
 
 def _slow_span_fields(s: Mapping[str, Any], i: int) -> tuple[int, int | None, str | None]:
@@ -262,8 +279,189 @@ def _from_flat(obj: Mapping[str, Any], prov: Provenance) -> TraceEvent:
                       spans=_flat_spans(obj.get("spans")), source_format="flat", provenance=prov)
 
 
+# ---------------------------------------------------------------------------------------------
+# The fast path: a well-formed Trace.to_json() record, through msgspec into typed structs of
+# just the fields the event needs. Each check of the reference path is a type or a bound here,
+# checked by msgspec in C; a record that fails one goes to the reference path, which decides.
+# The _fast_* functions mirror the reference readers and raise (anything) where those would
+# raise, clean a text or read a value in another way.
+
+_Count = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+_TimeMs = Annotated[int, msgspec.Meta(ge=0, le=MAX_TIME_MS)]
+# Span times in int64 (to year 2262): orjson reads those exactly too. Larger ones, which orjson
+# reads as floats above 2**64, go to the reference path, which has the rule for them.
+_TimeNs = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
+
+
+class _Attributes(msgspec.Struct, frozen=True, gc=False):
+    """The span attributes read; the others are skipped unparsed. MLflow writes each as JSON
+    text in a string."""
+
+    span_type: str | None = msgspec.field(default=None, name="mlflow.spanType")
+    inputs: str | None = msgspec.field(default=None, name="mlflow.spanInputs")
+    outputs: str | None = msgspec.field(default=None, name="mlflow.spanOutputs")
+
+
+class _Status(msgspec.Struct, frozen=True, gc=False):
+    code: str | None = None
+
+
+_NO_ATTRIBUTES, _NO_STATUS = _Attributes(), _Status()
+
+
+class _Span(msgspec.Struct, gc=False):
+    start_time_unix_nano: _TimeNs
+    end_time_unix_nano: _TimeNs | None = None
+    name: str | None = None
+    parent_span_id: Any = None  # only whether it is null counts
+    status: _Status = _NO_STATUS
+    attributes: _Attributes = _NO_ATTRIBUTES
+
+
+class _Data(msgspec.Struct, gc=False):
+    spans: list[_Span] | None = None
+
+
+class _Experiment(msgspec.Struct, gc=False):
+    experiment_id: Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)] | None = None
+
+
+class _Location(msgspec.Struct, gc=False):
+    mlflow_experiment: _Experiment | None = None
+
+
+class _Info(msgspec.Struct, gc=False):
+    trace_id: _Id
+    state: Literal["OK", "ERROR", "IN_PROGRESS"]
+    request_time: _TimeMs | str
+    trace_location: _Location | None = None
+    tags: dict[str, str] | None = None
+    trace_metadata: dict[str, str] | None = None
+    execution_duration_ms: _Count | None = None
+    request_preview: msgspec.Raw = msgspec.Raw()  # read only when nothing else gives the text
+    response_preview: msgspec.Raw = msgspec.Raw()
+
+
+class _TraceDoc(msgspec.Struct, gc=False):
+    info: _Info
+    data: _Data
+
+
+class _TokenUsage(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    input_tokens: _Count | None = None
+    output_tokens: _Count | None = None
+    total_tokens: _Count | None = None
+
+
+_TRACE_DOC = msgspec.json.Decoder(_TraceDoc)
+_TOKEN_USAGE = msgspec.json.Decoder(_TokenUsage)
+_JSON_STR = msgspec.json.Decoder(str | None)
+_new = tuple.__new__  # a NamedTuple from a tuple, past the Python-level __new__ of each
+# mlflow.spanType as MLflow writes it (a JSON string) -> the type; others go through _span_type.
+_SPAN_TYPES: dict[str | None, str] = {f'"{t}"': t for t in (
+    "LLM", "CHAIN", "AGENT", "TOOL", "CHAT_MODEL", "RETRIEVER", "PARSER", "EMBEDDING",
+    "RERANKER", "MEMORY", "UNKNOWN", "WORKFLOW", "TASK", "GUARDRAIL", "EVALUATOR")}
+
+
+def _preview(raw: msgspec.Raw) -> str | None:
+    """A preview, if the record has one: a str or null, or ValidationError."""
+    return _JSON_STR.decode(raw) if raw else None
+
+
+def _fast_spans(spans: list[_Span]) -> tuple[tuple[SpanSummary, ...], _Span | None]:
+    """``_mlflow_spans`` on typed spans; ValueError where that raises a DecodeError or cleans a
+    name."""
+    out: list[SpanSummary] = []
+    root: _Span | None = None
+    for s in spans:
+        name = s.name or ""
+        if "\x00" in name:
+            raise ValueError("a NUL")
+        if root is None and s.parent_span_id is None:
+            root = s
+        end = s.end_time_unix_nano
+        if end is None:
+            continue  # still running: no duration yet
+        start = s.start_time_unix_nano
+        if end < start:
+            raise ValueError("the reference path names the error")
+        span_type = s.attributes.span_type
+        out.append(_new(SpanSummary, (name, _SPAN_TYPES.get(span_type) or _span_type(span_type),
+                                      (end - start) / 1e6,
+                                      _SPAN_STATUS.get(s.status.code, "UNSET"))))
+    return tuple(out), root
+
+
+def _fast_token_usage(raw: str | None) -> tuple[int | None, int | None, int | None]:
+    """``_token_usage``, for MLflow's three keys only; ValueError where that raises."""
+    if not raw:
+        return None, None, None
+    usage = _TOKEN_USAGE.decode(raw)
+    inp, out, total = usage.input_tokens, usage.output_tokens, usage.total_tokens
+    if total is None and (inp is not None or out is not None):
+        total = (inp or 0) + (out or 0)
+        if total > INT64_MAX:
+            raise ValueError("the reference path names the error")
+    return inp, out, total
+
+
+def _fast_event(doc: _TraceDoc, prov: Provenance) -> TraceEvent:
+    """``_from_trace_json`` on a typed document; ValueError (or a msgspec error) where that
+    raises a DecodeError, cleans a text or reads a value another way."""
+    info = doc.info
+    spans, root = _fast_spans(doc.data.spans or [])
+    tags, metadata = info.tags or {}, info.trace_metadata or {}
+    for text in (*metadata.values(), *tags.values()):
+        if "\x00" in text:
+            raise ValueError("a NUL")  # the reference path cleans it
+    request = response = name = None
+    if root is not None:
+        name, request, response = root.name, root.attributes.inputs, root.attributes.outputs
+    if request is None:
+        request = metadata.get("mlflow.traceInputs") or _preview(info.request_preview)
+    if response is None:
+        response = metadata.get("mlflow.traceOutputs") or _preview(info.response_preview)
+    loc = info.trace_location
+    exp = loc.mlflow_experiment if loc is not None else None
+    experiment_id = exp.experiment_id if exp is not None else None
+    if "\x00" in f"{info.trace_id}{experiment_id}{request}{response}":
+        raise ValueError("a NUL")  # the reference path refuses the id or cleans the text
+    inp, out, total = _fast_token_usage(metadata.get(TOKEN_USAGE_KEY))
+    t = info.request_time
+    return _new(TraceEvent, (info.trace_id, experiment_id, tags.get(TRACE_NAME_TAG, name),
+                             info.state,
+                             iso_time_ms(t, "info.request_time") if isinstance(t, str) else t,
+                             info.execution_duration_ms, request, response, tags, metadata, inp,
+                             out, total, spans, "trace", prov))
+
+
+def decode_trace_fast(value: bytes | None, prov: Provenance, max_bytes: int) -> TraceEvent | None:
+    """The event of a well-formed ``Trace.to_json()`` record, or None: the reference path then
+    decides, and names the error if there is one. Whenever this returns an event, the reference
+    path returns an equal one (tests hold the two to it)."""
+    if type(value) is not bytes or len(value) > max_bytes or not (
+            value.startswith(b'{"info"') or b'"info"' in value):
+        return None  # a tombstone, too long, or not Trace.to_json() (which starts so)
+    if not value.isascii():
+        try:  # msgspec skips unread strings without checking their UTF-8; orjson refuses it
+            value.decode()
+        except UnicodeDecodeError:
+            return None
+    try:
+        return _fast_event(_TRACE_DOC.decode(value), prov)
+    except Exception:  # noqa: BLE001 - anything unusual: the reference path decides
+        return None
+
+
 def decode_trace(value: bytes | None, prov: Provenance, max_bytes: int) -> TraceEvent:
     """Decode one trace-topic value in any of the three accepted forms."""
+    event = decode_trace_fast(value, prov, max_bytes)
+    return event if event is not None else decode_trace_reference(value, prov, max_bytes)
+
+
+def decode_trace_reference(value: bytes | None, prov: Provenance, max_bytes: int) -> TraceEvent:
+    """``decode_trace`` through orjson and the field readers: any form, any bytes."""
     obj = load_object(value, max_bytes)
     if "info" in obj and "data" in obj:
         return _from_trace_json(obj, prov)
