@@ -7,12 +7,14 @@ times, in one run and over the same bytes:
   * ``decode_trace``: bytes to a checked ``TraceEvent``, what the worker runs per record;
   * the reference path of ``consumers.formats`` (orjson, then the field checks), which decides
     every record the fast path does not take, where the module has one.
-Each is timed K times, the runs interleaved so that a busy neighbour slows them alike; the best
-run counts. It prints records/s, microseconds per record and each one's ratio to the baseline,
-and checks that every record decodes and that both paths give equal events. Timings are
-printed, never asserted.
+The records are timed in chunks of C, the candidates interleaved chunk by chunk so that a busy
+neighbour slows them alike; each chunk's best of K runs counts, and a candidate's time is the sum
+over the chunks. Twice: with the garbage collector on, as in the worker (allocations trigger its
+collections), and off. It prints records/s, microseconds per record and each one's ratio to the
+baseline, and checks that every record decodes and that both paths give equal events. Timings
+are printed, never asserted.
 
-    python -m bench.decode [--records N] [--runs K]
+    python -m bench.decode [--records N] [--runs K] [--chunk C]
 """
 
 from __future__ import annotations
@@ -42,16 +44,29 @@ def records(n: int) -> list[bytes]:
 
 
 def timed(fn: Callable[[bytes], Any], values: list[bytes]) -> float:
-    """Seconds for one pass of ``fn`` over ``values``, the collector off as in a tight loop."""
+    """Seconds for one pass of ``fn`` over ``values``."""
+    t0 = time.perf_counter()
+    for v in values:
+        fn(v)
+    return time.perf_counter() - t0
+
+
+def measure(fns: dict[str, Callable[[bytes], Any]], values: list[bytes], runs: int, chunk: int,
+            collector: bool) -> dict[str, float]:
+    """Each candidate's seconds over ``values``: per chunk the best of ``runs``, summed."""
+    chunks = [values[i:i + chunk] for i in range(0, len(values), chunk)]
+    best = {name: [float("inf")] * len(chunks) for name in fns}
     gc.collect()
-    gc.disable()
+    if not collector:
+        gc.disable()
     try:
-        t0 = time.perf_counter()
-        for v in values:
-            fn(v)
-        return time.perf_counter() - t0
+        for _ in range(runs):
+            for i, part in enumerate(chunks):
+                for name, fn in fns.items():
+                    best[name][i] = min(best[name][i], timed(fn, part))
     finally:
         gc.enable()
+    return {name: sum(times) for name, times in best.items()}
 
 
 def candidates() -> dict[str, Callable[[bytes], Any]]:
@@ -85,30 +100,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--records", type=int, default=10_000, metavar="N",
                    help="records to build and decode per run (default: 10000)")
     p.add_argument("--runs", type=int, default=7, metavar="K",
-                   help="timed runs of each candidate; the best counts (default: 7)")
+                   help="timed runs of each chunk; the best counts (default: 7)")
+    p.add_argument("--chunk", type=int, default=500, metavar="C",
+                   help="records per timed chunk (default: 500)")
     p.add_argument("--json", action="store_true", help="also print one JSON line of results")
     args = p.parse_args(argv)
-    if min(args.records, args.runs) < 1:
-        p.error("--records and --runs must be positive")
+    if min(args.records, args.runs, args.chunk) < 1:
+        p.error("--records, --runs and --chunk must be positive")
     values = records(args.records)
     sizes = [len(v) for v in values]
     print(f"records: {len(values)} trace records ({', '.join(f'{c}x {k}' for k, c in TEMPLATE_MIX)}"
           f" templates), mean {sum(sizes) / len(sizes):,.0f} bytes, min {min(sizes):,}, "
           f"max {max(sizes):,}; {check(values)}")
     fns = candidates()
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(args.runs):
-        for name, fn in fns.items():
-            best[name] = min(best[name], timed(fn, values))
-    base = best["orjson.loads"]
-    print(f"{'':16} {'records/s':>12} {'us/record':>10} {'x orjson.loads':>15}")
-    for name, secs in best.items():
-        print(f"{name:16} {len(values) / secs:12,.0f} {secs / len(values) * 1e6:10.2f} "
-              f"{secs / base:15.2f}")
+    results: dict[str, dict[str, float]] = {}
+    for collector in (True, False):
+        label = "gc on" if collector else "gc off"
+        best = measure(fns, values, args.runs, args.chunk, collector)
+        results[label] = {k: round(s / len(values) * 1e6, 3) for k, s in best.items()}
+        base = best["orjson.loads"]
+        print(f"{label + ':':16} {'records/s':>12} {'us/record':>10} {'x orjson.loads':>15}")
+        for name, secs in best.items():
+            print(f"{name:16} {len(values) / secs:12,.0f} {secs / len(values) * 1e6:10.2f} "
+                  f"{secs / base:15.2f}")
     if args.json:
         print(orjson.dumps({"bench": "decode", "records": len(values), "runs": args.runs,
-                            "us_per_record": {k: round(s / len(values) * 1e6, 3)
-                                              for k, s in best.items()}}).decode())
+                            "chunk": args.chunk, "us_per_record": results}).decode())
     return 0
 
 
