@@ -84,6 +84,11 @@ def parse_specs(data: Any, source: str = "<datasets>") -> tuple[DatasetSpec, ...
     if not isinstance(data, dict) or not isinstance(data.get("datasets"), list) \
             or not data["datasets"]:
         raise ConfigError(f"{source}: expected a mapping with a non-empty list 'datasets'")
+    from worker.rules.filters import prepare
+
+    # Every filter of the file parsed by MLflow in one request (a helper process, see
+    # worker.rules.mlflow_parser); each spec's parse_filter then finds its text parsed.
+    prepare((d.get("filter") for d in data["datasets"] if isinstance(d, dict)), source)
     specs = tuple(_parse_spec(raw, i + 1, source) for i, raw in enumerate(data["datasets"]))
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
