@@ -167,48 +167,68 @@ def decide_batch(conn: Connection, decider: Decider, traces: Sequence[TraceEvent
     return record_decisions(conn, evaluations, decider.tag_keys(), now_ms, seen_before)
 
 
+_UNINFORMATIVE = frozenset({"no_match", "not_applicable"})
+LOG_COLUMNS = ("trace_id", "digest", "decided_ms", "trigger", "outcomes", "tags")
+TAG_COLUMNS = ("trace_id", "tag_key", "tag_value", "rule", "digest", "decided_ms")
+OUTBOX_COLUMNS = ("trace_id", "tag_key", "tag_value", "digest", "created_ms", "attempts",
+                  "next_attempt_ms", "waiting_for_trace", "last_error")
+
+
 def record_decisions(conn: Connection, evaluations: Sequence[tuple[Evaluation, str]],
                      tag_keys: frozenset[str], now_ms: int,
                      seen_before: Sequence[str] | None = None) -> list[TagChange]:
     """Log informative evaluations, and queue every tag whose value changed (returned).
 
     An evaluation where no rule matched, of a trace that never had a tag, is not logged: it is
-    most of the traffic, and ``rules explain`` re-evaluates such a trace on demand.
+    most of the traffic, and ``rules explain`` re-evaluates such a trace on demand. The rows of
+    a trace that was not ``seen_before`` (so has no tag, log or outbox row yet) are written
+    with ``dialect.insert_new``: a plain COPY on PostgreSQL, with the upsert as its fallback.
     """
     ids = [ev.trace_id for ev, _ in evaluations] if seen_before is None else list(seen_before)
+    seen = set(ids)
     current = current_tags(conn, ids) if ids else {}
     had_tags = {tid for tid, _key in current}
-    log_rows = []
-    tag_rows = []
-    outbox_rows = []
+    keys = sorted(tag_keys)
+    # Per group (seen before, new): decision log, tag and outbox rows.
+    groups: dict[bool, tuple[list[tuple[Any, ...]], ...]] = {True: ([], [], []),
+                                                              False: ([], [], [])}
+    changes: list[TagChange] = []
+    dumps = orjson.dumps
     for ev, trigger in evaluations:
-        if ev.trace_id in had_tags or any(
-                o.outcome not in ("no_match", "not_applicable") for o in ev.outcomes):
-            log_rows.append((ev.trace_id, ev.digest, now_ms, trigger,
-                             orjson.dumps([[o.rule, o.outcome, o.reason] for o in ev.outcomes])
-                             .decode(), orjson.dumps(dict(ev.tags)).decode()))
-        if not ev.tags and ev.trace_id not in had_tags:
+        tid = ev.trace_id
+        had = tid in had_tags
+        log_rows, tag_rows, outbox_rows = groups[tid in seen]
+        tags = ev.tags
+        if had or any(o.outcome not in _UNINFORMATIVE for o in ev.outcomes):
+            log_rows.append((tid, ev.digest, now_ms, trigger,
+                             dumps([[o.rule, o.outcome, o.reason] for o in ev.outcomes])
+                             .decode(), dumps(tags if type(tags) is dict else dict(tags))
+                             .decode()))
+        if not tags and not had:
             continue
-        for key in sorted(tag_keys):
-            new = ev.tags.get(key)
+        for key in keys:
+            new = tags.get(key)
             new_value, rule = (new if new is not None else (None, None))
-            if (ev.trace_id, key) not in current and new_value is None:
+            if had:
+                if (tid, key) not in current and new_value is None:
+                    continue  # never tagged, still not tagged
+                if current.get((tid, key), _ABSENT) == new_value:
+                    continue
+            elif new_value is None:
                 continue  # never tagged, still not tagged
-            if current.get((ev.trace_id, key), object()) == new_value:
-                continue
-            tag_rows.append((ev.trace_id, key, new_value, rule, ev.digest, now_ms))
-            outbox_rows.append((ev.trace_id, key, new_value, ev.digest, now_ms, 0, now_ms, False,
-                                None))
-    dialect.bulk_upsert(conn, DECISION_LOG, ("trace_id", "digest"),
-                        ("trace_id", "digest", "decided_ms", "trigger", "outcomes", "tags"),
-                        log_rows, on_conflict="nothing")
-    dialect.bulk_upsert(conn, TRACE_TAGS, ("trace_id", "tag_key"),
-                        ("trace_id", "tag_key", "tag_value", "rule", "digest", "decided_ms"),
-                        tag_rows)
-    dialect.bulk_upsert(conn, OUTBOX, ("trace_id", "tag_key"),
-                        ("trace_id", "tag_key", "tag_value", "digest", "created_ms", "attempts",
-                         "next_attempt_ms", "waiting_for_trace", "last_error"), outbox_rows)
-    return [TagChange(r[0], r[1], r[2]) for r in tag_rows]
+            tag_rows.append((tid, key, new_value, rule, ev.digest, now_ms))
+            outbox_rows.append((tid, key, new_value, ev.digest, now_ms, 0, now_ms, False, None))
+            changes.append(TagChange(tid, key, new_value))
+    for was_seen, write in ((True, dialect.bulk_upsert), (False, dialect.insert_new)):
+        log_rows, tag_rows, outbox_rows = groups[was_seen]
+        write(conn, DECISION_LOG, ("trace_id", "digest"), LOG_COLUMNS, log_rows,
+              on_conflict="nothing")
+        write(conn, TRACE_TAGS, ("trace_id", "tag_key"), TAG_COLUMNS, tag_rows)
+        write(conn, OUTBOX, ("trace_id", "tag_key"), OUTBOX_COLUMNS, outbox_rows)
+    return changes
+
+
+_ABSENT = object()
 
 
 # ---------------------------------------------------------------------------------------------

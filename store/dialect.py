@@ -99,8 +99,8 @@ def bulk_upsert(conn: Connection, table: Table, key: Sequence[str], columns: Seq
     """
     if not rows:
         return
-    col_list = ", ".join(f'"{c}"' for c in columns)
-    keys = ", ".join(f'"{k}"' for k in key)
+    col_list = _column_list(columns)
+    keys = _column_list(key)
     if on_conflict == "nothing":
         conflict = f"ON CONFLICT ({keys}) DO NOTHING"
     else:
@@ -118,9 +118,10 @@ def bulk_upsert(conn: Connection, table: Table, key: Sequence[str], columns: Seq
             with cur.copy(f"COPY {stage} ({col_list}) FROM STDIN") as copy:
                 for r in rows:
                     copy.write_row(r)
-            cur.execute(f"INSERT INTO {table.name} ({col_list}) "
-                        f"SELECT {col_list} FROM {stage} {conflict}")
-            cur.execute(f"DELETE FROM {stage}")  # the next batch in this transaction starts empty
+            # Emptied as it is read: the next batch in this transaction starts empty.
+            cur.execute(f"WITH staged AS (DELETE FROM {stage} RETURNING {col_list}) "
+                        f"INSERT INTO {table.name} ({col_list}) "
+                        f"SELECT {col_list} FROM staged {conflict}")
         elif name == "sqlite":
             marks = ", ".join("?" * len(columns))
             cur.executemany(f"INSERT INTO {table.name} ({col_list}) VALUES ({marks}) {conflict}",
@@ -129,6 +130,56 @@ def bulk_upsert(conn: Connection, table: Table, key: Sequence[str], columns: Seq
             raise NotImplementedError(f"unsupported database dialect {name!r}")
     finally:
         cur.close()
+
+
+def insert_new(conn: Connection, table: Table, key: Sequence[str], columns: Sequence[str],
+               rows: Sequence[Sequence[Any]], *, newer_col: str | None = None,
+               on_conflict: str = "update") -> None:
+    """``bulk_upsert`` of rows whose keys the caller found absent (say, traces its read did not
+    find, under the trace locks): the same result, cheaper for new rows.
+
+    On PostgreSQL the rows are COPYed straight into the table inside a savepoint, with no
+    staging table and no conflict check: a plain insert. Should a key exist after all, the
+    COPY fails on the unique index, the savepoint is rolled back and the rows go through
+    ``bulk_upsert``, so a wrong guess costs time, never a different result. On SQLite,
+    ``bulk_upsert`` (its conflict clause costs next to nothing there).
+    """
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql":
+        bulk_upsert(conn, table, key, columns, rows, newer_col=newer_col,
+                    on_conflict=on_conflict)
+        return
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    integrity_error: Any = conn.dialect.loaded_dbapi.IntegrityError
+    cur = dbapi.cursor()
+    try:
+        cur.execute("SAVEPOINT tc_insert_new")
+        try:
+            with cur.copy(f"COPY {table.name} ({_column_list(columns)}) FROM STDIN") as copy:
+                for r in rows:
+                    copy.write_row(r)
+        except integrity_error as exc:
+            if getattr(exc, "sqlstate", None) != _UNIQUE_VIOLATION:
+                raise
+            cur.execute("ROLLBACK TO SAVEPOINT tc_insert_new")
+            fallback = True
+        else:
+            fallback = False
+        cur.execute("RELEASE SAVEPOINT tc_insert_new")
+    finally:
+        cur.close()
+    if fallback:
+        bulk_upsert(conn, table, key, columns, rows, newer_col=newer_col,
+                    on_conflict=on_conflict)
+
+
+_UNIQUE_VIOLATION = "23505"
+
+
+def _column_list(columns: Sequence[str]) -> str:
+    return ", ".join(f'"{c}"' for c in columns)
 
 
 def _pg_stage(cur: Any, table: Table) -> str:

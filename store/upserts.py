@@ -13,8 +13,9 @@
 A trace's stored span summary names at most ``SPAN_TYPES_PER_TRACE`` span types (the rest are
 one exact ``other`` entry), so no trace can blow up its buckets or the reports.
 On PostgreSQL the batch first takes an advisory lock per touched trace (``store.locks``), so
-concurrent workers never interleave on one trace. Applying the same batch again, or any
-redelivered subset, changes nothing.
+concurrent workers never interleave on one trace; the traces (and their decisions) the store
+did not hold before are then plain inserts (``dialect.insert_new``: COPY, the upsert as its
+fallback). Applying the same batch again, or any redelivered subset, changes nothing.
 """
 
 from __future__ import annotations
@@ -216,11 +217,17 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
     touched = list(dict.fromkeys([e.trace_id for e in traces]
                                  + [a.trace_id for a in assessments]))
     locks.lock_traces(conn, touched)
+    read = bool((decider or metrics_config) and touched)
     before = metrics.read_state(conn, touched, with_assessments=metrics_config is not None) \
-        if (decider or metrics_config) and touched else metrics.State({}, {}, {})
+        if read else metrics.State({}, {}, {})
     summaries = [span_summary(e) for e in traces]
-    dialect.upsert_newer(conn, TRACES, "trace_id", "completeness", TRACE_COLUMNS,
-                         [trace_row(e, now_ms, s) for e, s in zip(traces, summaries, strict=True)])
+    rows = [trace_row(e, now_ms, s) for e, s in zip(traces, summaries, strict=True)]
+    if read:  # the traces the store did not hold (under the trace locks) are plain inserts
+        stored = before.facts
+        dialect.insert_new(conn, TRACES, ("trace_id",), TRACE_COLUMNS,
+                           [r for r in rows if r[0] not in stored], newer_col="completeness")
+        rows = [r for r in rows if r[0] in stored]
+    dialect.upsert_newer(conn, TRACES, "trace_id", "completeness", TRACE_COLUMNS, rows)
     dialect.upsert_newer(conn, ASSESSMENTS, "assessment_id", "version", ASSESSMENT_COLUMNS,
                          [assessment_row(e, now_ms) for e in assessments])
     if assessments:
