@@ -412,9 +412,12 @@ def _fast_event(doc: _TraceDoc, prov: Provenance) -> TraceEvent:
     info = doc.info
     spans, root = _fast_spans(doc.data.spans or [])
     tags, metadata = info.tags or {}, info.trace_metadata or {}
-    for text in (*metadata.values(), *tags.values()):
+    for text in metadata.values():
         if "\x00" in text:
             raise ValueError("a NUL")  # the reference path cleans it
+    for text in tags.values():
+        if "\x00" in text:
+            raise ValueError("a NUL")
     request = response = name = None
     if root is not None:
         name, request, response = root.name, root.attributes.inputs, root.attributes.outputs
@@ -442,7 +445,7 @@ def decode_trace_fast(value: bytes | None, prov: Provenance, max_bytes: int) -> 
     path returns an equal one (tests hold the two to it)."""
     if type(value) is not bytes or len(value) > max_bytes or not (
             value.startswith(b'{"info"') or b'"info"' in value):
-        return None  # a tombstone, too long, or not Trace.to_json() (which starts so)
+        return None  # a tombstone, too long, or not Trace.to_json(), whose output starts so
     if not value.isascii():
         try:  # msgspec skips unread strings without checking their UTF-8; orjson refuses it
             value.decode()
@@ -450,12 +453,13 @@ def decode_trace_fast(value: bytes | None, prov: Provenance, max_bytes: int) -> 
             return None
     try:
         return _fast_event(_TRACE_DOC.decode(value), prov)
-    except Exception:  # noqa: BLE001 - anything unusual: the reference path decides
+    except Exception:  # anything unusual (a failed check, RecursionError): the reference path
         return None
 
 
 def decode_trace(value: bytes | None, prov: Provenance, max_bytes: int) -> TraceEvent:
-    """Decode one trace-topic value in any of the three accepted forms."""
+    """Decode one trace-topic value in any of the three accepted forms: through the fast path if
+    it takes the record, else through the reference path."""
     event = decode_trace_fast(value, prov, max_bytes)
     return event if event is not None else decode_trace_reference(value, prov, max_bytes)
 
