@@ -76,6 +76,7 @@ STAGES: tuple[tuple[int, str, str, str], ...] = (
     (3, "State.contribution", "store.metrics", "State.contribution"),
     (3, "rollup.contribution", "store.upserts", "contribution"),
     (3, "rollup.diff", "store.upserts", "diff"),
+    (3, "rollup.cells_of_new", "store.upserts", "cells_of_new"),
     (3, "rollup.deltas", "store.upserts", "deltas"),
     (3, "metrics.apply_deltas", "store.metrics", "apply_deltas"),
     (4, "locks.lock_buckets", "store.locks", "lock_buckets"),
@@ -85,16 +86,20 @@ STAGES: tuple[tuple[int, str, str, str], ...] = (
 )
 
 
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 class StageTimer:
     """Accumulated wall time and calls per stage, by patching the stages' functions."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self._undo: list[Callable[[], None]] = []
 
     def _wrap(self, label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        seconds, calls, clock = self.seconds, self.calls, time.perf_counter
+        seconds, calls, clock = self.seconds, self.calls, self.clock
 
         @functools.wraps(fn)
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -200,7 +205,7 @@ def run_backend(backend: str, args: argparse.Namespace, events: list[TraceEvent]
     last_elapsed = 0.0
     for r in range(args.repeat):
         for mode in ("full", "bare"):
-            timer = StageTimer() if mode == "full" and args.split else None
+            timer = StageTimer(CLOCKS[args.clock]) if mode == "full" and args.split else None
             with fresh_store(backend, args.pg_dsn, tmp) as url:
                 elapsed, cpu, rows = write_all(url, events, args.batch, mode == "full", timer)
             rate = len(events) / elapsed
@@ -247,6 +252,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="admin DSN; a fresh database is created beside it and dropped")
     p.add_argument("--no-split", dest="split", action="store_false",
                    help="no stage timers (the full runs then measure the bare code)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="what the stage timers measure: wall time, or this process's CPU time "
+                        "(steadier on a busy machine; blind to the PostgreSQL server's share; "
+                        "a system call a timing)")
     p.add_argument("--profile", type=int, default=0, metavar="K",
                    help="also run cProfile on one more full run and print its top K functions")
     args = p.parse_args(argv)

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import add as _add
 from operator import sub as _sub
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from consumers.events import TraceView
 from store.sketch import DEFAULT_MAPPING, Sketch
@@ -130,7 +130,7 @@ class Contribution(NamedTuple):
 _tuple_new = tuple.__new__
 
 
-def bucket_key(trace: TraceView, dimension_tag: str) -> BucketKey:
+def bucket_key(trace: TraceLike, dimension_tag: str) -> BucketKey:
     dim = trace.tags.get(dimension_tag) or trace.metadata.get(dimension_tag) or ""
     return _tuple_new(BucketKey, (0, trace.experiment_id or "", trace.name or "", str(dim)))
 
@@ -175,9 +175,29 @@ def _feedback_part(f: FeedbackFacts) -> FeedbackPart:
     return FeedbackPart(f.name, micro, verdict(f.value), f.value is None and f.error is not None)
 
 
-def contribution(trace: TraceFacts, feedback: Sequence[FeedbackFacts],
-                 candidates: Iterable[tuple[str, str]], dimension_tag: str) -> Contribution:
-    view = trace.view
+class TraceLike(Protocol):
+    """What a contribution reads of a trace's row: a ``TraceView``, or the ``TraceEvent``
+    itself (same field names) for a trace the store did not hold."""
+
+    @property
+    def experiment_id(self) -> str | None: ...
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def timestamp_ms(self) -> int: ...
+    @property
+    def execution_time_ms(self) -> int | None: ...
+    @property
+    def tags(self) -> Mapping[str, str]: ...
+    @property
+    def metadata(self) -> Mapping[str, str]: ...
+
+
+def _scalars(view: TraceLike, input_tokens: int | None, output_tokens: int | None,
+             total_tokens: int | None) -> tuple[tuple[int, ...], int | None]:
+    """A trace's scalars (``SCALAR_NAMES`` order) and latency bin (None without a latency)."""
     status = view.status
     latency = view.execution_time_ms
     if status != "IN_PROGRESS" and latency is not None and latency >= 0:
@@ -186,19 +206,65 @@ def contribution(trace: TraceFacts, feedback: Sequence[FeedbackFacts],
         has_latency, latency_bin = 1, DEFAULT_MAPPING.key_for(float(latency))
     else:
         has_latency, latency, latency_bin = 0, 0, None
-    tokens_in, tokens_out, tokens_total = (trace.input_tokens or 0, trace.output_tokens or 0,
-                                           trace.total_tokens or 0)
-    scalars = (1, int(status == "OK"), int(status == "ERROR"), int(status == "IN_PROGRESS"),
-               has_latency, latency,
-               tokens_in if tokens_in <= METRIC_MAX_TOKENS else METRIC_MAX_TOKENS,
-               tokens_out if tokens_out <= METRIC_MAX_TOKENS else METRIC_MAX_TOKENS,
-               tokens_total if tokens_total <= METRIC_MAX_TOKENS else METRIC_MAX_TOKENS)
+    tokens_in, tokens_out, tokens_total = input_tokens or 0, output_tokens or 0, total_tokens or 0
+    return (1, int(status == "OK"), int(status == "ERROR"), int(status == "IN_PROGRESS"),
+            has_latency, latency,
+            tokens_in if tokens_in <= METRIC_MAX_TOKENS else METRIC_MAX_TOKENS,
+            tokens_out if tokens_out <= METRIC_MAX_TOKENS else METRIC_MAX_TOKENS,
+            tokens_total if tokens_total <= METRIC_MAX_TOKENS else METRIC_MAX_TOKENS
+            ), latency_bin
+
+
+def contribution(trace: TraceFacts, feedback: Sequence[FeedbackFacts],
+                 candidates: Iterable[tuple[str, str]], dimension_tag: str) -> Contribution:
+    view = trace.view
+    scalars, latency_bin = _scalars(view, trace.input_tokens, trace.output_tokens,
+                                    trace.total_tokens)
     summary = trace.span_summary
     return _tuple_new(Contribution, (
         view.timestamp_ms, bucket_key(view, dimension_tag), scalars, latency_bin,
         _span_parts(summary) if summary else (),
         _feedback_parts(feedback) if feedback else (),
         tuple(sorted(set(candidates))) if candidates else ()))
+
+
+# A trace new to the store, as ``cells_of_new`` takes it: (row, input, output and total tokens,
+# span summary, valid feedback, candidate tags).
+NewTrace = tuple[TraceLike, int | None, int | None, int | None, Mapping[str, Any],
+                 Sequence[FeedbackFacts], Sequence[tuple[str, str]]]
+
+
+def cells_of_new(traces: Iterable[NewTrace], dimension_tag: str) -> dict[DeltaKey, Agg]:
+    """The finest cells of traces new to the store: per cell, the sum of their contributions,
+    equal to ``add_deltas`` of each ``contribution`` (the tests hold it to that), built
+    without them: the scalars come from ``_scalars`` and the spans from ``_span_parts``, as
+    for a contribution, and are summed as they come. A new trace has nothing to subtract."""
+    cells: dict[tuple[int, str, str, str], tuple[list[tuple[int, ...]], Agg]] = {}
+    for view, tokens_in, tokens_out, tokens_total, summary, feedback, candidates in traces:
+        ts = view.timestamp_ms
+        dim = view.tags.get(dimension_tag) or view.metadata.get(dimension_tag) or ""
+        ck = (ts - ts % MINUTE_MS, view.experiment_id or "", view.name or "", str(dim))
+        cell = cells.get(ck)
+        if cell is None:
+            cell = cells[ck] = ([], Agg())
+        trace_scalars, latency_bin = _scalars(view, tokens_in, tokens_out, tokens_total)
+        cell[0].append(trace_scalars)
+        agg = cell[1]
+        if latency_bin is not None:
+            agg.latency[latency_bin] = agg.latency.get(latency_bin, 0) + 1
+        if summary:
+            agg._add_spans(_span_parts(summary))
+        if feedback:
+            for fp in _feedback_parts(feedback):
+                agg._add_feedback(fp, 1)
+        if candidates:
+            agg._add_candidates(set(candidates))
+    out: dict[DeltaKey, Agg] = {}
+    for (minute, experiment_id, name, dim), (rows, agg) in cells.items():
+        agg.scalars[:] = map(sum, zip(*rows, strict=True))
+        agg._drop_zero_spans()
+        out[("minute", minute, _tuple_new(BucketKey, (0, experiment_id, name, dim)))] = agg
+    return out
 
 
 def _feedback_parts(feedback: Sequence[FeedbackFacts]) -> tuple[FeedbackPart, ...]:
@@ -319,30 +385,42 @@ class Agg:
             return agg
         agg.scalars[:] = map(sum, zip(*[c.scalars for c in cs], strict=True))
         agg.latency = dict(Counter([c.latency_bin for c in cs if c.latency_bin is not None]))
-        spans = agg.spans
         for c in cs:
-            for span_type, n, total_us, bins in c.spans:
-                sp = spans.get(span_type)
-                if sp is None:
-                    sp = spans[span_type] = SpanAgg()
-                sp.count += n
-                sp.total_us += total_us
-                sb = sp.bins
-                for k, kn in bins:
-                    sb[k] = sb.get(k, 0) + kn
+            agg._add_spans(c.spans)
+            for fp in c.feedback:
+                agg._add_feedback(fp, 1)
+            agg._add_candidates(c.candidates)
+        agg._drop_zero_spans()
+        return agg
+
+    def _add_spans(self, parts: Iterable[SpanPart]) -> None:
+        """Add span parts, leaving the entries back at zero to ``_drop_zero_spans``."""
+        spans = self.spans
+        for span_type, n, total_us, bins in parts:
+            sp = spans.get(span_type)
+            if sp is None:
+                sp = spans[span_type] = SpanAgg()
+            sp.count += n
+            sp.total_us += total_us
+            sb = sp.bins
+            for k, kn in bins:
+                sb[k] = sb.get(k, 0) + kn
+
+    def _add_candidates(self, candidates: Iterable[tuple[str, str]]) -> None:
+        """Count each (tag key, value) once more: a count only grows, never back to zero."""
+        for tag_key, value in candidates:
+            per_key = self.candidates.setdefault(tag_key, {})
+            per_key[value] = per_key.get(value, 0) + 1
+
+    def _drop_zero_spans(self) -> None:
+        """Remove the bins and span types summed back to zero (as ``add`` does step by step)."""
+        spans = self.spans
         for t in list(spans):
             sp = spans[t]
             if not all(sp.bins.values()):
                 sp.bins = {k: kn for k, kn in sp.bins.items() if kn}
             if not sp.count and not sp.total_us and not sp.bins:
                 del spans[t]
-        for c in cs:
-            for fp in c.feedback:
-                agg._add_feedback(fp, 1)
-            for tag_key, value in c.candidates:
-                per_key = agg.candidates.setdefault(tag_key, {})
-                per_key[value] = per_key.get(value, 0) + 1
-        return agg
 
     def merge(self, other: Agg, sign: int = 1) -> None:
         for i, v in enumerate(other.scalars):
@@ -481,11 +559,12 @@ def expand(cells: Mapping[DeltaKey, Agg]) -> dict[DeltaKey, Agg]:
     return {k: v for k, v in out.items() if not v.is_zero()}
 
 
-def deltas(removed: Iterable[Contribution], added: Iterable[Contribution]
-           ) -> dict[DeltaKey, Agg]:
-    """Bucket deltas that add ``added`` and subtract ``removed``: the contributions are first
-    grouped by finest cell and summed there (``Agg.of``), then ``expand``ed; equal to
-    ``add_deltas`` of each, one by one."""
+def deltas(removed: Iterable[Contribution], added: Iterable[Contribution],
+           cells_added: Mapping[DeltaKey, Agg] | None = None) -> dict[DeltaKey, Agg]:
+    """Bucket deltas that add ``added`` (and the finest cells ``cells_added``, from
+    ``cells_of_new``) and subtract ``removed``: the contributions are first grouped by finest
+    cell and summed there (``Agg.of``), then ``expand``ed; equal to ``add_deltas`` of each,
+    one by one."""
     groups: dict[DeltaKey, tuple[list[Contribution], list[Contribution]]] = {}
     for side, cs in ((0, added), (1, removed)):
         for c in cs:
@@ -501,6 +580,8 @@ def deltas(removed: Iterable[Contribution], added: Iterable[Contribution]
         if minus:
             cell.merge(Agg.of(minus), -1)
         cells[dk] = cell
+    for dk, cell in (cells_added or {}).items():
+        _merge_into(cells, dk, cell)
     return expand(cells)
 
 

@@ -47,7 +47,16 @@ from store.models import (
     TRACES,
     Assessment,
 )
-from store.rollup import OTHER, Contribution, FeedbackFacts, TraceFacts, contribution, deltas
+from store.rollup import (
+    OTHER,
+    Contribution,
+    FeedbackFacts,
+    NewTrace,
+    TraceFacts,
+    cells_of_new,
+    contribution,
+    deltas,
+)
 from store.sketch import DEFAULT_MAPPING
 
 # Span types that keep their name in one trace's summary; later types merge into ``OTHER``.
@@ -259,45 +268,48 @@ def _update_metrics(config: MetricsConfig, before: metrics.State,
                     now_ms: int) -> None:
     """Bucket deltas for the traces whose row, valid feedback or candidate tags changed.
 
-    A trace's contribution before the batch is computed from ``before``, after it from the
-    batch's own version, feedback and tag changes; a trace the store did not hold has no
-    "before" and is simply added. The contributions are summed per bucket cell in Python
-    (``rollup.deltas``), so the buckets see one delta each."""
+    A trace the store did not hold has no "before": its contribution is simply added, summed
+    per bucket cell straight from the event (``rollup.cells_of_new``). For a stored trace, the
+    contribution before the batch (from ``before``) is replaced by the one after it (its new
+    version, feedback and tags) where the two differ. Everything is summed per cell in Python
+    (``rollup.deltas``), so each bucket sees one delta."""
     dim = config.dimension_tag
     facts, feedback, tags = before.facts, before.feedback, before.tags
-    new_facts: dict[str, TraceFacts] = {}
-    for e, summary in zip(traces, summaries, strict=True):
-        old = facts.get(e.trace_id)
-        if old is None or e.completeness > old.completeness:
-            new_facts[e.trace_id] = TraceFacts(event_view(e), e.input_tokens, e.output_tokens,
-                                               e.total_tokens, summary, e.completeness)
-    dirty = set(new_facts)
-    new_feedback: dict[str, list[FeedbackFacts]] = {}
-    for tid in {a.trace_id for a in assessments} | dirty:
-        if tid in facts or tid in new_facts:
-            valid = new_feedback[tid] = feedback_now.get(tid, [])
-            if valid != feedback.get(tid, []):
-                dirty.add(tid)
     changed_tags: dict[str, dict[str, str | None]] = {}
     for ch in tag_changes:  # the decisions of this batch, applied to the tags read before it
         changed_tags.setdefault(ch.trace_id, dict(tags.get(ch.trace_id, ())))[
             ch.tag_key] = ch.tag_value
     new_tags = {tid: sorted((k, v) for k, v in kv.items() if v is not None)
                 for tid, kv in changed_tags.items()}
-    dirty.update(new_tags)
+    fresh: list[NewTrace] = []
+    new_facts: dict[str, TraceFacts] = {}
+    for e, summary in zip(traces, summaries, strict=True):
+        tid = e.trace_id
+        old = facts.get(tid)
+        if old is None:
+            fresh.append((e, e.input_tokens, e.output_tokens, e.total_tokens, summary,
+                          feedback_now.get(tid, ()), new_tags.get(tid, ())))
+        elif e.completeness > old.completeness:
+            new_facts[tid] = TraceFacts(event_view(e), e.input_tokens, e.output_tokens,
+                                        e.total_tokens, summary, e.completeness)
+    # Stored traces: a new version, other valid feedback, or new candidate tags.
+    dirty = set(new_facts)
+    new_feedback: dict[str, list[FeedbackFacts]] = {}
+    for tid in {a.trace_id for a in assessments} | dirty:
+        if tid in facts:
+            valid = new_feedback[tid] = feedback_now.get(tid, [])
+            if valid != feedback.get(tid, []):
+                dirty.add(tid)
+    dirty.update(tid for tid in new_tags if tid in facts)
     removed: list[Contribution] = []
     added: list[Contribution] = []
     for tid in dirty:
-        old = facts.get(tid)
-        stored = new_facts.get(tid) or old
-        if stored is None:
-            continue  # not stored, before or after: no contribution either way
-        c = contribution(stored, new_feedback.get(tid, feedback.get(tid, ())),
+        old = facts[tid]
+        c = contribution(new_facts.get(tid, old), new_feedback.get(tid, feedback.get(tid, ())),
                          new_tags.get(tid, tags.get(tid, ())), dim)
-        if old is not None:
-            was = contribution(old, feedback.get(tid, ()), tags.get(tid, ()), dim)
-            if was == c:
-                continue
+        was = contribution(old, feedback.get(tid, ()), tags.get(tid, ()), dim)
+        if was != c:
             removed.append(was)
-        added.append(c)
-    metrics.apply_deltas(conn, config.retained(deltas(removed, added), now_ms), now_ms)
+            added.append(c)
+    metrics.apply_deltas(conn, config.retained(
+        deltas(removed, added, cells_of_new(fresh, dim)), now_ms), now_ms)

@@ -32,6 +32,7 @@ from store.rollup import (
     _feedback_parts,
     add_deltas,
     bucket_key,
+    cells_of_new,
     contribution,
     deltas,
     diff,
@@ -217,3 +218,19 @@ def test_deltas_of_a_batch_equal_the_per_trace_deltas(
     for c in added:
         add_deltas(per_trace, c, 1)
     assert deltas([], added) == expand(per_trace)
+
+
+@settings(max_examples=200)
+@given(st.lists(traces(), max_size=30), st.lists(traces(), max_size=5))
+def test_cells_of_new_traces_equal_their_contributions(new: list[Any], old: list[Any]) -> None:
+    cells = cells_of_new([(f.view, f.input_tokens, f.output_tokens, f.total_tokens,
+                           f.span_summary, fb, cands) for f, fb, cands in new], "environment")
+    reference: dict[DeltaKey, Agg] = {}
+    for t in new:
+        c = ref_contribution(*t, "environment")
+        ref_add(reference.setdefault(
+            ("minute", c.timestamp_ms - c.timestamp_ms % MINUTE_MS, c.key), Agg()), c, 1)
+    assert cells == reference
+    removed = [contribution(*t, "environment") for t in old]
+    assert deltas(removed, [], cells) == ref_diff(removed, [ref_contribution(*t, "environment")
+                                                            for t in new])
