@@ -1,6 +1,8 @@
 """Rule decisions inside the batch transaction: evaluate, log, and queue tags for write-back.
 
-``decide_batch`` runs after a batch's upserts and before its commit (invariant 3 in docs/design.md):
+A batch is decided in its transaction, before its commit (invariant 3 in docs/design.md), in
+three steps: reads (``decision_views``, ``current_tags``), ``decide`` (pure: evaluate and
+``plan_decisions``), ``write_decisions``; ``decide_batch`` runs them after a batch's upserts:
   1. a trace's view is its most complete version: the stored row read *before* the upsert
      (``prior_versions``), unless the batch brought a strictly more complete one;
   2. traces touched only by assessments are read from the store (a trace not stored yet is
@@ -13,7 +15,7 @@ Redelivery evaluates the same inputs to the same digest and changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from typing import Any, NamedTuple, Protocol
 
 import orjson
@@ -134,37 +136,66 @@ def current_tags(conn: Connection, trace_ids: Sequence[str]) -> dict[tuple[str, 
         trace_ids)}
 
 
+def decision_views(conn: Connection, decider: Decider, traces: Sequence[TraceEvent],
+                   assessments: Sequence[AssessmentEvent], prior: Mapping[str, Prior]
+                   ) -> dict[str, tuple[TraceView, str]]:
+    """Per trace to decide, its view and trigger (steps 1 and 2 of the module docstring). Reads
+    the store only for traces that assessments alone brought (and ``prior`` lacks)."""
+    views: dict[str, tuple[TraceView, str]] = {}
+    for e in traces:
+        p = prior.get(e.trace_id)
+        views[e.trace_id] = (p.view if p and p.completeness >= e.completeness
+                             else event_view(e), "trace")
+    if decider.needs_assessments() and assessments:
+        late = sorted({a.trace_id for a in assessments} - views.keys())
+        known = {tid: prior[tid] for tid in late if tid in prior}
+        known.update(prior_versions(conn, [tid for tid in late if tid not in prior]))
+        for tid, pr in known.items():
+            views[tid] = (pr.view, "assessment")
+    return views
+
+
+def seen_before(views: Mapping[str, tuple[TraceView, str]], prior: Mapping[str, Prior]
+                ) -> list[str]:
+    """The traces to decide that the store held before this batch: only these can have tags."""
+    return [tid for tid, (_v, trigger) in views.items() if tid in prior or trigger == "assessment"]
+
+
+class Decisions(NamedTuple):
+    """A batch's decisions before they are written (``write_decisions``): per group (traces
+    seen before, new traces) the decision log, tag and outbox rows; and the tags that changed."""
+
+    rows: Mapping[bool, tuple[list[tuple[Any, ...]], ...]]
+    changes: list[TagChange]
+
+
+def decide(decider: Decider, views: Mapping[str, tuple[TraceView, str]],
+           feedback: Mapping[str, Sequence[AssessmentView]], current: Mapping[tuple[str, str],
+                                                                            str | None],
+           seen: Sequence[str], now_ms: int) -> Decisions:
+    """Evaluate ``views`` with their valid ``feedback``, against the ``current`` tags of the
+    traces ``seen`` before (step 3 and 4 of the module docstring, without the store)."""
+    evaluations = [(decider.evaluate(view, feedback.get(tid, ())), trigger)
+                   for tid, (view, trigger) in views.items()]
+    return plan_decisions(evaluations, decider.tag_keys(), now_ms, current, set(seen))
+
+
 def decide_batch(conn: Connection, decider: Decider, traces: Sequence[TraceEvent],
                  assessments: Sequence[AssessmentEvent], prior: Mapping[str, Prior],
                  now_ms: int, feedback: Mapping[str, Sequence[AssessmentView]] | None = None
                  ) -> list[TagChange]:
     """Evaluate every trace the batch touched; returns the tags that changed. ``feedback``:
     the valid feedback of (at least) those traces, as stored now, if the caller read it."""
-    with_feedback = decider.needs_assessments()
-    views: dict[str, tuple[TraceView, str]] = {}
-    for e in traces:
-        p = prior.get(e.trace_id)
-        views[e.trace_id] = (p.view if p and p.completeness >= e.completeness
-                             else event_view(e), "trace")
-    if with_feedback:
-        late = sorted({a.trace_id for a in assessments} - views.keys())
-        known = {tid: prior[tid] for tid in late if tid in prior}
-        known.update(prior_versions(conn, [tid for tid in late if tid not in prior]))
-        for tid, pr in known.items():
-            views[tid] = (pr.view, "assessment")
+    views = decision_views(conn, decider, traces, assessments, prior)
     if not views:
         return []
-    ids = list(views)
-    if not with_feedback:
+    if not decider.needs_assessments():
         feedback = {}
     elif feedback is None:
-        feedback = valid_feedback(conn, ids)
-    evaluations = [(decider.evaluate(view, feedback.get(tid, ())), trigger)
-                   for tid, (view, trigger) in views.items()]
-    # Only a trace the store held before this batch can have tags already.
-    seen_before = [tid for tid, (_v, trigger) in views.items()
-                   if tid in prior or trigger == "assessment"]
-    return record_decisions(conn, evaluations, decider.tag_keys(), now_ms, seen_before)
+        feedback = valid_feedback(conn, list(views))
+    seen = seen_before(views, prior)
+    current = current_tags(conn, seen) if seen else {}
+    return write_decisions(conn, decide(decider, views, feedback, current, seen, now_ms))
 
 
 _UNINFORMATIVE = frozenset({"no_match", "not_applicable"})
@@ -178,18 +209,25 @@ def record_decisions(conn: Connection, evaluations: Sequence[tuple[Evaluation, s
                      tag_keys: frozenset[str], now_ms: int,
                      seen_before: Sequence[str] | None = None) -> list[TagChange]:
     """Log informative evaluations, and queue every tag whose value changed (returned).
+    ``seen_before``: the traces that may have tags already (by default all)."""
+    ids = [ev.trace_id for ev, _ in evaluations] if seen_before is None else list(seen_before)
+    current = current_tags(conn, ids) if ids else {}
+    return write_decisions(conn, plan_decisions(evaluations, tag_keys, now_ms, current,
+                                                set(ids)))
+
+
+def plan_decisions(evaluations: Sequence[tuple[Evaluation, str]], tag_keys: frozenset[str],
+                   now_ms: int, current: Mapping[tuple[str, str], str | None],
+                   seen: Set[str]) -> Decisions:
+    """The rows for ``evaluations``, given the ``current`` tags of the traces ``seen`` before.
 
     An evaluation where no rule matched, of a trace that never had a tag, is not logged: it is
     most of the traffic, and ``rules explain`` re-evaluates such a trace on demand. The rows of
-    a trace that was not ``seen_before`` (so has no tag, log or outbox row yet) are written
-    with ``dialect.insert_new``: a plain COPY on PostgreSQL, with the upsert as its fallback.
+    a trace not ``seen`` before (so with no tag, log or outbox row yet) form their own group,
+    written with ``dialect.insert_new``: a plain COPY on PostgreSQL, the upsert as its fallback.
     """
-    ids = [ev.trace_id for ev, _ in evaluations] if seen_before is None else list(seen_before)
-    seen = set(ids)
-    current = current_tags(conn, ids) if ids else {}
     had_tags = {tid for tid, _key in current}
     keys = sorted(tag_keys)
-    # Per group (seen before, new): decision log, tag and outbox rows.
     groups: dict[bool, tuple[list[tuple[Any, ...]], ...]] = {True: ([], [], []),
                                                               False: ([], [], [])}
     changes: list[TagChange] = []
@@ -219,13 +257,18 @@ def record_decisions(conn: Connection, evaluations: Sequence[tuple[Evaluation, s
             tag_rows.append((tid, key, new_value, rule, ev.digest, now_ms))
             outbox_rows.append((tid, key, new_value, ev.digest, now_ms, 0, now_ms, False, None))
             changes.append(TagChange(tid, key, new_value))
+    return Decisions(groups, changes)
+
+
+def write_decisions(conn: Connection, decisions: Decisions) -> list[TagChange]:
+    """Write what ``plan_decisions`` decided; returns the tags that changed."""
     for was_seen, write in ((True, dialect.bulk_upsert), (False, dialect.insert_new)):
-        log_rows, tag_rows, outbox_rows = groups[was_seen]
+        log_rows, tag_rows, outbox_rows = decisions.rows[was_seen]
         write(conn, DECISION_LOG, ("trace_id", "digest"), LOG_COLUMNS, log_rows,
               on_conflict="nothing")
         write(conn, TRACE_TAGS, ("trace_id", "tag_key"), TAG_COLUMNS, tag_rows)
         write(conn, OUTBOX, ("trace_id", "tag_key"), OUTBOX_COLUMNS, outbox_rows)
-    return changes
+    return decisions.changes
 
 
 _ABSENT = object()

@@ -3,12 +3,17 @@
 Both SQLite and PostgreSQL speak ``INSERT ... ON CONFLICT``. On PostgreSQL, batches go through
 ``COPY`` into a per-connection temporary staging table (``ON COMMIT DELETE ROWS``) and one
 ``INSERT ... SELECT ... ON CONFLICT``: about 2-3x faster than executemany, with the same result.
-On SQLite, the DBAPI's own executemany on tuples. Long id and key lists go to the database in
-``chunks``, so no statement exceeds SQLite's bound-parameter limit.
+On SQLite, the DBAPI's own executemany on tuples. Rows the caller knows to be new go through
+``insert_new`` / ``inserting_new``: on PostgreSQL a plain COPY into the table in a savepoint,
+which the upsert replaces should a key exist after all (same result either way), and which the
+server can work on while the caller computes. The hot path's reads go through ``select_in``.
+Long id and key lists go to the database in ``chunks``, so no statement exceeds SQLite's
+bound-parameter limit.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -136,43 +141,58 @@ def insert_new(conn: Connection, table: Table, key: Sequence[str], columns: Sequ
                rows: Sequence[Sequence[Any]], *, newer_col: str | None = None,
                on_conflict: str = "update") -> None:
     """``bulk_upsert`` of rows whose keys the caller found absent (say, traces its read did not
-    find, under the trace locks): the same result, cheaper for new rows.
+    find, under the trace locks): the same result, cheaper for new rows (``inserting_new``)."""
+    with inserting_new(conn, table, key, columns, rows, newer_col=newer_col,
+                       on_conflict=on_conflict):
+        pass
+
+
+@contextlib.contextmanager
+def inserting_new(conn: Connection, table: Table, key: Sequence[str], columns: Sequence[str],
+                  rows: Sequence[Sequence[Any]], *, newer_col: str | None = None,
+                  on_conflict: str = "update") -> Iterator[None]:
+    """``insert_new`` around the body of the ``with``, which runs while PostgreSQL takes the
+    rows in: the body must not use the connection (it computes; the server works meanwhile).
 
     On PostgreSQL the rows are COPYed straight into the table inside a savepoint, with no
-    staging table and no conflict check: a plain insert. Should a key exist after all, the
-    COPY fails on the unique index, the savepoint is rolled back and the rows go through
-    ``bulk_upsert``, so a wrong guess costs time, never a different result. On SQLite,
-    ``bulk_upsert`` (its conflict clause costs next to nothing there).
+    staging table and no conflict check: a plain insert. The COPY is sent before the body and
+    completed after it. Should a key exist after all, the COPY fails on the unique index, the
+    savepoint is rolled back and the rows go through ``bulk_upsert``, so a wrong guess costs
+    time, never a different result. On SQLite the rows go through ``bulk_upsert`` first (its
+    conflict clause costs next to nothing there), then the body runs.
     """
-    if not rows:
-        return
-    if conn.dialect.name != "postgresql":
+    if not rows or conn.dialect.name != "postgresql":
         bulk_upsert(conn, table, key, columns, rows, newer_col=newer_col,
                     on_conflict=on_conflict)
+        yield
         return
     dbapi = conn.connection.dbapi_connection
     assert dbapi is not None
     integrity_error: Any = conn.dialect.loaded_dbapi.IntegrityError
     cur = dbapi.cursor()
+    ran = in_body = fallback = False
     try:
         cur.execute("SAVEPOINT tc_insert_new")
         try:
             with cur.copy(f"COPY {table.name} ({_column_list(columns)}) FROM STDIN") as copy:
                 for r in rows:
                     copy.write_row(r)
+                in_body = ran = True
+                yield
+                in_body = False
         except integrity_error as exc:
-            if getattr(exc, "sqlstate", None) != _UNIQUE_VIOLATION:
+            if in_body or getattr(exc, "sqlstate", None) != _UNIQUE_VIOLATION:
                 raise
             cur.execute("ROLLBACK TO SAVEPOINT tc_insert_new")
             fallback = True
-        else:
-            fallback = False
         cur.execute("RELEASE SAVEPOINT tc_insert_new")
     finally:
         cur.close()
     if fallback:
         bulk_upsert(conn, table, key, columns, rows, newer_col=newer_col,
                     on_conflict=on_conflict)
+    if not ran:
+        yield
 
 
 _UNIQUE_VIOLATION = "23505"

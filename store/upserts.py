@@ -10,6 +10,9 @@
      source's checkpoints (``store.checkpoints``), so a watermark never runs ahead of its data;
   6. with a rules engine, decide the touched traces (``store.decisions``);
   7. move the metric buckets by each touched trace's change of contribution (``store.metrics``).
+Steps 6 and 7 compute without the store between their reads and their writes (``_derive``).
+In a batch without assessments no valid feedback changes, so they read first and compute while
+the new traces are copied in (the server works meanwhile); the result is the same.
 A trace's stored span summary names at most ``SPAN_TYPES_PER_TRACE`` span types (the rest are
 one exact ``other`` entry), so no trace can blow up its buckets or the reports.
 On PostgreSQL the batch first takes an advisory lock per touched trace (``store.locks``), so
@@ -22,22 +25,28 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import Connection, and_, exists, select, update
 from sqlalchemy.orm import aliased
 
-from consumers.events import AssessmentEvent, DeadLetter, TraceEvent
+from consumers.events import AssessmentEvent, DeadLetter, TraceEvent, TraceView
 from store import dialect, locks, metrics
 from store.decisions import (
     Decider,
+    Decisions,
+    FeedbackRow,
     Prior,
     TagChange,
-    decide_batch,
+    current_tags,
+    decide,
+    decision_views,
     event_view,
     feedback_rows,
+    seen_before,
     views_of,
+    write_decisions,
 )
 from store.metrics import MetricsConfig
 from store.models import (
@@ -49,7 +58,9 @@ from store.models import (
 )
 from store.rollup import (
     OTHER,
+    Agg,
     Contribution,
+    DeltaKey,
     FeedbackFacts,
     NewTrace,
     TraceFacts,
@@ -231,11 +242,22 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
         if read else metrics.State({}, {}, {})
     summaries = [span_summary(e) for e in traces]
     rows = [trace_row(e, now_ms, s) for e, s in zip(traces, summaries, strict=True)]
+    new_rows: list[tuple[Any, ...]] = []
     if read:  # the traces the store did not hold (under the trace locks) are plain inserts
         stored = before.facts
-        dialect.insert_new(conn, TRACES, ("trace_id",), TRACE_COLUMNS,
-                           [r for r in rows if r[0] not in stored], newer_col="completeness")
+        new_rows = [r for r in rows if r[0] not in stored]
         rows = [r for r in rows if r[0] in stored]
+    # A batch without assessments changes no valid feedback: what the rules and the metrics
+    # read is read first, and they compute while the new traces are copied in (PostgreSQL
+    # works on the COPY meanwhile). With assessments, they read after the writes, as stored.
+    derived: _Derived | None = None
+    inputs = _read_inputs(conn, decider, metrics_config, traces, assessments, touched, before) \
+        if read and not assessments else None
+    with dialect.inserting_new(conn, TRACES, ("trace_id",), TRACE_COLUMNS, new_rows,
+                               newer_col="completeness"):
+        if inputs is not None:
+            derived = _derive(inputs, decider, metrics_config, before, traces, summaries,
+                              assessments, now_ms)
     dialect.upsert_newer(conn, TRACES, "trace_id", "completeness", TRACE_COLUMNS, rows)
     dialect.upsert_newer(conn, ASSESSMENTS, "assessment_id", "version", ASSESSMENT_COLUMNS,
                          [assessment_row(e, now_ms) for e in assessments])
@@ -248,25 +270,79 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
     if batch.checkpoints:
         dialect.bulk_upsert(conn, CHECKPOINTS, ("name",), ("name", "value", "updated_ms"),
                             [(k, _json(v), now_ms) for k, v in sorted(batch.checkpoints.items())])
-    # The valid feedback as stored now, read once for both the rules and the metrics.
-    feedback_now = feedback_rows(conn, touched) if metrics_config and touched else None
+    if read and derived is None:
+        inputs = _read_inputs(conn, decider, metrics_config, traces, assessments, touched,
+                              before)
+        derived = _derive(inputs, decider, metrics_config, before, traces, summaries,
+                          assessments, now_ms)
     changed: list[TagChange] = []
-    if decider:
-        prior = {tid: Prior(f.completeness, f.view) for tid, f in before.facts.items()}
-        changed = decide_batch(conn, decider, traces, assessments, prior, now_ms,
-                               views_of(feedback_now) if feedback_now is not None else None)
-    if metrics_config:
-        _update_metrics(metrics_config, before, traces, summaries, assessments, changed,
-                        metrics.facts_of(feedback_now or {}), conn, now_ms)
+    if derived is not None:
+        if derived.decisions is not None:
+            changed = write_decisions(conn, derived.decisions)
+        if metrics_config:
+            metrics.apply_deltas(conn, derived.deltas, now_ms)
     return BatchResult(len(traces), len(assessments), len(batch.dead_letters), len(changed))
 
 
-def _update_metrics(config: MetricsConfig, before: metrics.State,
-                    traces: Sequence[TraceEvent], summaries: Sequence[dict[str, Any]],
-                    assessments: Sequence[AssessmentEvent], tag_changes: Sequence[TagChange],
-                    feedback_now: Mapping[str, list[FeedbackFacts]], conn: Connection,
-                    now_ms: int) -> None:
-    """Bucket deltas for the traces whose row, valid feedback or candidate tags changed.
+class _Inputs(NamedTuple):
+    """What the rules and the metrics read of the store besides ``before``: the valid feedback
+    of the touched traces as stored after the batch (None if neither needs it), the traces to
+    decide (view, trigger), those seen before the batch, and their current tags."""
+
+    feedback_now: dict[str, list[FeedbackRow]] | None
+    views: dict[str, tuple[TraceView, str]]
+    seen: list[str]
+    current: dict[tuple[str, str], str | None]
+
+
+class _Derived(NamedTuple):
+    """What the rules and the metrics make of a batch, before it is written."""
+
+    decisions: Decisions | None
+    deltas: dict[DeltaKey, Agg]
+
+
+def _read_inputs(conn: Connection, decider: Decider | None,
+                 metrics_config: MetricsConfig | None, traces: Sequence[TraceEvent],
+                 assessments: Sequence[AssessmentEvent], touched: Sequence[str],
+                 before: metrics.State) -> _Inputs:
+    """The reads of ``_Inputs``: valid feedback once for both the rules and the metrics."""
+    with_feedback = metrics_config is not None or bool(decider and decider.needs_assessments())
+    feedback_now = feedback_rows(conn, touched) if with_feedback else None
+    if decider is None:
+        return _Inputs(feedback_now, {}, [], {})
+    prior = {tid: Prior(f.completeness, f.view) for tid, f in before.facts.items()}
+    views = decision_views(conn, decider, traces, assessments, prior)
+    seen = seen_before(views, prior)
+    return _Inputs(feedback_now, views, seen, current_tags(conn, seen) if seen else {})
+
+
+def _derive(inputs: _Inputs, decider: Decider | None, metrics_config: MetricsConfig | None,
+            before: metrics.State, traces: Sequence[TraceEvent],
+            summaries: Sequence[dict[str, Any]], assessments: Sequence[AssessmentEvent],
+            now_ms: int) -> _Derived:
+    """The decisions and the bucket deltas of the batch, computed without the store."""
+    decisions = None
+    if decider is not None and inputs.views:
+        feedback = views_of(inputs.feedback_now) \
+            if decider.needs_assessments() and inputs.feedback_now is not None else {}
+        decisions = decide(decider, inputs.views, feedback, inputs.current, inputs.seen,
+                           now_ms)
+    deltas: dict[DeltaKey, Agg] = {}
+    if metrics_config is not None:
+        deltas = _metric_deltas(metrics_config, before, traces, summaries, assessments,
+                                decisions.changes if decisions is not None else [],
+                                metrics.facts_of(inputs.feedback_now or {}), now_ms)
+    return _Derived(decisions, deltas)
+
+
+def _metric_deltas(config: MetricsConfig, before: metrics.State,
+                   traces: Sequence[TraceEvent], summaries: Sequence[dict[str, Any]],
+                   assessments: Sequence[AssessmentEvent], tag_changes: Sequence[TagChange],
+                   feedback_now: Mapping[str, list[FeedbackFacts]], now_ms: int
+                   ) -> dict[DeltaKey, Agg]:
+    """Bucket deltas (retained) for the traces whose row, valid feedback or candidate tags
+    changed.
 
     A trace the store did not hold has no "before": its contribution is simply added, summed
     per bucket cell straight from the event (``rollup.cells_of_new``). For a stored trace, the
@@ -311,5 +387,4 @@ def _update_metrics(config: MetricsConfig, before: metrics.State,
         if was != c:
             removed.append(was)
             added.append(c)
-    metrics.apply_deltas(conn, config.retained(
-        deltas(removed, added, cells_of_new(fresh, dim)), now_ms), now_ms)
+    return config.retained(deltas(removed, added, cells_of_new(fresh, dim)), now_ms)

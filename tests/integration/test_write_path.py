@@ -189,3 +189,25 @@ def test_a_pruned_trace_that_comes_back_replaces_its_outbox_row(store_url: str) 
     assert [r[:3] for r in after["trace_tags"]] == [r[:3] for r in before["trace_tags"]]
     assert len(after["tag_outbox"]) == 1 and after["tag_outbox"][0][4] == later
     engine.dispose()
+
+
+def test_an_error_while_the_copy_is_open_propagates_and_nothing_is_written(
+        store_url: str) -> None:
+    docs = M.traffic(2, BASE_MS, HOUR)
+    rows = [trace_row(decode_trace(P.dumps(d), Provenance("t", 0, i), 1 << 22), 1)
+            for i, d in enumerate(docs)]
+    engine = make_engine(store_url)
+    ran = []
+    with pytest.raises(ZeroDivisionError), engine.begin() as conn, dialect.inserting_new(
+            conn, TRACES, ("trace_id",), TRACE_COLUMNS, rows, newer_col="completeness"):
+        ran.append(True)
+        _ = 1 / 0
+    assert ran == [True]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM traces")).scalar_one() == 0
+    with engine.begin() as conn, dialect.inserting_new(
+            conn, TRACES, ("trace_id",), TRACE_COLUMNS, rows, newer_col="completeness"):
+        ran.append(True)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM traces")).scalar_one() == 2
+    engine.dispose()
