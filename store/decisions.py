@@ -15,7 +15,8 @@ Redelivery evaluates the same inputs to the same digest and changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence, Set
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from typing import Any, NamedTuple, Protocol
 
 import orjson
@@ -262,13 +263,27 @@ def plan_decisions(evaluations: Sequence[tuple[Evaluation, str]], tag_keys: froz
 
 def write_decisions(conn: Connection, decisions: Decisions) -> list[TagChange]:
     """Write what ``plan_decisions`` decided; returns the tags that changed."""
-    for was_seen, write in ((True, dialect.bulk_upsert), (False, dialect.insert_new)):
-        log_rows, tag_rows, outbox_rows = decisions.rows[was_seen]
-        write(conn, DECISION_LOG, ("trace_id", "digest"), LOG_COLUMNS, log_rows,
-              on_conflict="nothing")
-        write(conn, TRACE_TAGS, ("trace_id", "tag_key"), TAG_COLUMNS, tag_rows)
-        write(conn, OUTBOX, ("trace_id", "tag_key"), OUTBOX_COLUMNS, outbox_rows)
+    with writing_decisions(conn, decisions):
+        pass
     return decisions.changes
+
+
+@contextlib.contextmanager
+def writing_decisions(conn: Connection, decisions: Decisions) -> Iterator[None]:
+    """``write_decisions`` around the body of the ``with``, which runs while PostgreSQL takes
+    in the new traces' decision log (``dialect.inserting_new``): it must not use the
+    connection."""
+    log_rows, tag_rows, outbox_rows = decisions.rows[True]
+    dialect.bulk_upsert(conn, DECISION_LOG, ("trace_id", "digest"), LOG_COLUMNS, log_rows,
+                        on_conflict="nothing")
+    dialect.bulk_upsert(conn, TRACE_TAGS, ("trace_id", "tag_key"), TAG_COLUMNS, tag_rows)
+    dialect.bulk_upsert(conn, OUTBOX, ("trace_id", "tag_key"), OUTBOX_COLUMNS, outbox_rows)
+    log_rows, tag_rows, outbox_rows = decisions.rows[False]
+    dialect.insert_new(conn, TRACE_TAGS, ("trace_id", "tag_key"), TAG_COLUMNS, tag_rows)
+    dialect.insert_new(conn, OUTBOX, ("trace_id", "tag_key"), OUTBOX_COLUMNS, outbox_rows)
+    with dialect.inserting_new(conn, DECISION_LOG, ("trace_id", "digest"), LOG_COLUMNS,
+                               log_rows, on_conflict="nothing"):
+        yield
 
 
 _ABSENT = object()

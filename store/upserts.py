@@ -10,7 +10,7 @@
      source's checkpoints (``store.checkpoints``), so a watermark never runs ahead of its data;
   6. with a rules engine, decide the touched traces (``store.decisions``);
   7. move the metric buckets by each touched trace's change of contribution (``store.metrics``).
-Steps 6 and 7 compute without the store between their reads and their writes (``_derive``).
+Steps 6 and 7 compute without the store between their reads and their writes.
 In a batch without assessments no valid feedback changes, so they read first and compute while
 the new traces are copied in (the server works meanwhile); the result is the same.
 A trace's stored span summary names at most ``SPAN_TYPES_PER_TRACE`` span types (the rest are
@@ -23,6 +23,7 @@ fallback). Applying the same batch again, or any redelivered subset, changes not
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -46,7 +47,7 @@ from store.decisions import (
     feedback_rows,
     seen_before,
     views_of,
-    write_decisions,
+    writing_decisions,
 )
 from store.metrics import MetricsConfig
 from store.models import (
@@ -248,16 +249,26 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
         new_rows = [r for r in rows if r[0] not in stored]
         rows = [r for r in rows if r[0] in stored]
     # A batch without assessments changes no valid feedback: what the rules and the metrics
-    # read is read first, and they compute while the new traces are copied in (PostgreSQL
+    # read is read first, and the rules decide while the new traces are copied in (PostgreSQL
     # works on the COPY meanwhile). With assessments, they read after the writes, as stored.
-    derived: _Derived | None = None
+    # The bucket deltas are computed while the new traces' decision log is copied in (or
+    # with the decisions, without rules).
+    decisions: Decisions | None = None
+    deltas: dict[DeltaKey, Agg] | None = None
     inputs = _read_inputs(conn, decider, metrics_config, traces, assessments, touched, before) \
         if read and not assessments else None
+
+    def bucket_deltas(inputs: _Inputs, changes: Sequence[TagChange]) -> dict[DeltaKey, Agg]:
+        assert metrics_config is not None
+        return _metric_deltas(metrics_config, before, traces, summaries, assessments, changes,
+                              metrics.facts_of(inputs.feedback_now or {}), now_ms)
+
     with dialect.inserting_new(conn, TRACES, ("trace_id",), TRACE_COLUMNS, new_rows,
                                newer_col="completeness"):
         if inputs is not None:
-            derived = _derive(inputs, decider, metrics_config, before, traces, summaries,
-                              assessments, now_ms)
+            decisions = _decide(inputs, decider, now_ms)
+            if decisions is None and metrics_config is not None:
+                deltas = bucket_deltas(inputs, ())
     dialect.upsert_newer(conn, TRACES, "trace_id", "completeness", TRACE_COLUMNS, rows)
     dialect.upsert_newer(conn, ASSESSMENTS, "assessment_id", "version", ASSESSMENT_COLUMNS,
                          [assessment_row(e, now_ms) for e in assessments])
@@ -270,17 +281,19 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
     if batch.checkpoints:
         dialect.bulk_upsert(conn, CHECKPOINTS, ("name",), ("name", "value", "updated_ms"),
                             [(k, _json(v), now_ms) for k, v in sorted(batch.checkpoints.items())])
-    if read and derived is None:
+    if not read:
+        return BatchResult(len(traces), len(assessments), len(batch.dead_letters), 0)
+    if inputs is None:
         inputs = _read_inputs(conn, decider, metrics_config, traces, assessments, touched,
                               before)
-        derived = _derive(inputs, decider, metrics_config, before, traces, summaries,
-                          assessments, now_ms)
-    changed: list[TagChange] = []
-    if derived is not None:
-        if derived.decisions is not None:
-            changed = write_decisions(conn, derived.decisions)
-        if metrics_config:
-            metrics.apply_deltas(conn, derived.deltas, now_ms)
+        decisions = _decide(inputs, decider, now_ms)
+    changed = decisions.changes if decisions is not None else []
+    with writing_decisions(conn, decisions) if decisions is not None \
+            else contextlib.nullcontext():
+        if metrics_config is not None and deltas is None:
+            deltas = bucket_deltas(inputs, changed)
+    if deltas is not None:
+        metrics.apply_deltas(conn, deltas, now_ms)
     return BatchResult(len(traces), len(assessments), len(batch.dead_letters), len(changed))
 
 
@@ -293,13 +306,6 @@ class _Inputs(NamedTuple):
     views: dict[str, tuple[TraceView, str]]
     seen: list[str]
     current: dict[tuple[str, str], str | None]
-
-
-class _Derived(NamedTuple):
-    """What the rules and the metrics make of a batch, before it is written."""
-
-    decisions: Decisions | None
-    deltas: dict[DeltaKey, Agg]
 
 
 def _read_inputs(conn: Connection, decider: Decider | None,
@@ -317,23 +323,13 @@ def _read_inputs(conn: Connection, decider: Decider | None,
     return _Inputs(feedback_now, views, seen, current_tags(conn, seen) if seen else {})
 
 
-def _derive(inputs: _Inputs, decider: Decider | None, metrics_config: MetricsConfig | None,
-            before: metrics.State, traces: Sequence[TraceEvent],
-            summaries: Sequence[dict[str, Any]], assessments: Sequence[AssessmentEvent],
-            now_ms: int) -> _Derived:
-    """The decisions and the bucket deltas of the batch, computed without the store."""
-    decisions = None
-    if decider is not None and inputs.views:
-        feedback = views_of(inputs.feedback_now) \
-            if decider.needs_assessments() and inputs.feedback_now is not None else {}
-        decisions = decide(decider, inputs.views, feedback, inputs.current, inputs.seen,
-                           now_ms)
-    deltas: dict[DeltaKey, Agg] = {}
-    if metrics_config is not None:
-        deltas = _metric_deltas(metrics_config, before, traces, summaries, assessments,
-                                decisions.changes if decisions is not None else [],
-                                metrics.facts_of(inputs.feedback_now or {}), now_ms)
-    return _Derived(decisions, deltas)
+def _decide(inputs: _Inputs, decider: Decider | None, now_ms: int) -> Decisions | None:
+    """The batch's decisions, computed without the store (None without a rules engine)."""
+    if decider is None or not inputs.views:
+        return None
+    feedback = views_of(inputs.feedback_now) \
+        if decider.needs_assessments() and inputs.feedback_now is not None else {}
+    return decide(decider, inputs.views, feedback, inputs.current, inputs.seen, now_ms)
 
 
 def _metric_deltas(config: MetricsConfig, before: metrics.State,
