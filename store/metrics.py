@@ -159,15 +159,33 @@ def snapshot(conn: Connection, trace_ids: Sequence[str], config: MetricsConfig
 
 def read_buckets_by_key(conn: Connection, table: Table,
                         keys: Sequence[tuple[int, BucketKey]]) -> dict[tuple[int, BucketKey], Agg]:
+    """The stored buckets among ``keys`` (bucket start, key), through the DBAPI: a row-value
+    IN list of up to ``KEY_CHUNK`` keys a statement, one prepared statement per chunk size."""
     out: dict[tuple[int, BucketKey], Agg] = {}
-    cols = [table.c[c] for c in (*KEY_COLUMNS, *SCALAR_NAMES, "sketches", "spans", "feedback",
-                                 "candidates")]
     n = len(SCALAR_NAMES)
-    for chunk in dialect.chunks(keys, dialect.KEY_CHUNK):
-        cond = tuple_(*(table.c[c] for c in KEY_COLUMNS)).in_([(b, *k) for b, k in chunk])
-        for r in conn.execute(select(*cols).where(cond)):
-            out[(r[0], BucketKey(r[1], r[2], r[3], r[4]))] = Agg.from_columns(
-                r[5:5 + n], *r[5 + n:])
+    cols = ", ".join(f'"{c}"' for c in (*KEY_COLUMNS, *SCALAR_NAMES, "sketches", "spans",
+                                         "feedback", "candidates"))
+    key_cols = ", ".join(f'"{c}"' for c in KEY_COLUMNS)
+    pg = conn.dialect.name == "postgresql"
+    mark = "%s" if pg else "?"
+    row = f"({', '.join([mark] * len(KEY_COLUMNS))})"
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    cur = dbapi.cursor()
+    try:
+        for chunk in dialect.chunks(keys, dialect.KEY_CHUNK):
+            # PostgreSQL types a row of parameters by the columns it is compared with; SQLite
+            # takes a list of row values only as VALUES.
+            rows = ", ".join([row] * len(chunk))
+            cur.execute(f"SELECT {cols} FROM {table.name} WHERE ({key_cols}) IN "
+                        f"({rows if pg else 'VALUES ' + rows})",
+                        [v for b, k in chunk for v in (b, *k)])
+            for r in cur.fetchall():
+                json_cols = r[6 + n:] if pg else [dialect.json_value(v) for v in r[6 + n:]]
+                out[(r[0], BucketKey(r[1], r[2], r[3], r[4]))] = Agg.from_columns(
+                    r[5:5 + n], r[5 + n], *json_cols)
+    finally:
+        cur.close()
     return out
 
 
