@@ -238,7 +238,13 @@ def plan_decisions(evaluations: Sequence[tuple[Evaluation, str]], tag_keys: froz
         had = tid in had_tags
         log_rows, tag_rows, outbox_rows = groups[tid in seen]
         tags = ev.tags
-        if had or any(o.outcome not in _UNINFORMATIVE for o in ev.outcomes):
+        informative = had
+        if not had:
+            for o in ev.outcomes:
+                if o.outcome not in _UNINFORMATIVE:
+                    informative = True
+                    break
+        if informative:
             log_rows.append((tid, ev.digest, now_ms, trigger,
                              dumps([[o.rule, o.outcome, o.reason] for o in ev.outcomes])
                              .decode(), dumps(tags if type(tags) is dict else dict(tags))

@@ -176,10 +176,12 @@ def trace_row(e: TraceEvent, now_ms: int,
     p = e.provenance
     if summary is None:
         summary = span_summary(e)
+    dumps = orjson.dumps  # as ``_json``, without a call per column
     return (e.trace_id, e.experiment_id, e.name, e.status, e.timestamp_ms, e.execution_time_ms,
-            e.request, e.response, _json(e.tags), _json(e.metadata), e.input_tokens,
-            e.output_tokens, e.total_tokens, _json(summary), len(e.spans),
-            e.completeness, e.source_format, p.topic, p.partition, p.offset, now_ms)
+            e.request, e.response, dumps(e.tags).decode(), dumps(e.metadata).decode(),
+            e.input_tokens, e.output_tokens, e.total_tokens, dumps(summary).decode(),
+            len(e.spans), e.completeness, e.source_format, p.topic, p.partition, p.offset,
+            now_ms)
 
 
 ASSESSMENT_COLUMNS = (
@@ -351,7 +353,8 @@ def _metric_deltas(config: MetricsConfig, before: metrics.State,
     for ch in tag_changes:  # the decisions of this batch, applied to the tags read before it
         changed_tags.setdefault(ch.trace_id, dict(tags.get(ch.trace_id, ())))[
             ch.tag_key] = ch.tag_value
-    new_tags = {tid: sorted((k, v) for k, v in kv.items() if v is not None)
+    # In any order: a contribution counts each distinct (key, value) once.
+    new_tags = {tid: [(k, v) for k, v in kv.items() if v is not None]
                 for tid, kv in changed_tags.items()}
     fresh: list[NewTrace] = []
     new_facts: dict[str, TraceFacts] = {}
