@@ -46,8 +46,9 @@ def select_in(conn: Connection, sql: str, ids: Sequence[str],
               json_columns: Sequence[int] = ()) -> list[tuple[Any, ...]]:
     """The rows of ``sql``, a SELECT whose ``{ids}`` stands for ``IN ids`` after a column, run
     through the DBAPI: the hot path's reads of up to a batch of ids each, without SQLAlchemy's
-    per-execution rendering of a 2,000-item IN list. On PostgreSQL one ``= ANY(array)``
-    parameter; on SQLite ``IN (?, ...)`` in ``chunks`` (one cached statement per chunk size).
+    per-execution rendering of a 2,000-item IN list. On PostgreSQL one ``= ANY(array)`` of a
+    JSON parameter; on SQLite ``IN (?, ...)`` in ``chunks`` (one cached statement per chunk
+    size).
     The ``json_columns`` (indexes) come back decoded, as SQLAlchemy's JSON type gives them."""
     if not ids:
         return []
@@ -56,7 +57,10 @@ def select_in(conn: Connection, sql: str, ids: Sequence[str],
     cur = dbapi.cursor()
     try:
         if conn.dialect.name == "postgresql":  # psycopg decodes JSON columns itself
-            cur.execute(sql.replace("{ids}", "= ANY(%s::text[])"), (list(ids),))
+            # The ids go as one JSON array: orjson writes it at C speed, where psycopg's list
+            # dumper escapes element by element in Python (about half the cost of a read
+            # that finds nothing). The array from a subquery keeps the index scan.
+            cur.execute(sql.replace("{ids}", _PG_IDS), (orjson.dumps(list(ids)).decode(),))
             return list(cur.fetchall())
         rows: list[tuple[Any, ...]] = []
         for chunk in chunks(ids):
@@ -68,6 +72,9 @@ def select_in(conn: Connection, sql: str, ids: Sequence[str],
         rows = [tuple(json_value(v) if i in json_columns else v for i, v in enumerate(r))
                 for r in rows]
     return rows
+
+
+_PG_IDS = "= ANY(ARRAY(SELECT json_array_elements_text(CAST(%s AS json))))"
 
 
 def json_value(v: Any) -> Any:

@@ -244,12 +244,18 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
     before = metrics.read_state(conn, touched, with_assessments=metrics_config is not None) \
         if read else metrics.State({}, {}, {})
     summaries = [span_summary(e) for e in traces]
-    rows = [trace_row(e, now_ms, s) for e, s in zip(traces, summaries, strict=True)]
-    new_rows: list[tuple[Any, ...]] = []
-    if read:  # the traces the store did not hold (under the trace locks) are plain inserts
+    versions = list(zip(traces, summaries, strict=True))
+    new: list[tuple[TraceEvent, dict[str, Any]]] = []
+    if read:
+        # The traces the store did not hold (under the trace locks) are plain inserts; a
+        # stored one changes only for a strictly more complete version (the upsert's own
+        # condition), so the others, a replay's, are not sent at all.
         stored = before.facts
-        new_rows = [r for r in rows if r[0] not in stored]
-        rows = [r for r in rows if r[0] in stored]
+        new = [(e, s) for e, s in versions if e.trace_id not in stored]
+        versions = [(e, s) for e, s in versions if e.trace_id in stored
+                    and e.completeness > stored[e.trace_id].completeness]
+    new_rows = [trace_row(e, now_ms, s) for e, s in new]
+    rows = [trace_row(e, now_ms, s) for e, s in versions]
     # A batch without assessments changes no valid feedback: what the rules and the metrics
     # read is read first, and the rules decide while the new traces are copied in (PostgreSQL
     # works on the COPY meanwhile). With assessments, they read after the writes, as stored.

@@ -211,3 +211,22 @@ def test_an_error_while_the_copy_is_open_propagates_and_nothing_is_written(
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM traces")).scalar_one() == 2
     engine.dispose()
+
+
+def test_select_in_finds_exactly_the_ids_asked_whatever_they_hold(store_url: str) -> None:
+    odd = ["tr-plain", 'tr-"quoted"', "tr-o'brien", "tr-a,b", "tr-{x}", "tr-ü-東京",
+           "tr-back\\slash", "tr-%s", "tr- space"]
+    docs = M.traffic(len(odd), BASE_MS, HOUR)
+    events = [decode_trace(P.dumps(dict(d, trace_id=tid)), Provenance("t", 0, i), 1 << 22)
+              for i, (d, tid) in enumerate(zip(docs, odd, strict=True))]
+    engine = make_engine(store_url)
+    with engine.begin() as conn:
+        dialect.bulk_upsert(conn, TRACES, ("trace_id",), TRACE_COLUMNS,
+                            [trace_row(e, 1) for e in events[1:]], newer_col="completeness")
+    many = [f"tr-absent-{i}" for i in range(2500)]  # more than one SQLite chunk
+    with engine.connect() as conn:
+        found = dialect.select_in(conn, "SELECT trace_id, tags FROM traces WHERE trace_id {ids}",
+                                  [*odd, *many], json_columns=(1,))
+    assert sorted(r[0] for r in found) == sorted(odd[1:])
+    assert all(isinstance(r[1], dict) for r in found)
+    engine.dispose()
