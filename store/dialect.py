@@ -2,7 +2,8 @@
 
 Both SQLite and PostgreSQL speak ``INSERT ... ON CONFLICT``. On PostgreSQL, batches go through
 ``COPY`` into a per-connection temporary staging table (``ON COMMIT DELETE ROWS``) and one
-``INSERT ... SELECT ... ON CONFLICT``: about 2-3x faster than executemany, with the same result.
+``INSERT ... SELECT ... ON CONFLICT``: about 2-3x faster than executemany, with the same result;
+a few rows go as one multi-row ``INSERT ... VALUES``.
 On SQLite, the DBAPI's own executemany on tuples. Rows the caller knows to be new go through
 ``insert_new`` / ``inserting_new``: on PostgreSQL a plain COPY into the table in a savepoint,
 which the upsert replaces should a key exist after all (same result either way), and which the
@@ -23,6 +24,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 
 IN_CHUNK = 2000  # ids per ``in_ids`` list
+# Up to this many values, a PostgreSQL upsert of ``few`` rows is one multi-row INSERT ... VALUES:
+# for a few rows it beats the staging table's statements.
+PG_VALUES_PARAMS = 2000
 KEY_CHUNK = 500  # composite keys per ``tuple_(...).in_`` list (a few parameters each)
 
 T = TypeVar("T")
@@ -101,9 +105,11 @@ def upsert_newer(conn: Connection, table: Table, key: str, order_col: str,
 
 def bulk_upsert(conn: Connection, table: Table, key: Sequence[str], columns: Sequence[str],
                 rows: Sequence[Sequence[Any]], *, newer_col: str | None = None,
-                on_conflict: str = "update") -> None:
+                on_conflict: str = "update", few: bool = False) -> None:
     """Insert rows; on a conflict of ``key``, update (only where ``newer_col`` grows, if given)
-    or, with ``on_conflict="nothing"``, keep the stored row.
+    or, with ``on_conflict="nothing"``, keep the stored row. ``few``: the caller expects a few
+    rows of its own making; on PostgreSQL, up to ``PG_VALUES_PARAMS`` values go as one
+    multi-row ``INSERT ... VALUES``.
 
     ``rows`` are tuples in ``columns`` order, with unique keys and JSON columns already encoded
     as text. Both paths talk to the DBAPI directly: SQLAlchemy's per-row parameter processing
@@ -125,7 +131,15 @@ def bulk_upsert(conn: Connection, table: Table, key: Sequence[str], columns: Seq
     cur = dbapi.cursor()
     try:
         name = conn.dialect.name
-        if name == "postgresql":
+        if name == "postgresql" and few and len(rows) * len(columns) <= PG_VALUES_PARAMS:
+            # A few rows (a batch's metric buckets): one statement, no staging table. Not for
+            # event rows: COPY refuses an int beyond int64 in the client, which names the
+            # field (``store.writer``); a parameter would reach the server as a numeric.
+            row = f"({', '.join(['%s'] * len(columns))})"
+            cur.execute(f"INSERT INTO {table.name} ({col_list}) VALUES "
+                        f"{', '.join([row] * len(rows))} {conflict}",
+                        [v for r in rows for v in r])
+        elif name == "postgresql":
             stage = _pg_stage(cur, table)
             with cur.copy(f"COPY {stage} ({col_list}) FROM STDIN") as copy:
                 for r in rows:

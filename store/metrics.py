@@ -224,7 +224,7 @@ def apply_deltas(conn: Connection, deltas: Mapping[DeltaKey, Agg], now_ms: int) 
                     empty.append((b, *k))
             else:
                 rows.append(bucket_row(b, k, agg, now_ms))
-        dialect.bulk_upsert(conn, table, KEY_COLUMNS, BUCKET_COLUMNS, rows)
+        dialect.bulk_upsert(conn, table, KEY_COLUMNS, BUCKET_COLUMNS, rows, few=True)
         for chunk in dialect.chunks(empty, dialect.KEY_CHUNK):
             conn.execute(delete(table).where(tuple_(*(table.c[c] for c in KEY_COLUMNS))
                                              .in_(chunk)))
