@@ -237,8 +237,9 @@ NewTrace = tuple[TraceLike, int | None, int | None, int | None, Mapping[str, Any
 def cells_of_new(traces: Iterable[NewTrace], dimension_tag: str) -> dict[DeltaKey, Agg]:
     """The finest cells of traces new to the store: per cell, the sum of their contributions,
     equal to ``add_deltas`` of each ``contribution`` (the tests hold it to that), built
-    without them: the scalars come from ``_scalars`` and the spans from ``_span_parts``, as
-    for a contribution, and are summed as they come. A new trace has nothing to subtract."""
+    without them: the scalars come from ``_scalars`` as for a contribution, the spans as
+    ``_span_parts`` reads them (``Agg._add_summary``), and are summed as they come. A new
+    trace has nothing to subtract."""
     cells: dict[tuple[int, str, str, str], tuple[list[tuple[int, ...]], Agg]] = {}
     for view, tokens_in, tokens_out, tokens_total, summary, feedback, candidates in traces:
         ts = view.timestamp_ms
@@ -253,7 +254,7 @@ def cells_of_new(traces: Iterable[NewTrace], dimension_tag: str) -> dict[DeltaKe
         if latency_bin is not None:
             agg.latency[latency_bin] = agg.latency.get(latency_bin, 0) + 1
         if summary:
-            agg._add_spans(_span_parts(summary))
+            agg._add_summary(summary)
         if feedback:
             for fp in _feedback_parts(feedback):
                 agg._add_feedback(fp, 1)
@@ -402,6 +403,28 @@ class Agg:
                 sp = spans[span_type] = SpanAgg()
             sp.count += n
             sp.total_us += total_us
+            sb = sp.bins
+            for k, kn in bins:
+                sb[k] = sb.get(k, 0) + kn
+
+    def _add_summary(self, summary: Mapping[str, Any]) -> None:
+        """``_add_spans(_span_parts(summary))`` without building the parts: the same entries
+        (``_span_parts`` is the definition; the tests hold the two equal)."""
+        spans = self.spans
+        key_for = DEFAULT_MAPPING.key_for
+        for span_type, s in summary.items():
+            count = s.get("count", 0)
+            if count <= 0:
+                continue
+            total_ms = s.get("total_ms", 0.0)
+            bins = s.get("bins") or ((key_for(max(total_ms / count, 0.0)), count),)
+            total_us = round(total_ms * 1000)
+            cap = count * _MAX_SPAN_US
+            sp = spans.get(span_type)
+            if sp is None:
+                sp = spans[span_type] = SpanAgg()
+            sp.count += count
+            sp.total_us += total_us if total_us <= cap else cap
             sb = sp.bins
             for k, kn in bins:
                 sb[k] = sb.get(k, 0) + kn
