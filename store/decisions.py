@@ -170,9 +170,11 @@ class Decisions(NamedTuple):
     changes: list[TagChange]
 
 
+CurrentTags = Mapping[tuple[str, str], str | None]  # (trace id, tag key) -> value as stored
+
+
 def decide(decider: Decider, views: Mapping[str, tuple[TraceView, str]],
-           feedback: Mapping[str, Sequence[AssessmentView]], current: Mapping[tuple[str, str],
-                                                                            str | None],
+           feedback: Mapping[str, Sequence[AssessmentView]], current: CurrentTags,
            seen: Sequence[str], now_ms: int) -> Decisions:
     """Evaluate ``views`` with their valid ``feedback``, against the ``current`` tags of the
     traces ``seen`` before (step 3 and 4 of the module docstring, without the store)."""
@@ -218,8 +220,7 @@ def record_decisions(conn: Connection, evaluations: Sequence[tuple[Evaluation, s
 
 
 def plan_decisions(evaluations: Sequence[tuple[Evaluation, str]], tag_keys: frozenset[str],
-                   now_ms: int, current: Mapping[tuple[str, str], str | None],
-                   seen: Set[str]) -> Decisions:
+                   now_ms: int, current: CurrentTags, seen: Set[str]) -> Decisions:
     """The rows for ``evaluations``, given the ``current`` tags of the traces ``seen`` before.
 
     An evaluation where no rule matched, of a trace that never had a tag, is not logged: it is

@@ -262,7 +262,7 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
     # The bucket deltas are computed while the new traces' decision log is copied in (or
     # with the decisions, without rules).
     decisions: Decisions | None = None
-    deltas: dict[DeltaKey, Agg] | None = None
+    moves: dict[DeltaKey, Agg] | None = None  # the bucket deltas
     inputs = _read_inputs(conn, decider, metrics_config, traces, assessments, touched, before) \
         if read and not assessments else None
 
@@ -276,7 +276,7 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
         if inputs is not None:
             decisions = _decide(inputs, decider, now_ms)
             if decisions is None and metrics_config is not None:
-                deltas = bucket_deltas(inputs, ())
+                moves = bucket_deltas(inputs, ())
     dialect.upsert_newer(conn, TRACES, "trace_id", "completeness", TRACE_COLUMNS, rows)
     dialect.upsert_newer(conn, ASSESSMENTS, "assessment_id", "version", ASSESSMENT_COLUMNS,
                          [assessment_row(e, now_ms) for e in assessments])
@@ -298,10 +298,10 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
     changed = decisions.changes if decisions is not None else []
     with writing_decisions(conn, decisions) if decisions is not None \
             else contextlib.nullcontext():
-        if metrics_config is not None and deltas is None:
-            deltas = bucket_deltas(inputs, changed)
-    if deltas is not None:
-        metrics.apply_deltas(conn, deltas, now_ms)
+        if metrics_config is not None and moves is None:
+            moves = bucket_deltas(inputs, changed)
+    if moves is not None:
+        metrics.apply_deltas(conn, moves, now_ms)
     return BatchResult(len(traces), len(assessments), len(batch.dead_letters), len(changed))
 
 
