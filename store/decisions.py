@@ -286,10 +286,11 @@ def writing_decisions(conn: Connection, decisions: Decisions) -> Iterator[None]:
     dialect.bulk_upsert(conn, TRACE_TAGS, ("trace_id", "tag_key"), TAG_COLUMNS, tag_rows)
     dialect.bulk_upsert(conn, OUTBOX, ("trace_id", "tag_key"), OUTBOX_COLUMNS, outbox_rows)
     log_rows, tag_rows, outbox_rows = decisions.rows[False]
-    dialect.insert_new(conn, TRACE_TAGS, ("trace_id", "tag_key"), TAG_COLUMNS, tag_rows)
-    dialect.insert_new(conn, OUTBOX, ("trace_id", "tag_key"), OUTBOX_COLUMNS, outbox_rows)
-    with dialect.inserting_new(conn, DECISION_LOG, ("trace_id", "digest"), LOG_COLUMNS,
-                               log_rows, on_conflict="nothing"):
+    with dialect.inserting_new(
+            conn, dialect.NewRows(TRACE_TAGS, ("trace_id", "tag_key"), TAG_COLUMNS, tag_rows),
+            dialect.NewRows(OUTBOX, ("trace_id", "tag_key"), OUTBOX_COLUMNS, outbox_rows),
+            dialect.NewRows(DECISION_LOG, ("trace_id", "digest"), LOG_COLUMNS, log_rows,
+                            on_conflict="nothing")):
         yield
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 from sqlalchemy import Connection, String, Table, any_, bindparam
@@ -158,33 +158,47 @@ def bulk_upsert(conn: Connection, table: Table, key: Sequence[str], columns: Seq
         cur.close()
 
 
+class NewRows(NamedTuple):
+    """Rows for ``inserting_new``: a ``bulk_upsert``'s arguments."""
+
+    table: Table
+    key: Sequence[str]
+    columns: Sequence[str]
+    rows: Sequence[Sequence[Any]]
+    newer_col: str | None = None
+    on_conflict: str = "update"
+
+    def upsert(self, conn: Connection) -> None:
+        bulk_upsert(conn, self.table, self.key, self.columns, self.rows,
+                    newer_col=self.newer_col, on_conflict=self.on_conflict)
+
+
 def insert_new(conn: Connection, table: Table, key: Sequence[str], columns: Sequence[str],
                rows: Sequence[Sequence[Any]], *, newer_col: str | None = None,
                on_conflict: str = "update") -> None:
     """``bulk_upsert`` of rows whose keys the caller found absent (say, traces its read did not
     find, under the trace locks): the same result, cheaper for new rows (``inserting_new``)."""
-    with inserting_new(conn, table, key, columns, rows, newer_col=newer_col,
-                       on_conflict=on_conflict):
+    with inserting_new(conn, NewRows(table, key, columns, rows, newer_col, on_conflict)):
         pass
 
 
 @contextlib.contextmanager
-def inserting_new(conn: Connection, table: Table, key: Sequence[str], columns: Sequence[str],
-                  rows: Sequence[Sequence[Any]], *, newer_col: str | None = None,
-                  on_conflict: str = "update") -> Iterator[None]:
-    """``insert_new`` around the body of the ``with``, which runs while PostgreSQL takes the
-    rows in: the body must not use the connection (it computes; the server works meanwhile).
+def inserting_new(conn: Connection, *parts: NewRows) -> Iterator[None]:
+    """``insert_new`` of each part around the body of the ``with``, which runs while
+    PostgreSQL takes the last part in: the body must not use the connection (it computes; the
+    server works meanwhile).
 
-    On PostgreSQL the rows are COPYed straight into the table inside a savepoint, with no
-    staging table and no conflict check: a plain insert. The COPY is sent before the body and
-    completed after it. Should a key exist after all, the COPY fails on the unique index, the
-    savepoint is rolled back and the rows go through ``bulk_upsert``, so a wrong guess costs
-    time, never a different result. On SQLite the rows go through ``bulk_upsert`` first (its
-    conflict clause costs next to nothing there), then the body runs.
+    On PostgreSQL the rows are COPYed straight into their tables inside one savepoint, with no
+    staging table and no conflict check: plain inserts. The last COPY is sent before the body
+    and completed after it. Should a key exist after all, a COPY fails on the unique index,
+    the savepoint is rolled back and every part goes through ``bulk_upsert``, so a wrong guess
+    costs time, never a different result. On SQLite the parts go through ``bulk_upsert``
+    first (its conflict clause costs next to nothing there), then the body runs.
     """
-    if not rows or conn.dialect.name != "postgresql":
-        bulk_upsert(conn, table, key, columns, rows, newer_col=newer_col,
-                    on_conflict=on_conflict)
+    parts = tuple(p for p in parts if p.rows)
+    if not parts or conn.dialect.name != "postgresql":
+        for part in parts:
+            part.upsert(conn)
         yield
         return
     dbapi = conn.connection.dbapi_connection
@@ -195,12 +209,15 @@ def inserting_new(conn: Connection, table: Table, key: Sequence[str], columns: S
     try:
         cur.execute("SAVEPOINT tc_insert_new")
         try:
-            with cur.copy(f"COPY {table.name} ({_column_list(columns)}) FROM STDIN") as copy:
-                for r in rows:
-                    copy.write_row(r)
-                in_body = ran = True
-                yield
-                in_body = False
+            for i, part in enumerate(parts):
+                with cur.copy(f"COPY {part.table.name} ({_column_list(part.columns)}) "
+                              "FROM STDIN") as copy:
+                    for r in part.rows:
+                        copy.write_row(r)
+                    if i == len(parts) - 1:
+                        in_body = ran = True
+                        yield
+                        in_body = False
         except integrity_error as exc:
             if in_body or getattr(exc, "sqlstate", None) != _UNIQUE_VIOLATION:
                 raise
@@ -210,8 +227,8 @@ def inserting_new(conn: Connection, table: Table, key: Sequence[str], columns: S
     finally:
         cur.close()
     if fallback:
-        bulk_upsert(conn, table, key, columns, rows, newer_col=newer_col,
-                    on_conflict=on_conflict)
+        for part in parts:
+            part.upsert(conn)
     if not ran:
         yield
 

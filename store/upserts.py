@@ -271,8 +271,8 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
         return _metric_deltas(metrics_config, before, traces, summaries, assessments, changes,
                               metrics.facts_of(inputs.feedback_now or {}), now_ms)
 
-    with dialect.inserting_new(conn, TRACES, ("trace_id",), TRACE_COLUMNS, new_rows,
-                               newer_col="completeness"):
+    with dialect.inserting_new(conn, dialect.NewRows(TRACES, ("trace_id",), TRACE_COLUMNS,
+                                                     new_rows, newer_col="completeness")):
         if inputs is not None:
             decisions = _decide(inputs, decider, now_ms)
             if decisions is None and metrics_config is not None:

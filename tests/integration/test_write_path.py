@@ -198,15 +198,15 @@ def test_an_error_while_the_copy_is_open_propagates_and_nothing_is_written(
             for i, d in enumerate(docs)]
     engine = make_engine(store_url)
     ran = []
+    new = dialect.NewRows(TRACES, ("trace_id",), TRACE_COLUMNS, rows, "completeness")
     with pytest.raises(ZeroDivisionError), engine.begin() as conn, dialect.inserting_new(
-            conn, TRACES, ("trace_id",), TRACE_COLUMNS, rows, newer_col="completeness"):
+            conn, new):
         ran.append(True)
         _ = 1 / 0
     assert ran == [True]
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM traces")).scalar_one() == 0
-    with engine.begin() as conn, dialect.inserting_new(
-            conn, TRACES, ("trace_id",), TRACE_COLUMNS, rows, newer_col="completeness"):
+    with engine.begin() as conn, dialect.inserting_new(conn, new):
         ran.append(True)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM traces")).scalar_one() == 2
@@ -229,4 +229,30 @@ def test_select_in_finds_exactly_the_ids_asked_whatever_they_hold(store_url: str
                                   [*odd, *many], json_columns=(1,))
     assert sorted(r[0] for r in found) == sorted(odd[1:])
     assert all(isinstance(r[1], dict) for r in found)
+    engine.dispose()
+
+
+def test_a_wrong_guess_in_one_part_sends_every_part_through_the_upsert(store_url: str) -> None:
+    """Several parts share one savepoint: a key found in the first rolls the others back too,
+    and every part is then upserted; the body runs once either way."""
+    columns = ("trace_id", "tag_key", "tag_value", "rule", "digest", "decided_ms")
+    log_columns = ("trace_id", "digest", "decided_ms", "trigger", "outcomes", "tags")
+    engine = make_engine(store_url)
+    with engine.begin() as conn:
+        dialect.bulk_upsert(conn, TRACE_TAGS, ("trace_id", "tag_key"), columns,
+                            [("t1", "k", "old", "r", "d0", 1)])
+    ran = []
+    with engine.begin() as conn, dialect.inserting_new(
+            conn,
+            dialect.NewRows(TRACE_TAGS, ("trace_id", "tag_key"), columns,
+                            [("t1", "k", "new", "r", "d1", 2), ("t2", "k", "v", "r", "d1", 2)]),
+            dialect.NewRows(DECISION_LOG, ("trace_id", "digest"), log_columns,
+                            [("t1", "d1", 2, "trace", "[]", "{}")], on_conflict="nothing")):
+        ran.append(True)
+    assert ran == [True]
+    with engine.connect() as conn:
+        tags = sorted(conn.execute(text("SELECT trace_id, tag_value FROM trace_tags")).all())
+        log = conn.execute(text("SELECT trace_id, digest FROM decision_log")).all()
+    assert [tuple(r) for r in tags] == [("t1", "new"), ("t2", "v")]
+    assert [tuple(r) for r in log] == [("t1", "d1")]
     engine.dispose()
