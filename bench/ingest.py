@@ -11,7 +11,7 @@ Measured, in one run and on one embedded tansu broker:
     are excluded, as for the ceiling). Peak RSS is the subprocess's VmHWM, sampled every 0.2 s.
 Afterwards the store must hold exactly N rows in ``traces``; otherwise it prints MISMATCH and
 exits 1. Timings are printed, never asserted. The memory check of the issue (peak RSS under
-400 MB while a backlog of 1M events drains) is ``--events 1000000 --backends postgresql``.
+300 MB while a backlog of 1M events drains) is ``--events 1000000 --backends postgresql``.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from store.engine import make_engine
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGET_PER_S = {"sqlite": 15_000, "postgresql": 10_000}
-TARGET_RSS_MB = 400
+TARGET_PER_S = {"sqlite": 15_000, "postgresql": 12_000}
+TARGET_RSS_MB = 300
 # Real fixture kinds and how many templates of each; the mix keeps the mean event in 2-4 KB
 # (compact orjson: ok ~4.1 KB, error ~5.1 KB, slow ~2.7 KB).
 TEMPLATE_MIX = (("ok", 3), ("slow", 3), ("error", 2))
@@ -306,7 +306,7 @@ def run_backend(backend: str, args: argparse.Namespace, bootstrap: str, topics: 
                   busy_s=busy_s, per_s=per_s, ceiling_per_s=ceiling_per_s,
                   ratio=per_s / ceiling_per_s if ceiling_per_s else 0.0, peak_rss_mb=peak_mb,
                   wall_s=wall_s, target_per_s=target,
-                  meets_target=per_s >= target and peak_mb < TARGET_RSS_MB,
+                  meets_target=per_s >= target and peak_mb <= TARGET_RSS_MB,
                   exit_code=proc.returncode)
 
 
@@ -356,7 +356,7 @@ def print_table(results: list[Result]) -> None:
             f"{'ratio':>7}{'peak_RSS_MB':>13}  {'target':<24}meets target")
     print("\n" + head + "\n" + "-" * len(head))
     for r in results:
-        target = f">={r.target_per_s:,}/s, RSS<{TARGET_RSS_MB} MB"
+        target = f">={r.target_per_s:,}/s, RSS<={TARGET_RSS_MB} MB"
         print(f"{r.backend:<11}{r.events:>9}{r.busy_s:>8.2f}{r.per_s:>10,.0f}"
               f"{r.ceiling_per_s:>11,.0f}{r.ratio:>7.2f}{r.peak_rss_mb:>13.1f}  {target:<24}"
               f"{'yes' if r.meets_target else 'no'}")
