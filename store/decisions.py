@@ -2,7 +2,7 @@
 
 A batch is decided in its transaction, before its commit (invariant 3 in docs/design.md), in
 three steps: reads (``decision_views``, ``current_tags``), ``decide`` (pure: evaluate and
-``plan_decisions``), ``write_decisions``; ``decide_batch`` runs them after a batch's upserts:
+``plan_decisions``), ``write_decisions`` (``store.upserts.apply_batch`` runs them):
   1. a trace's view is its most complete version: the stored row read *before* the upsert
      (``prior_versions``), unless the batch brought a strictly more complete one;
   2. traces touched only by assessments are read from the store (a trace not stored yet is
@@ -183,40 +183,11 @@ def decide(decider: Decider, views: Mapping[str, tuple[TraceView, str]],
     return plan_decisions(evaluations, decider.tag_keys(), now_ms, current, set(seen))
 
 
-def decide_batch(conn: Connection, decider: Decider, traces: Sequence[TraceEvent],
-                 assessments: Sequence[AssessmentEvent], prior: Mapping[str, Prior],
-                 now_ms: int, feedback: Mapping[str, Sequence[AssessmentView]] | None = None
-                 ) -> list[TagChange]:
-    """Evaluate every trace the batch touched; returns the tags that changed. ``feedback``:
-    the valid feedback of (at least) those traces, as stored now, if the caller read it."""
-    views = decision_views(conn, decider, traces, assessments, prior)
-    if not views:
-        return []
-    if not decider.needs_assessments():
-        feedback = {}
-    elif feedback is None:
-        feedback = valid_feedback(conn, list(views))
-    seen = seen_before(views, prior)
-    current = current_tags(conn, seen) if seen else {}
-    return write_decisions(conn, decide(decider, views, feedback, current, seen, now_ms))
-
-
 _UNINFORMATIVE = frozenset({"no_match", "not_applicable"})
 LOG_COLUMNS = ("trace_id", "digest", "decided_ms", "trigger", "outcomes", "tags")
 TAG_COLUMNS = ("trace_id", "tag_key", "tag_value", "rule", "digest", "decided_ms")
 OUTBOX_COLUMNS = ("trace_id", "tag_key", "tag_value", "digest", "created_ms", "attempts",
                   "next_attempt_ms", "waiting_for_trace", "last_error")
-
-
-def record_decisions(conn: Connection, evaluations: Sequence[tuple[Evaluation, str]],
-                     tag_keys: frozenset[str], now_ms: int,
-                     seen_before: Sequence[str] | None = None) -> list[TagChange]:
-    """Log informative evaluations, and queue every tag whose value changed (returned).
-    ``seen_before``: the traces that may have tags already (by default all)."""
-    ids = [ev.trace_id for ev, _ in evaluations] if seen_before is None else list(seen_before)
-    current = current_tags(conn, ids) if ids else {}
-    return write_decisions(conn, plan_decisions(evaluations, tag_keys, now_ms, current,
-                                                set(ids)))
 
 
 def plan_decisions(evaluations: Sequence[tuple[Evaluation, str]], tag_keys: frozenset[str],

@@ -11,7 +11,7 @@ import pytest
 from consumers.errors import TransientError
 from consumers.events import Evaluation
 from store import schema
-from store.decisions import record_decisions
+from store.decisions import current_tags, plan_decisions, write_decisions
 from store.engine import make_engine
 from worker.tag_writer import TagRefusedError, TagWriter
 
@@ -50,8 +50,10 @@ def engine(tmp_path: Path) -> Any:
 def decide(engine: Any, trace_id: str, value: str | None, digest: str, now_ms: int) -> None:
     tags = {"eval_candidate": (value, "rule")} if value else {}
     with engine.begin() as conn:
-        record_decisions(conn, [(Evaluation(trace_id, (), tags, digest), "trace")],
-                         frozenset({"eval_candidate"}), now_ms)
+        current = current_tags(conn, [trace_id])
+        write_decisions(conn, plan_decisions(
+            [(Evaluation(trace_id, (), tags, digest), "trace")], frozenset({"eval_candidate"}),
+            now_ms, current, {trace_id}))
 
 
 def writer(engine: Any, sink: FakeSink, clock: list[float]) -> TagWriter:
