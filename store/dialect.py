@@ -117,8 +117,8 @@ def bulk_upsert(conn: Connection, table: Table, key: Sequence[str], columns: Seq
     """
     if not rows:
         return
-    col_list = _column_list(columns)
-    keys = _column_list(key)
+    col_list = column_list(columns)
+    keys = column_list(key)
     if on_conflict == "nothing":
         conflict = f"ON CONFLICT ({keys}) DO NOTHING"
     else:
@@ -210,7 +210,7 @@ def inserting_new(conn: Connection, *parts: NewRows) -> Iterator[None]:
         cur.execute("SAVEPOINT tc_insert_new")
         try:
             for i, part in enumerate(parts):
-                with cur.copy(f"COPY {part.table.name} ({_column_list(part.columns)}) "
+                with cur.copy(f"COPY {part.table.name} ({column_list(part.columns)}) "
                               "FROM STDIN") as copy:
                     for r in part.rows:
                         copy.write_row(r)
@@ -236,7 +236,8 @@ def inserting_new(conn: Connection, *parts: NewRows) -> Iterator[None]:
 _UNIQUE_VIOLATION = "23505"
 
 
-def _column_list(columns: Sequence[str]) -> str:
+def column_list(columns: Sequence[str]) -> str:
+    """Column names quoted for SQL text written by hand (the DBAPI paths)."""
     return ", ".join(f'"{c}"' for c in columns)
 
 

@@ -163,9 +163,9 @@ def read_buckets_by_key(conn: Connection, table: Table,
     IN list of up to ``KEY_CHUNK`` keys a statement, one prepared statement per chunk size."""
     out: dict[tuple[int, BucketKey], Agg] = {}
     n = len(SCALAR_NAMES)
-    cols = ", ".join(f'"{c}"' for c in (*KEY_COLUMNS, *SCALAR_NAMES, "sketches", "spans",
-                                         "feedback", "candidates"))
-    key_cols = ", ".join(f'"{c}"' for c in KEY_COLUMNS)
+    cols = dialect.column_list((*KEY_COLUMNS, *SCALAR_NAMES, "sketches", "spans", "feedback",
+                                "candidates"))
+    key_cols = dialect.column_list(KEY_COLUMNS)
     pg = conn.dialect.name == "postgresql"
     mark = "%s" if pg else "?"
     row = f"({', '.join([mark] * len(KEY_COLUMNS))})"
