@@ -4,19 +4,16 @@ Loading the default rules, a rules file or a datasets file in a process that has
 MLflow leaves ``mlflow`` out of ``sys.modules`` and starts at most one helper per file (these run
 in child interpreters, so this test process's own imports do not interfere). The helper's answers
 equal MLflow's in-process ones (clauses with IN tuples restored, floats, unicode, and the parser's
-error texts); a helper that idles out is replaced; one that cannot start or does not answer is a
-``ConfigError`` that says so.
+error texts); one that cannot start, fails or does not answer is a ``ConfigError`` that says
+so.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,14 +45,6 @@ def run_python(code: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-@pytest.fixture
-def helper() -> Iterator[None]:
-    """A fresh helper for the test, stopped afterwards, whatever the test changed."""
-    mlflow_parser.close()
-    yield
-    mlflow_parser.close()
-
-
 def test_loading_the_default_rules_leaves_mlflow_out_and_starts_one_helper() -> None:
     out = run_python(
         "import sys\n"
@@ -64,7 +53,7 @@ def test_loading_the_default_rules_leaves_mlflow_out_and_starts_one_helper() -> 
         "from worker.rules import mlflow_parser\n"
         "rules = load_rules(None)\n"
         "assert any(r.filters for r in rules.rules)\n"
-        "print('mlflow' in sys.modules, mlflow_parser._HELPER.started)\n"
+        "print('mlflow' in sys.modules, mlflow_parser.helpers_started())\n"
     )
     assert out == "False 1"
 
@@ -82,21 +71,20 @@ def test_a_rules_file_and_a_datasets_file_cost_one_helper_each_at_most(tmp_path:
         "from worker.curation.specs import parse_specs\n"
         "from worker.rules import mlflow_parser\n"
         f"load_rules({str(tmp_path / 'rules.yaml')!r})\n"
-        "after_rules = mlflow_parser._HELPER.started\n"
-        "mlflow_parser.close()\n"
+        "after_rules = mlflow_parser.helpers_started()\n"
         f"specs = parse_specs({datasets!r})\n"
-        "print('mlflow' in sys.modules, after_rules, mlflow_parser._HELPER.started)\n"
+        "print('mlflow' in sys.modules, after_rules, mlflow_parser.helpers_started())\n"
     )
     assert out == "False 1 2"
 
 
-def test_the_helper_answers_what_mlflow_answers_in_process(helper: None) -> None:
+def test_the_helper_answers_what_mlflow_answers_in_process() -> None:
     assert parse_in_helper(TEXTS) == [parse_here(text) for text in TEXTS]
     assert parse_in_helper(TEXTS[:1])[0][0]["value"] == ("OK", "ERROR")  # type: ignore[index]
 
 
 def test_a_config_error_from_the_helper_path_reads_as_in_process(
-        helper: None, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch) -> None:
     def messages() -> list[str]:
         out = []
         for text in TEXTS:
@@ -114,26 +102,18 @@ def test_a_config_error_from_the_helper_path_reads_as_in_process(
     assert sum(m != "ok" for m in here) == 4
 
 
-def test_a_helper_that_idled_out_or_vanished_is_replaced(
-        helper: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mlflow_parser, "IDLE_EXIT_S", 0.2)
-    started = mlflow_parser._HELPER.started
+def test_a_helper_that_fails_names_its_last_error_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    started = mlflow_parser.helpers_started()
     assert parse_in_helper(["tags.a = 'b'"]) == [parse_here("tags.a = 'b'")]
-    time.sleep(1.0)  # it exits by itself
-    assert parse_in_helper(["tags.a = 'c'"]) == [parse_here("tags.a = 'c'")]
-    assert mlflow_parser._HELPER.started == started + 2
-    # Gone between the liveness check and the request: retried once on a new helper.
-    proc = mlflow_parser._HELPER._proc
-    assert proc is not None
-    monkeypatch.setattr(proc, "poll", lambda: None)
-    os.kill(proc.pid, signal.SIGKILL)
-    time.sleep(0.2)
-    assert parse_in_helper(["tags.a = 'd'"]) == [parse_here("tags.a = 'd'")]
-    assert mlflow_parser._HELPER.started == started + 3
+    assert mlflow_parser.helpers_started() == started + 1  # one helper per request
+    monkeypatch.setattr(mlflow_parser, "_BOOT", "raise SystemExit('MLflow is broken here')")
+    with pytest.raises(ParserUnavailable,
+                       match=r"a helper process\) exited: MLflow is broken here$"):
+        parse_in_helper(["tags.a = 'b'"])
 
 
 def test_a_helper_that_cannot_start_or_answer_is_a_clear_config_error(
-        helper: None, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "executable", str(Path("/nonexistent/python")))
     with pytest.raises(ParserUnavailable, match="cannot start MLflow's filter parser"):
         parse_in_helper(["tags.a = 'b'"])

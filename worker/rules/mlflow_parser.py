@@ -3,46 +3,36 @@
 Importing MLflow's search utilities costs a process about 150 MB of resident memory for good, and
 the worker would pay it only to parse a few filter texts at start-up: the parsed clauses are plain
 data (dicts of str, int, float, None and tuples of str). So when ``mlflow`` is already imported
-here (tests, the demo), texts are parsed in this process. Otherwise one helper process, this file
-run as ``__main__`` by the same interpreter, imports MLflow and answers requests: one JSON line in
-(a list of texts), one JSON line out (per text, its clauses or the text of the parser's error,
-exactly as MLflow raised it). Tuples, which JSON turns into lists, are restored.
-
-The helper serves every request of a burst (the filters of a rules file come as one request, those
-of a datasets file one by one, milliseconds apart) and exits by itself after ``IDLE_EXIT_S``
-seconds without a request, or as soon as its stdin closes (this process closed it, or died). A
-request that finds the helper gone because it had just idled out is retried once on a new one;
-a helper that cannot start, dies, or does not answer within ``REPLY_TIMEOUT_S`` raises
-``ParserUnavailable``. This module imports only the standard library, so the helper loads
-nothing of the worker.
+here (tests, the demo), texts are parsed in this process. Otherwise one helper process per
+request (this file run as ``__main__`` by the same interpreter) imports MLflow, reads a JSON
+list of texts on stdin, writes per text its clauses or the text of the parser's error (exactly
+as MLflow raised it) as JSON on stdout, and exits. Tuples, which JSON turns into lists, are
+restored. Callers ask once per file (``worker.rules.filters.prepare``), so a worker starts one
+helper for its rules and one for its datasets. A helper that cannot start, fails, or does not
+answer within ``REPLY_TIMEOUT_S`` raises ``ParserUnavailable``. This module imports only the
+standard library, so the helper loads nothing of the worker.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
-import select
 import subprocess
 import sys
-import tempfile
-import threading
-import time
 from collections.abc import Callable, Sequence
-from typing import IO, Any
+from typing import Any
 
-__all__ = ["IDLE_EXIT_S", "REPLY_TIMEOUT_S", "Parsed", "ParserUnavailable", "parse_texts"]
+__all__ = ["REPLY_TIMEOUT_S", "Parsed", "ParserUnavailable", "parse_texts"]
 
 Parsed = tuple[dict[str, Any], ...] | str  # the clauses, or the parser's error message
 
-REPLY_TIMEOUT_S = 60.0  # the first reply waits for MLflow to be imported (seconds on a busy host)
-IDLE_EXIT_S = 2.0
+REPLY_TIMEOUT_S = 60.0  # the reply waits for MLflow to be imported (seconds on a busy host)
 # Runs this file as __main__ without importing the worker package; argv as for ``-m``.
 _BOOT = "import runpy, sys; del sys.argv[0]; runpy.run_path(sys.argv[0], run_name='__main__')"
 
 
 class ParserUnavailable(Exception):
-    """The helper process could not parse: it did not start, died, or did not answer in time."""
+    """The helper process could not parse: it did not start, failed, or did not answer in time."""
 
 
 def parse_texts(texts: Sequence[str]) -> list[Parsed]:
@@ -51,12 +41,12 @@ def parse_texts(texts: Sequence[str]) -> list[Parsed]:
         return []
     if "mlflow" in sys.modules:
         return [parse_here(text) for text in texts]
-    return _HELPER.request(list(texts))
+    return _request(list(texts))
 
 
 def parse_in_helper(texts: Sequence[str]) -> list[Parsed]:
     """Each text parsed by the helper process, whatever this process has imported."""
-    return _HELPER.request(list(texts)) if texts else []
+    return _request(list(texts)) if texts else []
 
 
 def parse_here(text: str) -> Parsed:
@@ -73,149 +63,41 @@ def parse_here(text: str) -> Parsed:
     return tuple(clauses)
 
 
-def close() -> None:
-    """Stop the helper now, if one runs (it would exit after ``IDLE_EXIT_S`` anyway)."""
-    _HELPER.close()
-
-
 # --- This side: the client of the helper ---
 
-
-class _Gone(Exception):
-    """The helper's pipes closed before a full reply."""
+_started = 0  # helpers started by this process, for tests
 
 
-class _Helper:
-    """One helper process at a time, used under a lock; ``served`` counts its replies."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stderr: IO[bytes] | None = None
-        self._owner = 0  # the pid that started it: a forked copy of this process starts its own
-        self._served = 0
-        self.started = 0  # helpers started by this process, for tests
-
-    def request(self, texts: list[str]) -> list[Parsed]:
-        line = (json.dumps(texts) + "\n").encode("ascii")
-        with self._lock:
-            for attempt in (1, 2):
-                proc = self._live()
-                fresh = self._served == 0
-                try:
-                    reply = self._exchange(proc, line)
-                except _Gone:
-                    problem = self._discard()
-                    if fresh or attempt == 2:
-                        raise ParserUnavailable(
-                            f"MLflow's filter parser (a helper process) exited: {problem}"
-                        ) from None
-                    continue  # it had idled out just before this request: start a new one
-                self._served += 1
-                return _decode(reply, len(texts))
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        with self._lock:
-            self._discard()
-
-    def _live(self) -> subprocess.Popen[bytes]:
-        proc = self._proc
-        if proc is not None and proc.poll() is None and self._owner == os.getpid():
-            return proc
-        self._discard()
-        if not sys.executable:
-            raise ParserUnavailable("MLflow's filter parser needs sys.executable, which is unset")
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _discard
-        try:
-            proc = subprocess.Popen(  # noqa: S603 - this interpreter, this file, no shell
-                [sys.executable, "-c", _BOOT, os.path.abspath(__file__), str(IDLE_EXIT_S)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=self._stderr,
-                bufsize=0,
-            )
-        except OSError as exc:
-            self._discard()
-            raise ParserUnavailable(f"cannot start MLflow's filter parser: {exc}") from exc
-        self._proc, self._owner, self._served = proc, os.getpid(), 0
-        self.started += 1
-        return proc
-
-    def _exchange(self, proc: subprocess.Popen[bytes], line: bytes) -> Any:
-        assert proc.stdin is not None and proc.stdout is not None
-        deadline = time.monotonic() + REPLY_TIMEOUT_S
-        try:
-            _write_all(proc.stdin.fileno(), line, deadline)
-            data = _read_line(proc.stdout.fileno(), deadline)
-        except TimeoutError:
-            self._discard()
-            raise ParserUnavailable(
-                f"MLflow's filter parser (a helper process) did not answer within "
-                f"{REPLY_TIMEOUT_S:g} s"
-            ) from None
-        except OSError as exc:  # BrokenPipeError: it had exited
-            raise _Gone from exc
-        try:
-            return json.loads(data)
-        except ValueError:
-            self._discard()
-            raise ParserUnavailable("MLflow's filter parser gave a malformed reply") from None
-
-    def _discard(self) -> str:
-        """Stop and forget the helper; what it wrote to stderr (its last lines), or its exit."""
-        proc, self._proc = self._proc, None
-        problem = ""
-        if proc is not None:
-            for pipe in (proc.stdin, proc.stdout):
-                if pipe is not None:
-                    pipe.close()
-            try:
-                code = proc.wait(timeout=0.5)  # at once, unless it is still importing MLflow
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = proc.wait()
-            problem = f"exit status {code}"
-        if self._stderr is not None:
-            self._stderr.seek(0)
-            tail = self._stderr.read()[-2000:].decode("utf-8", "replace").strip().splitlines()
-            if tail:
-                problem = tail[-1]
-            self._stderr.close()
-            self._stderr = None
-        return problem
+def helpers_started() -> int:
+    """How many helper processes this process has started."""
+    return _started
 
 
-def _write_all(fd: int, data: bytes, deadline: float) -> None:
-    view = memoryview(data)
-    os.set_blocking(fd, False)
-    while view:
-        _wait(fd, deadline, write=True)
-        try:
-            view = view[os.write(fd, view) :]
-        except BlockingIOError:
-            continue
-
-
-def _read_line(fd: int, deadline: float) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        _wait(fd, deadline, write=False)
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            raise _Gone
-        chunks.append(chunk)
-        if chunk.endswith(b"\n"):
-            return b"".join(chunks)
-
-
-def _wait(fd: int, deadline: float, *, write: bool) -> None:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError
-    ready = select.select([], [fd], [], left) if write else select.select([fd], [], [], left)
-    if not any(ready):
-        raise TimeoutError
+def _request(texts: list[str]) -> list[Parsed]:
+    """``texts`` parsed by a new helper process."""
+    global _started
+    if not sys.executable:
+        raise ParserUnavailable("MLflow's filter parser needs sys.executable, which is unset")
+    _started += 1
+    try:
+        done = subprocess.run(  # noqa: S603 - this interpreter, this file, no shell
+            [sys.executable, "-c", _BOOT, os.path.abspath(__file__)],
+            input=json.dumps(texts).encode("ascii"), capture_output=True,
+            timeout=REPLY_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise ParserUnavailable(f"MLflow's filter parser (a helper process) did not answer "
+                                f"within {REPLY_TIMEOUT_S:g} s") from None
+    except OSError as exc:
+        raise ParserUnavailable(f"cannot start MLflow's filter parser: {exc}") from exc
+    if done.returncode != 0:
+        tail = done.stderr[-2000:].decode("utf-8", "replace").strip().splitlines()
+        problem = tail[-1] if tail else f"exit status {done.returncode}"
+        raise ParserUnavailable(f"MLflow's filter parser (a helper process) exited: {problem}")
+    try:
+        reply = json.loads(done.stdout)
+    except ValueError:
+        raise ParserUnavailable("MLflow's filter parser gave a malformed reply") from None
+    return _decode(reply, len(texts))
 
 
 def _decode(reply: Any, count: int) -> list[Parsed]:
@@ -237,35 +119,18 @@ def _restore(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-_HELPER = _Helper()
-atexit.register(close)
-
-
 # --- The other side: the helper itself ---
 
 
-def main(argv: Sequence[str]) -> int:
-    """Serve requests on stdin until it closes or stays quiet for ``argv[1]`` seconds."""
-    idle_s = float(argv[1]) if len(argv) > 1 else IDLE_EXIT_S
+def main() -> int:
+    """Parse the JSON list of texts on stdin; the replies as one JSON list on stdout."""
     out = os.dup(1)
-    os.dup2(2, 1)  # whatever MLflow prints goes to stderr, never into a reply
-    import mlflow.utils.search_utils  # noqa: F401 - at once, while the first request is written
-
-    pending = b""
-    while True:
-        ready, _, _ = select.select([0], [], [], idle_s)
-        if not ready:
-            return 0
-        chunk = os.read(0, 1 << 16)
-        if not chunk:
-            return 0
-        pending += chunk
-        while b"\n" in pending:
-            line, pending = pending.split(b"\n", 1)
-            reply = [_encode(parse_here(text)) for text in json.loads(line)]
-            data = memoryview((json.dumps(reply) + "\n").encode("ascii"))
-            while data:
-                data = data[os.write(out, data) :]
+    os.dup2(2, 1)  # whatever MLflow prints goes to stderr, never into the reply
+    texts = json.loads(sys.stdin.buffer.read())
+    reply = json.dumps([_encode(parse_here(text)) for text in texts]).encode("ascii")
+    with os.fdopen(out, "wb") as stdout:
+        stdout.write(reply)
+    return 0
 
 
 def _encode(parsed: Parsed) -> Any:
@@ -273,4 +138,4 @@ def _encode(parsed: Parsed) -> Any:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(main())
