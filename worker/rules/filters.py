@@ -22,19 +22,12 @@ from typing import Any
 from consumers.errors import ConfigError
 from consumers.events import TraceView
 from worker.rules.mlflow_parser import Parsed, ParserUnavailable, parse_texts
-from worker.rules.predicates import ClauseError, Predicate, compile_clause
+from worker.rules.predicates import ATTRIBUTE_OPS, TAG_OPS, ClauseError, Predicate, compile_clause
 from worker.yaml_files import brief, cut
 
 __all__ = ["Filter", "TraceInfoView", "match_clause", "parse_filter", "prepare"]
 
 _STATUSES = frozenset({"OK", "ERROR", "IN_PROGRESS", "STATE_UNSPECIFIED"})
-_STRING_OPS = frozenset({"=", "!=", "LIKE", "ILIKE", "IS NULL", "IS NOT NULL"})
-_ATTRIBUTE_OPS = {
-    "status": frozenset({"=", "!=", "LIKE", "ILIKE", "IN", "NOT IN"}),
-    "request_id": frozenset({"=", "!=", "LIKE", "ILIKE", "IN", "NOT IN"}),
-    "timestamp_ms": frozenset({"=", "!=", ">", ">=", "<", "<="}),
-    "execution_time_ms": frozenset({"=", "!=", ">", ">=", "<", "<="}),
-}
 _NOT_LOCAL = {
     "span": "span.* and trace.text filters need span data, which rules do not see",
     "feedback": "feedback.* filters need the server; use the rule's feedback: condition",
@@ -170,9 +163,9 @@ def _clause_problem(clause: Mapping[str, Any]) -> str | None:
     if kind in _NOT_LOCAL:
         return _NOT_LOCAL[kind]
     if kind in ("tag", "request_metadata"):
-        if op not in _STRING_OPS:
+        if op not in TAG_OPS:
             where = "tags" if kind == "tag" else "metadata"
-            return f"operator {op} is not supported on {where}; use one of {sorted(_STRING_OPS)}"
+            return f"operator {op} is not supported on {where}; use one of {sorted(TAG_OPS)}"
         if isinstance(value, str) and "''" in value:
             return "MLflow does not unescape '' in a quoted value; put it in double quotes"
     elif kind == "attribute":
@@ -183,9 +176,9 @@ def _clause_problem(clause: Mapping[str, Any]) -> str | None:
 def _attribute_problem(key: str, op: str, value: Any) -> str | None:
     if key == "end_time_ms":
         return "end_time_ms is not known locally; use timestamp_ms and execution_time_ms"
-    if key not in _ATTRIBUTE_OPS:
-        return f"attributes.{key} is not available to rules; use {sorted(_ATTRIBUTE_OPS)}"
-    if op not in _ATTRIBUTE_OPS[key]:
+    if key not in ATTRIBUTE_OPS:
+        return f"attributes.{key} is not available to rules; use {sorted(ATTRIBUTE_OPS)}"
+    if op not in ATTRIBUTE_OPS[key]:
         return f"operator {op} is not supported on attributes.{key}"
     number = isinstance(value, int | float) and not isinstance(value, bool)
     if key.endswith("_ms") and not number:

@@ -28,15 +28,18 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["ClauseError", "Predicate", "compile_clause", "like_regex"]
+__all__ = ["ATTRIBUTE_OPS", "TAG_OPS", "ClauseError", "Predicate", "compile_clause", "like_regex"]
 
 Predicate = Callable[[Any], bool]
 
-_TAG_OPS = frozenset({"=", "!=", "LIKE", "ILIKE", "IS NULL", "IS NOT NULL"})
-_STRING_ATTRIBUTES = frozenset({"status", "request_id"})
-_STRING_ATTRIBUTE_OPS = frozenset({"=", "!=", "LIKE", "ILIKE", "IN", "NOT IN"})
-_NUMERIC_ATTRIBUTES = frozenset({"timestamp_ms", "execution_time_ms"})
-_NUMERIC_ATTRIBUTE_OPS = frozenset({"=", "!=", ">", ">=", "<", "<="})
+# The comparators evaluated locally: on tags and metadata, and per attribute.
+TAG_OPS = frozenset({"=", "!=", "LIKE", "ILIKE", "IS NULL", "IS NOT NULL"})
+_STRING_OPS = frozenset({"=", "!=", "LIKE", "ILIKE", "IN", "NOT IN"})
+_NUMBER_OPS = frozenset({"=", "!=", ">", ">=", "<", "<="})
+ATTRIBUTE_OPS: Mapping[str, frozenset[str]] = {
+    "status": _STRING_OPS, "request_id": _STRING_OPS,
+    "timestamp_ms": _NUMBER_OPS, "execution_time_ms": _NUMBER_OPS,
+}
 
 
 class ClauseError(ValueError):
@@ -58,17 +61,14 @@ def compile_clause(clause: Mapping[str, Any]) -> Predicate:
     kind, key, value = clause.get("type"), clause.get("key"), clause.get("value")
     op = str(clause.get("comparator")).upper()
     if kind in ("tag", "request_metadata"):
-        if op not in _TAG_OPS:
+        if op not in TAG_OPS:
             raise ClauseError(f"comparator {op} is not evaluated locally on {kind} values")
         if op in ("IS NULL", "IS NOT NULL"):
             return _presence(kind, key, op == "IS NULL")
         return _from_mapping(kind, key, _test(op, value))
     if kind == "attribute":
-        if key in _STRING_ATTRIBUTES:
-            allowed = _STRING_ATTRIBUTE_OPS
-        elif key in _NUMERIC_ATTRIBUTES:
-            allowed = _NUMERIC_ATTRIBUTE_OPS
-        else:
+        allowed = ATTRIBUTE_OPS.get(key) if isinstance(key, str) else None
+        if allowed is None or not isinstance(key, str):
             raise ClauseError(f"attribute {key!r} is not known locally")
         if op not in allowed:
             raise ClauseError(f"comparator {op} is not evaluated locally on attribute {key}")
