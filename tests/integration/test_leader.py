@@ -47,3 +47,34 @@ def test_sqlite_always_leads(store_url: str) -> None:
     assert LeaderLock(engine, "tag-writer").ensure() is True
     assert LeaderLock(engine, "tag-writer").ensure() is True
     engine.dispose()
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+def test_trace_locks_exclude_other_transactions_on_the_same_traces(store_url: str) -> None:
+    """``lock_traces`` holds each trace's lock to the end of the transaction: a second
+    transaction on one of those traces waits (here: times out), one on other traces does not."""
+    from sqlalchemy import exc as sa_exc
+
+    from store import locks
+
+    engine = make_engine(store_url)
+    try:
+        with engine.connect() as a, engine.connect() as b:
+            a.begin()
+            locks.lock_traces(a, ["tr-1", "tr-2", "tr-3"])
+            b.begin()
+            b.execute(text("SET LOCAL lock_timeout = '200ms'"))
+            locks.lock_traces(b, ["tr-4", "tr-5"])  # other traces: at once
+            b.rollback()
+            b.begin()
+            b.execute(text("SET LOCAL lock_timeout = '200ms'"))
+            with pytest.raises(sa_exc.OperationalError, match="lock timeout"):
+                locks.lock_traces(b, ["tr-9", "tr-2"])
+            b.rollback()
+            a.rollback()  # the transaction ends, and its locks with it
+            b.begin()
+            b.execute(text("SET LOCAL lock_timeout = '200ms'"))
+            locks.lock_traces(b, ["tr-2"])
+            b.rollback()
+    finally:
+        engine.dispose()
