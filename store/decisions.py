@@ -197,7 +197,7 @@ def plan_decisions(evaluations: Sequence[tuple[Evaluation, str]], tag_keys: froz
     An evaluation where no rule matched, of a trace that never had a tag, is not logged: it is
     most of the traffic, and ``rules explain`` re-evaluates such a trace on demand. The rows of
     a trace not ``seen`` before (so with no tag, log or outbox row yet) form their own group,
-    written with ``dialect.insert_new``: a plain COPY on PostgreSQL, the upsert as its fallback.
+    written with ``dialect.inserting_new``: a plain COPY on PostgreSQL, the upsert as its fallback.
     """
     had_tags = {tid for tid, _key in current}
     keys = sorted(tag_keys)

@@ -17,7 +17,7 @@ A trace's stored span summary names at most ``SPAN_TYPES_PER_TRACE`` span types 
 one exact ``other`` entry), so no trace can blow up its buckets or the reports.
 On PostgreSQL the batch first takes an advisory lock per touched trace (``store.locks``), so
 concurrent workers never interleave on one trace; the traces (and their decisions) the store
-did not hold before are then plain inserts (``dialect.insert_new``: COPY, the upsert as its
+did not hold before are then plain inserts (``dialect.inserting_new``: COPY, the upsert as its
 fallback). Applying the same batch again, or any redelivered subset, changes nothing.
 """
 
