@@ -503,6 +503,25 @@ def test_equal_inputs_give_equal_evaluation_digests() -> None:
     assert rs.evaluate(trace(), [fbs[1]]).digest != one.digest
 
 
+def test_an_evaluation_digest_is_the_documented_hash_and_remembered_verdicts_change_nothing(
+) -> None:
+    """The digest is blake2b-128 of the rule-set digest, the trace id and each outcome joined by
+    \\x1f (fields by \\x1e), as stored in decision logs written before outcomes were remembered;
+    a rule set that has seen thousands of traces (its remembered verdicts cleared on the way)
+    answers as a fresh one, feedback reasons naming unique assessments included."""
+    rs = load_rules(None)
+    views = [trace(trace_id=f"tr-{i}", status="ERROR" if i % 3 == 0 else "OK",
+                   execution_time_ms=9000 if i % 5 == 0 else 10) for i in range(2400)]
+    fbs = [[feedback(i % 7 / 10, aid=f"a-{i}")] if i % 2 else [] for i in range(2400)]
+    for view, fb in zip(views, fbs, strict=True):
+        ev = rs.evaluate(view, fb)
+        parts = [rs.digest, view.trace_id, *(f"{o.rule}\x1e{o.outcome}\x1e{o.reason}"
+                                              for o in ev.outcomes)]
+        assert ev.digest == hashlib.blake2b("\x1f".join(parts).encode(),
+                                            digest_size=16).hexdigest()
+        assert ev == load_rules(None).evaluate(view, fb)
+
+
 # --- The defaults ------------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import operator
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -178,17 +178,25 @@ def _judge_feedback(
 
 
 _Verdict = tuple[Outcome, str]
+# What a tuple of verdicts resolves to: outcomes, tags, and the digest's text after the trace id.
+_Resolved = tuple[tuple[RuleOutcome, ...], Mapping[str, tuple[str, str]], bytes]
+_RESOLVED_KEPT = 1024  # verdict tuples remembered by a RuleSet; cleared when full
 
 
 class RuleSet:
     """Validated rules plus what ``evaluate`` needs precomputed. Build with ``parse_rules``."""
 
-    __slots__ = ("_by_precedence", "_name_tag", "_needs_fb", "_uses_filters", "digest", "rules")
+    __slots__ = ("_by_precedence", "_digest_head", "_name_tag", "_needs_fb", "_resolved",
+                 "_uses_filters", "digest", "rules")
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(rules)
         canonical = json.dumps([r.definition() for r in self.rules], sort_keys=True)
         self.digest = hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
+        # An evaluation's digest: blake2b-128 of the rule-set digest, the trace id and each
+        # rule's outcome and reason, joined by \x1f (fields by \x1e). The head is hashed once.
+        self._digest_head = hashlib.blake2b(f"{self.digest}\x1f".encode(), digest_size=16)
+        self._resolved: dict[tuple[_Verdict, ...], _Resolved] = {}
         # Indices into rules, best first: precedence, then position in the file breaks ties.
         self._by_precedence = sorted(
             range(len(self.rules)), key=lambda i: (self.rules[i].precedence, self.rules[i].position)
@@ -211,8 +219,21 @@ class RuleSet:
     def evaluate(self, trace: TraceView, assessments: Sequence[AssessmentView] = ()) -> Evaluation:
         trace_id = trace.trace_id
         info = self._adapt(trace) if self._uses_filters else None
-        valid = [a for a in assessments if a.valid and a.kind == "feedback"]
-        verdicts = [self._verdict(r, trace_id, info, valid, assessments) for r in self.rules]
+        valid = [a for a in assessments if a.valid and a.kind == "feedback"] if assessments else []
+        verdicts = tuple([self._verdict(r, trace_id, info, valid, assessments) for r in self.rules])
+        resolved = self._resolved.get(verdicts)
+        if resolved is None:
+            resolved = self._resolve(verdicts)
+        outcomes, tags, tail = resolved
+        hasher = self._digest_head.copy()
+        hasher.update(trace_id.encode())
+        hasher.update(tail)
+        return Evaluation(trace_id, outcomes, tags, hasher.hexdigest())
+
+    def _resolve(self, verdicts: tuple[_Verdict, ...]) -> _Resolved:
+        """Outcomes, tags and the digest's tail of the rules' ``verdicts``: a function of the
+        verdicts alone, so it is kept for the next trace with the same ones (most traces share
+        a few; a reason naming an assessment is unique, hence the bound)."""
         winners: dict[str, Rule] = {}
         for i in self._by_precedence:
             if verdicts[i][0] == "tagged":
@@ -225,9 +246,13 @@ class RuleSet:
                 outcome = "superseded"
                 reason = f"superseded by {winner.name} (precedence {winner.precedence}); {reason}"
             outcomes.append(RuleOutcome(rule.name, outcome, reason))
-        tags = {key: (rule.tag_value, rule.name) for key, rule in winners.items()}
-        digest = self._digest(trace_id, outcomes)
-        return Evaluation(trace_id, tuple(outcomes), MappingProxyType(tags), digest)
+        tags = MappingProxyType({key: (rule.tag_value, rule.name) for key, rule in winners.items()})
+        tail = "".join(f"\x1f{o.rule}\x1e{o.outcome}\x1e{o.reason}" for o in outcomes).encode()
+        resolved = (tuple(outcomes), tags, tail)
+        if len(self._resolved) >= _RESOLVED_KEPT:
+            self._resolved.clear()
+        self._resolved[verdicts] = resolved
+        return resolved
 
     def _adapt(self, trace: TraceView) -> TraceInfoView:
         tags = trace.tags
@@ -261,11 +286,6 @@ class RuleSet:
         if not rule.sampled_in(trace_id):
             return "sampled_out", f"sampled out (rate {rule.sample_rate:g}); {reason}"
         return "tagged", reason
-
-    def _digest(self, trace_id: str, outcomes: Sequence[RuleOutcome]) -> str:
-        parts = [self.digest, trace_id]
-        parts.extend(f"{o.rule}\x1e{o.outcome}\x1e{o.reason}" for o in outcomes)
-        return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
 
 
 # --- Loading: everything below runs once, at start-up. ---
