@@ -9,7 +9,8 @@ three steps: reads (``decision_views``, ``current_tags``), ``decide`` (pure: eva
      decided when it arrives);
   3. the rules see each trace with its valid feedback, as stored after this batch;
   4. every evaluation goes to ``decision_log`` once per distinct input (digest), and each tag
-     whose value changed updates ``trace_tags`` and replaces the trace's ``tag_outbox`` row.
+     whose value changed updates ``trace_tags`` and replaces the trace's ``tag_outbox`` row
+     (unless write-back is off: then nothing would drain the outbox, and nothing is queued).
 Redelivery evaluates the same inputs to the same digest and changes nothing.
 """
 
@@ -168,6 +169,11 @@ class Decisions(NamedTuple):
 
     rows: Mapping[bool, tuple[list[tuple[Any, ...]], ...]]
     changes: list[TagChange]
+
+    def without_outbox(self) -> Decisions:
+        """The same decisions with nothing queued for write-back (write-back is off)."""
+        return Decisions({seen: (log, tags, []) for seen, (log, tags, _o) in self.rows.items()},
+                         self.changes)
 
 
 CurrentTags = Mapping[tuple[str, str], str | None]  # (trace id, tag key) -> value as stored

@@ -227,13 +227,15 @@ def _invalidate_overridden(conn: Connection, events: Sequence[AssessmentEvent]) 
 
 def apply_batch(conn: Connection, batch: Batch, now_ms: int,
                 decider: Decider | None = None,
-                metrics_config: MetricsConfig | None = None) -> BatchResult:
+                metrics_config: MetricsConfig | None = None, *,
+                outbox: bool = True) -> BatchResult:
     """Write one decoded batch in the caller's transaction. See the module docstring for order.
 
     With a ``decider`` (the rules engine), the batch's traces are also decided in the same
     transaction (``store.decisions``): decision log, current tags and the write-back outbox.
     With a ``metrics_config``, the metric buckets move by the difference between the touched
-    traces' contributions before and after the batch (``store.metrics``).
+    traces' contributions before and after the batch (``store.metrics``). Without ``outbox``
+    (write-back off), changed tags are not queued for MLflow.
     """
     traces = latest_traces(batch.traces)
     assessments = latest_assessments(batch.assessments)
@@ -274,7 +276,7 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
     with dialect.inserting_new(conn, dialect.NewRows(TRACES, ("trace_id",), TRACE_COLUMNS,
                                                      new_rows, newer_col="completeness")):
         if inputs is not None:
-            decisions = _decide(inputs, decider, now_ms)
+            decisions = _decide(inputs, decider, now_ms, outbox)
             if decisions is None and metrics_config is not None:
                 moves = bucket_deltas(inputs, ())
     dialect.upsert_newer(conn, TRACES, "trace_id", "completeness", TRACE_COLUMNS, rows)
@@ -294,7 +296,7 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
     if inputs is None:
         inputs = _read_inputs(conn, decider, metrics_config, traces, assessments, touched,
                               before)
-        decisions = _decide(inputs, decider, now_ms)
+        decisions = _decide(inputs, decider, now_ms, outbox)
     changed = decisions.changes if decisions is not None else []
     with writing_decisions(conn, decisions) if decisions is not None \
             else contextlib.nullcontext():
@@ -331,13 +333,16 @@ def _read_inputs(conn: Connection, decider: Decider | None,
     return _Inputs(feedback_now, views, seen, current_tags(conn, seen) if seen else {})
 
 
-def _decide(inputs: _Inputs, decider: Decider | None, now_ms: int) -> Decisions | None:
-    """The batch's decisions, computed without the store (None without a rules engine)."""
+def _decide(inputs: _Inputs, decider: Decider | None, now_ms: int,
+            outbox: bool) -> Decisions | None:
+    """The batch's decisions, computed without the store (None without a rules engine);
+    without ``outbox``, nothing queued for write-back."""
     if decider is None or not inputs.views:
         return None
     feedback = views_of(inputs.feedback_now) \
         if decider.needs_assessments() and inputs.feedback_now is not None else {}
-    return decide(decider, inputs.views, feedback, inputs.current, inputs.seen, now_ms)
+    decisions = decide(decider, inputs.views, feedback, inputs.current, inputs.seen, now_ms)
+    return decisions if outbox else decisions.without_outbox()
 
 
 def _metric_deltas(config: MetricsConfig, before: metrics.State,

@@ -44,7 +44,8 @@ def _driver_errors(engine: Engine, *names: str) -> tuple[type[BaseException], ..
 
 def write_batch(engine: Engine, batch: Batch, now_ms: int,
                 decider: Decider | None = None,
-                metrics_config: MetricsConfig | None = None) -> BatchResult:
+                metrics_config: MetricsConfig | None = None, *,
+                outbox: bool = True) -> BatchResult:
     refused: tuple[type[BaseException], ...] = (
         sa_exc.DataError, sa_exc.IntegrityError,
         *_driver_errors(engine, "DataError", "IntegrityError"))
@@ -53,7 +54,7 @@ def write_batch(engine: Engine, batch: Batch, now_ms: int,
         *_driver_errors(engine, "OperationalError", "InterfaceError"))
     try:
         with engine.begin() as conn:
-            return apply_batch(conn, batch, now_ms, decider, metrics_config)
+            return apply_batch(conn, batch, now_ms, decider, metrics_config, outbox=outbox)
     except refused as exc:
         orig = getattr(exc, "orig", None) or exc
         raise StoreRejectedError(f"the store refused the row: {orig!r}"[:1000], "store") from exc
@@ -107,16 +108,20 @@ def _encoding_problem(v: Any, as_json: bool) -> str | None:
 
 
 class SqlWriter:
-    """The store port the worker writes through: ``write`` one batch, one transaction."""
+    """The store port the worker writes through: ``write`` one batch, one transaction.
+    ``outbox``: queue changed tags for the MLflow write-back; False when write-back is off, as
+    nothing would ever drain them."""
 
     def __init__(self, engine: Engine, decider: Decider | None = None,
-                 metrics_config: MetricsConfig | None = None) -> None:
+                 metrics_config: MetricsConfig | None = None, *, outbox: bool = True) -> None:
         self.engine = engine
         self.decider = decider
         self.metrics_config = metrics_config
+        self.outbox = outbox
 
     def write(self, batch: Batch, now_ms: int) -> BatchResult:
-        return write_batch(self.engine, batch, now_ms, self.decider, self.metrics_config)
+        return write_batch(self.engine, batch, now_ms, self.decider, self.metrics_config,
+                           outbox=self.outbox)
 
     def close(self) -> None:
         self.engine.dispose()

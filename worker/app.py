@@ -19,7 +19,7 @@ from worker.curation.sinks import make_sink
 from worker.curation.specs import load_specs
 from worker.loop import Worker
 from worker.maintenance import Pruner
-from worker.rules.engine import load_rules
+from worker.rules.engine import RuleSet, load_rules
 from worker.settings import Settings
 from worker.tag_writer import MlflowTagSink, TagWriter
 
@@ -75,9 +75,15 @@ def create_kafka_worker(settings: Settings, engine: Engine | None = None) -> Wor
     tag_writer = create_tag_writer(settings, engine) if rules is not None else None
     curator = (CuratorThread(create_curator(settings, engine), settings.curate_interval_s, engine)
                if settings.curation_enabled else None)
-    return Worker(settings, source, SqlWriter(engine, rules, metrics_config(settings)), dlq,
+    return Worker(settings, source, sql_writer(settings, engine, rules), dlq,
                   tag_writer=tag_writer, maintenance=Pruner.from_settings(settings, engine),
                   curator=curator)
+
+
+def sql_writer(settings: Settings, engine: Engine, rules: RuleSet | None) -> SqlWriter:
+    """The worker's store port: the rules, the metric buckets, and the write-back outbox only
+    when write-back is on (with it off, queued tags would wait forever)."""
+    return SqlWriter(engine, rules, metrics_config(settings), outbox=settings.writeback_enabled)
 
 
 def create_worker(settings: Settings, engine: Engine | None = None) -> Worker:
@@ -110,7 +116,7 @@ def create_mlflow_worker(settings: Settings, engine: Engine | None = None,
     tag_writer = create_tag_writer(settings, engine) if rules is not None else None
     curator = (CuratorThread(create_curator(settings, engine), settings.curate_interval_s, engine)
                if settings.curation_enabled and config is None else None)
-    return Worker(settings, source, SqlWriter(engine, rules, metrics_config(settings)),
+    return Worker(settings, source, sql_writer(settings, engine, rules),
                   TableOnlyDeadLetters(), tag_writer=tag_writer,
                   maintenance=Pruner.from_settings(settings, engine), curator=curator)
 

@@ -5,6 +5,8 @@
   a batch, a replay changes nothing, and a rebuild from raw rows equals the buckets.
 * ``insert_new`` of rows that exist after all (a wrong guess) gives what ``bulk_upsert`` gives,
   and the transaction goes on (PostgreSQL: the savepoint is rolled back, the upsert runs).
+* Without write-back (``SqlWriter(outbox=False)``) the same rows are written, except that no
+  tag is queued in the outbox.
 * A trace pruned by retention keeps its outbox row; when it comes back, its decisions are
   written over that row instead of refusing the batch.
 """
@@ -119,6 +121,28 @@ def test_one_batch_equals_one_trace_a_batch_a_replay_and_a_rebuild(
     with engine.begin() as conn:
         rebuild(conn, CONFIG, BASE_MS)
     assert bucket_snapshot(engine) == buckets
+    engine.dispose()
+
+
+def test_without_write_back_the_store_is_the_same_and_the_outbox_stays_empty(
+        store_url: str, tmp_path: Any, request: Any) -> None:
+    """Write-back off: nothing would ever drain the outbox, so no row is queued there (it
+    grew by a row per changed tag, forever); traces, tags, decision log and buckets are those
+    of a writer that queues."""
+    traces, feedback = _events(120, seed=5)
+    engine = make_engine(store_url)
+    w = _writer(engine)
+    w.write(Batch(traces=traces, assessments=feedback), BASE_MS)
+    queued, buckets = _rows(engine), bucket_snapshot(engine)
+    assert queued["tag_outbox"]
+    with _second_store(store_url, tmp_path, request) as other:
+        SqlWriter(other, load_rules(None), CONFIG, outbox=False).write(
+            Batch(traces=traces, assessments=feedback), BASE_MS)
+        rows = _rows(other)
+        assert rows["tag_outbox"] == []
+        assert {k: v for k, v in rows.items() if k != "tag_outbox"} == \
+            {k: v for k, v in queued.items() if k != "tag_outbox"}
+        assert bucket_snapshot(other) == buckets
     engine.dispose()
 
 

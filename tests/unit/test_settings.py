@@ -97,3 +97,18 @@ def test_overrides_beat_environment_beat_yaml(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("TRACE_CURATOR_TRACE_TOPIC", "env-topic")
     s = load_settings(cfg, group_id="from-init")
     assert (s.group_id, s.trace_topic, s.batch_max_records) == ("from-init", "env-topic", 9)
+
+
+@pytest.mark.parametrize(("writeback", "uri", "queued"), [
+    ("auto", None, False), ("auto", "http://mlflow:5000", True), ("off", "http://mlflow:5000",
+                                                                  False), ("on", None, True)])
+def test_the_worker_queues_tags_for_mlflow_only_when_write_back_is_on(
+        monkeypatch: pytest.MonkeyPatch, writeback: str, uri: str | None, queued: bool) -> None:
+    from sqlalchemy import create_engine
+
+    from worker.app import sql_writer
+
+    for name in ("MLFLOW_TRACKING_URI", "TRACE_CURATOR_MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings(tag_writeback=writeback, mlflow_tracking_uri=uri)
+    assert sql_writer(settings, create_engine("sqlite://"), None).outbox is queued
