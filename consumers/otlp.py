@@ -17,8 +17,9 @@ Spans are translated the way MLflow's own OTLP ingestion translates them before 
 (``mlflow/tracing/otel/translation``): MLflow's own ``mlflow.*`` attributes first, then the
 OpenInference, GenAI semantic-convention, Traceloop and other translators. Those are MLflow's
 own functions, imported on the first span that needs them: a span with only ``mlflow.*``
-attributes and no events (what MLflow's own export sends) gives them nothing to read, so it is
-translated here without them. A differential test holds both ways to MLflow's ingestion.
+attributes (and ``user.id``/``session.id``) and no events, what MLflow's own export sends,
+gives them nothing to read, so it is translated here without them. A differential test holds
+both ways to MLflow's ingestion.
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ _MLFLOW_OUTPUTS = "mlflow.spanOutputs"
 _MLFLOW_USAGE = "mlflow.chat.tokenUsage"
 _MLFLOW_MODEL = "mlflow.llm.model"
 _MLFLOW_EXPERIMENT = "mlflow.experimentId"
+_SESSION_ID = "session.id"  # OTel semantic conventions, as MLflow reads them
+_CONVERSATION_ID = "gen_ai.conversation.id"
+_USER_ID = "user.id"
+# Keys no MLflow translator reads, which MLflow's export sets on a root span besides its own.
+_NO_TRANSLATOR_READS = frozenset({_SESSION_ID, _USER_ID})
 _TRACE_TAG_PREFIX = "mlflow.traceTag."
 _UNKNOWN = "UNKNOWN"
 _STATUS = {ProtoStatus.STATUS_CODE_OK: "OK", ProtoStatus.STATUS_CODE_ERROR: "ERROR"}
@@ -89,6 +95,9 @@ class OtlpSpan(NamedTuple):
     model: str | None
     experiment_id: str | None
     trace_tags: tuple[tuple[str, str], ...]
+    has_usage: bool  # token usage recorded (counts a trace's usage once down its span tree)
+    session_id: str | None
+    user_id: str | None
 
 
 class SpanReject(NamedTuple):
@@ -237,9 +246,16 @@ def span_of(s: ProtoSpan) -> OtlpSpan:
         start_ns=start_ns, end_ns=end_ns, status=_STATUS.get(s.status.code, "UNSET"),
         inputs=t.inputs, outputs=t.outputs, input_tokens=t.input_tokens,
         output_tokens=t.output_tokens, total_tokens=t.total_tokens, model=t.model,
-        experiment_id=_text(attrs.get(_MLFLOW_EXPERIMENT)),
-        trace_tags=_trace_tags(attrs),
+        experiment_id=_text(attrs.get(_MLFLOW_EXPERIMENT)), trace_tags=_trace_tags(attrs),
+        has_usage=t.has_usage, session_id=_bounded_text(
+            attrs.get(_SESSION_ID) or attrs.get(_CONVERSATION_ID)),
+        user_id=_bounded_text(attrs.get(_USER_ID)),
     )
+
+
+def _bounded_text(raw: str | None) -> str | None:
+    v = _text(raw)
+    return clean(v) if v and len(v) <= MAX_TAG_VALUE_CHARS else None
 
 
 def _trace_tags(attrs: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
@@ -344,12 +360,14 @@ class _Translated(NamedTuple):
     output_tokens: int | None
     total_tokens: int | None
     model: str | None
+    has_usage: bool
 
 
 def _translated(attrs: dict[str, str], s: ProtoSpan) -> _Translated:
     """What ``translate_span_when_storing`` sets, MLflow's own attributes first."""
     tr: _Translators | _OwnOnly = _OWN_ONLY if not s.events and all(
-        k.startswith(_MLFLOW_PREFIX) for k in attrs) else _translators()
+        k.startswith(_MLFLOW_PREFIX) or k in _NO_TRANSLATOR_READS for k in attrs) \
+        else _translators()
     span_type = _text(attrs.get(_MLFLOW_SPAN_TYPE))
     if span_type in (None, _UNKNOWN):
         span_type = tr.span_type(attrs) or span_type
@@ -361,21 +379,23 @@ def _translated(attrs: dict[str, str], s: ProtoSpan) -> _Translated:
         outputs = tr.value(attrs, s, output=True)
     usage_raw = attrs.get(_MLFLOW_USAGE)
     usage = _usage(usage_raw) if usage_raw is not None else tr.usage(attrs)
+    has_usage = usage is not None
+    usage = usage or {}
     model = attrs.get(_MLFLOW_MODEL)
     model_name = _text(model) if model is not None else tr.model(attrs, inputs, outputs)
     return _Translated(
         span_type if isinstance(span_type, str) else _UNKNOWN, inputs, outputs,
         _count(usage.get("input_tokens")), _count(usage.get("output_tokens")),
         _count(usage.get("total_tokens")),
-        clean(model_name) if isinstance(model_name, str) else None)
+        clean(model_name) if isinstance(model_name, str) else None, has_usage)
 
 
-def _usage(raw: str) -> Mapping[str, Any]:
+def _usage(raw: str) -> Mapping[str, Any] | None:
     try:
         v = _loads(raw)
     except ValueError:
-        return {}
-    return v if isinstance(v, dict) else {}
+        return None
+    return v if isinstance(v, dict) else None
 
 
 def _count(v: Any) -> int | None:
@@ -403,8 +423,8 @@ class _OwnOnly:
     def value(self, attrs: dict[str, str], s: ProtoSpan, *, output: bool) -> str | None:
         return None
 
-    def usage(self, attrs: dict[str, str]) -> Mapping[str, Any]:
-        return {}
+    def usage(self, attrs: dict[str, str]) -> Mapping[str, Any] | None:
+        return None
 
     def model(self, attrs: dict[str, str], inputs: str | None, outputs: str | None) -> Any:
         for text in (inputs, outputs):
@@ -452,11 +472,11 @@ class _Translators:
             return None
         return v if isinstance(v, str) else _dump(v)
 
-    def usage(self, attrs: dict[str, str]) -> Mapping[str, Any]:
+    def usage(self, attrs: dict[str, str]) -> Mapping[str, Any] | None:
         try:
-            return self._usage(dict(attrs)) or {}
+            return self._usage(dict(attrs)) or None
         except Exception:  # noqa: BLE001 - as above
-            return {}
+            return None
 
     def model(self, attrs: dict[str, str], inputs: str | None, outputs: str | None) -> Any:
         a = dict(attrs)

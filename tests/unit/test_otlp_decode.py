@@ -78,8 +78,9 @@ def otlp_json(req: ExportTraceServiceRequest, *, hex_ids: bool = True) -> bytes:
 
 
 # MLflow's own attributes, as its exporter writes them: JSON text.
-MLFLOW_ROOT = {"mlflow.spanType": '"CHAIN"', "mlflow.spanInputs": '{"question": "hi"}',
-               "mlflow.spanOutputs": '"hello"', "mlflow.traceRequestId": '"tr-x"',
+MLFLOW_ROOT = {"user.id": "ann", "session.id": "s-1", "mlflow.spanType": '"CHAIN"',
+               "mlflow.spanInputs": '{"question": "hi"}', "mlflow.spanOutputs": '"hello"',
+               "mlflow.traceRequestId": '"tr-x"',
                "mlflow.traceTag.team": '"search"', "mlflow.experimentId": '"7"'}
 GENAI_CHAT = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o",
               "gen_ai.usage.input_tokens": 12, "gen_ai.usage.output_tokens": 30,
@@ -103,7 +104,8 @@ def test_both_encodings_and_both_json_id_forms_give_the_same_spans() -> None:
         trace_id="tr-" + TRACE_A.hex(), span_id="0000000000000001", parent_id=None, root=True,
         name="s", span_type="CHAIN", start_ns=T0, end_ns=T0 + 5_000_000, status="OK",
         inputs='{"question": "hi"}', outputs='"hello"', input_tokens=None, output_tokens=None,
-        total_tokens=None, model=None, experiment_id="7", trace_tags=(("team", "search"),))
+        total_tokens=None, model=None, experiment_id="7", trace_tags=(("team", "search"),),
+        has_usage=False, session_id="s-1", user_id="ann")
     assert (chat.parent_id, chat.root, chat.span_type, chat.model) == \
         ("0000000000000001", False, "CHAT_MODEL", "gpt-4o")
     assert (chat.input_tokens, chat.output_tokens, chat.total_tokens) == (12, 30, 42)
@@ -242,6 +244,7 @@ _KEYS = {
     "gen_ai.request.model": st.text(max_size=6), "gen_ai.response.model": st.text(max_size=6),
     "llm.model_name": st.text(max_size=6),
     "mlflow.traceTag.team": st.text(max_size=6),
+    "user.id": st.text(max_size=4), "session.id": st.text(max_size=4),
     "other": st.one_of(_SCALARS, st.lists(_SCALARS, max_size=3)),
 }
 
@@ -271,6 +274,7 @@ def mlflow_view(s: Span) -> dict[str, Any]:
             return attrs[key]
 
     usage = loads("mlflow.chat.tokenUsage")
+    has_usage = isinstance(usage, dict)  # a node with data for MLflow's token aggregation
     usage = usage if isinstance(usage, dict) else {}
     span_type = loads("mlflow.spanType")
     model = loads("mlflow.llm.model")
@@ -283,14 +287,16 @@ def mlflow_view(s: Span) -> dict[str, Any]:
                             else None for v in (usage.get("input_tokens"),
                                                 usage.get("output_tokens"),
                                                 usage.get("total_tokens"))),
-            "model": clean(model) if isinstance(model, str) else None}  # the store holds no NUL
+            "model": clean(model) if isinstance(model, str) else None,  # the store holds no NUL
+            "has_usage": has_usage}
 
 
 def our_view(s: OtlpSpan) -> dict[str, Any]:
     return {"trace_id": s.trace_id, "span_id": s.span_id, "parent_id": s.parent_id,
             "span_type": s.span_type, "status": s.status, "start_ns": s.start_ns,
             "end_ns": s.end_ns, "inputs": s.inputs, "outputs": s.outputs,
-            "tokens": (s.input_tokens, s.output_tokens, s.total_tokens), "model": s.model}
+            "tokens": (s.input_tokens, s.output_tokens, s.total_tokens), "model": s.model,
+            "has_usage": s.has_usage}
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
