@@ -5,7 +5,6 @@ what ``SqlAlchemyStore.log_spans`` stores) on generated spans.
 
 from __future__ import annotations
 
-import base64
 import gzip
 import json
 import subprocess
@@ -15,81 +14,28 @@ from typing import Any
 
 import orjson
 import pytest
-from google.protobuf import json_format
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from consumers.errors import DecodeError
 from consumers.fields import clean
 from consumers.otlp import OtlpSpan, decode_otlp, span_of
+from tests.otlp_spans import (
+    GENAI_CHAT,
+    MLFLOW_ROOT,
+    OPENINFERENCE_LLM,
+    T0,
+    TRACE_A,
+    TRACE_B,
+    otlp_json,
+    request,
+    span,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX = 1 << 20
-T0 = 1_764_000_000_000_000_000
-TRACE_A = bytes(range(1, 17))
-TRACE_B = bytes(range(101, 117))
-
-
-def value(v: Any) -> AnyValue:
-    if isinstance(v, bool):
-        return AnyValue(bool_value=v)
-    if isinstance(v, int):
-        return AnyValue(int_value=v)
-    if isinstance(v, float):
-        return AnyValue(double_value=v)
-    if isinstance(v, bytes):
-        return AnyValue(bytes_value=v)
-    if isinstance(v, list):
-        return AnyValue(array_value=ArrayValue(values=[value(x) for x in v]))
-    if isinstance(v, dict):
-        return AnyValue(kvlist_value=KeyValueList(
-            values=[KeyValue(key=k, value=value(x)) for k, x in v.items()]))
-    return AnyValue(string_value=v)
-
-
-def span(trace: bytes = TRACE_A, span_id: int = 1, parent: int | None = None, *,
-         name: str = "s", start: int = T0, dur_ns: int = 5_000_000, code: int = 1,
-         attrs: dict[str, Any] | None = None, flags: int = 0) -> Span:
-    return Span(trace_id=trace, span_id=span_id.to_bytes(8, "big"),
-                parent_span_id=parent.to_bytes(8, "big") if parent else b"", name=name,
-                start_time_unix_nano=start, end_time_unix_nano=start + dur_ns if dur_ns else 0,
-                status=Status(code=code), flags=flags,
-                attributes=[KeyValue(key=k, value=value(v)) for k, v in (attrs or {}).items()])
-
-
-def request(*spans: Span) -> ExportTraceServiceRequest:
-    return ExportTraceServiceRequest(resource_spans=[ResourceSpans(
-        scope_spans=[ScopeSpans(spans=list(spans))])])
-
-
-def otlp_json(req: ExportTraceServiceRequest, *, hex_ids: bool = True) -> bytes:
-    doc = json_format.MessageToDict(req)
-    if hex_ids:
-        for rs in doc["resourceSpans"]:
-            for ss in rs["scopeSpans"]:
-                for s in ss["spans"]:
-                    for k in ("traceId", "spanId", "parentSpanId"):
-                        if k in s:
-                            s[k] = base64.b64decode(s[k]).hex()
-    return json.dumps(doc).encode()
-
-
-# MLflow's own attributes, as its exporter writes them: JSON text.
-MLFLOW_ROOT = {"user.id": "ann", "session.id": "s-1", "mlflow.spanType": '"CHAIN"',
-               "mlflow.spanInputs": '{"question": "hi"}', "mlflow.spanOutputs": '"hello"',
-               "mlflow.traceRequestId": '"tr-x"',
-               "mlflow.traceTag.team": '"search"', "mlflow.experimentId": '"7"'}
-GENAI_CHAT = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o",
-              "gen_ai.usage.input_tokens": 12, "gen_ai.usage.output_tokens": 30,
-              "gen_ai.input.messages": '[{"role": "user", "content": "hi"}]'}
-OPENINFERENCE_LLM = {"openinference.span.kind": "LLM", "llm.token_count.prompt": 5,
-                     "llm.token_count.completion": 7, "llm.token_count.total": 12,
-                     "input.value": "what?", "output.value": "that", "llm.model_name": "m1"}
-
-
 def test_both_encodings_and_both_json_id_forms_give_the_same_spans() -> None:
     req = request(span(attrs=MLFLOW_ROOT), span(span_id=2, parent=1, attrs=GENAI_CHAT),
                   span(TRACE_B, 3, attrs=OPENINFERENCE_LLM))
