@@ -72,15 +72,17 @@ def _names(tps: Any) -> str:
 
 class KafkaSource:
     """An ``EventSource`` over a Kafka consumer group, subscribed to the trace and assessment
-    topics."""
+    topics and, if named, the OpenTelemetry spans topic."""
 
     def __init__(self, client: KafkaClientConfig, trace_topic: str, assessment_topic: str,
-                 group_id: str, *,
+                 group_id: str, *, otlp_topic: str = "",
                  session_timeout_ms: int = 10_000, heartbeat_interval_ms: int = 3_000,
                  max_poll_interval_ms: int = 300_000, max_poll_records: int = 5_000,
                  bootstrap_timeout_ms: int = BOOTSTRAP_TIMEOUT_MS) -> None:
         self._topics: dict[str, TopicKind] = {trace_topic: "trace",
                                               assessment_topic: "assessment"}
+        if otlp_topic:
+            self._topics[otlp_topic] = "otlp"
         logger.info("waiting for Kafka bootstrap_servers=%s timeout_s=%.0f",
                     client.bootstrap_servers, bootstrap_timeout_ms / 1000)
         try:

@@ -12,7 +12,8 @@ from typing import Any, Literal, Protocol
 
 from consumers.events import DeadLetter, RawRecord
 
-TopicKind = Literal["trace", "assessment"]  # what the records of a topic hold
+# What the records of a topic hold: trace events, assessment events, or OpenTelemetry spans.
+TopicKind = Literal["trace", "assessment", "otlp"]
 
 
 class EventSource(Protocol):

@@ -231,6 +231,42 @@ class SourceCheckpoint(Base):
     updated_ms: Mapped[int] = mapped_column(BigInteger)
 
 
+class OtlpSpan(Base):
+    """An OpenTelemetry span waiting for its trace (``store.otlp_buffer``): the decoded span as a
+    JSON array of ``consumers.otlp.OtlpSpan`` fields, inserted once (a redelivery changes
+    nothing), kept after its trace is emitted so a late span can amend it."""
+
+    __tablename__ = "otlp_spans"
+
+    trace_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    span_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    span: Mapped[str] = mapped_column(Text)
+    received_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class OtlpTrace(Base):
+    """A buffered OpenTelemetry trace: when its spans came, whether its root did, and whether
+    spans came since it was last emitted (``pending``); the record of its latest span is the
+    trace's provenance."""
+
+    __tablename__ = "otlp_traces"
+
+    trace_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    first_ms: Mapped[int] = mapped_column(BigInteger)
+    last_ms: Mapped[int] = mapped_column(BigInteger)
+    has_root: Mapped[bool] = mapped_column(Boolean)
+    span_count: Mapped[int] = mapped_column(Integer)
+    span_bytes: Mapped[int] = mapped_column(BigInteger)
+    pending: Mapped[bool] = mapped_column(Boolean)
+    emitted_ms: Mapped[int | None] = mapped_column(BigInteger)
+    src_topic: Mapped[str] = mapped_column(Text)
+    src_partition: Mapped[int] = mapped_column(Integer)
+    src_offset: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_otlp_traces_pending_first_ms", "pending", "first_ms"),
+                      Index("ix_otlp_traces_emitted_ms", "emitted_ms"))
+
+
 class Dataset(Base):
     """A curated evaluation dataset: its sink, and the sink's own id once it exists."""
 
@@ -307,6 +343,8 @@ DEAD_LETTERS = core_table(DeadLetter)
 META = core_table(StoreMeta)
 OUTBOX = core_table(TagOutbox)
 CHECKPOINTS = core_table(SourceCheckpoint)
+OTLP_SPANS = core_table(OtlpSpan)
+OTLP_TRACES = core_table(OtlpTrace)
 DATASETS = core_table(Dataset)
 VERSIONS = core_table(DatasetVersion)
 RECORDS = core_table(DatasetRecord)

@@ -8,6 +8,8 @@
   4. invalidate overridden assessments (order-independent: the override may arrive first);
   5. insert dead letters, once per origin (topic, partition, offset), and upsert a polled
      source's checkpoints (``store.checkpoints``), so a watermark never runs ahead of its data;
+     OpenTelemetry spans go to their buffer first (``store.otlp_buffer``), to be assembled
+     into traces once due;
   6. with a rules engine, decide the touched traces (``store.decisions``);
   7. move the metric buckets by each touched trace's change of contribution (``store.metrics``).
 Steps 6 and 7 compute without the store between their reads and their writes.
@@ -32,8 +34,9 @@ import orjson
 from sqlalchemy import Connection, and_, exists, select, update
 from sqlalchemy.orm import aliased
 
-from consumers.events import AssessmentEvent, DeadLetter, TraceEvent, TraceView
-from store import dialect, locks, metrics
+from consumers.events import AssessmentEvent, DeadLetter, Provenance, TraceEvent, TraceView
+from consumers.otlp import OtlpSpan
+from store import dialect, locks, metrics, otlp_buffer
 from store.decisions import (
     Decider,
     Decisions,
@@ -82,9 +85,12 @@ class Batch:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     # A polled source's progress (name -> JSON value), stored in the batch's transaction.
     checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # OpenTelemetry spans and their records, buffered until their trace is due (otlp_buffer).
+    spans: list[tuple[OtlpSpan, Provenance]] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.traces) + len(self.assessments) + len(self.dead_letters)
+        return len(self.traces) + len(self.assessments) + len(self.dead_letters) \
+            + len(self.spans)
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,13 +290,7 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
                          [assessment_row(e, now_ms) for e in assessments])
     if assessments:
         _invalidate_overridden(conn, assessments)
-    if batch.dead_letters:
-        stmt = dialect.insert(conn, DEAD_LETTERS).on_conflict_do_nothing(
-            index_elements=["topic", "partition", "offset"])
-        conn.execute(stmt, [dead_letter_row(d) for d in batch.dead_letters])
-    if batch.checkpoints:
-        dialect.bulk_upsert(conn, CHECKPOINTS, ("name",), ("name", "value", "updated_ms"),
-                            [(k, _json(v), now_ms) for k, v in sorted(batch.checkpoints.items())])
+    _write_records(conn, batch, now_ms)
     if not read:
         return BatchResult(len(traces), len(assessments), len(batch.dead_letters), 0)
     if inputs is None:
@@ -305,6 +305,20 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
     if moves is not None:
         metrics.apply_deltas(conn, moves, now_ms)
     return BatchResult(len(traces), len(assessments), len(batch.dead_letters), len(changed))
+
+
+def _write_records(conn: Connection, batch: Batch, now_ms: int) -> None:
+    """What the batch's records hold besides events: dead letters, a polled source's
+    checkpoints, OpenTelemetry spans for their buffer."""
+    if batch.dead_letters:
+        stmt = dialect.insert(conn, DEAD_LETTERS).on_conflict_do_nothing(
+            index_elements=["topic", "partition", "offset"])
+        conn.execute(stmt, [dead_letter_row(d) for d in batch.dead_letters])
+    if batch.checkpoints:
+        dialect.bulk_upsert(conn, CHECKPOINTS, ("name",), ("name", "value", "updated_ms"),
+                            [(k, _json(v), now_ms) for k, v in sorted(batch.checkpoints.items())])
+    if batch.spans:
+        otlp_buffer.buffer_spans(conn, batch.spans, now_ms)
 
 
 class _Inputs(NamedTuple):

@@ -14,7 +14,9 @@ mapped the same way as SQLAlchemy's.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import Engine
@@ -22,8 +24,10 @@ from sqlalchemy import exc as sa_exc
 
 from consumers.errors import DecodeError, TransientError
 from consumers.events import AssessmentEvent, TraceEvent
+from store import otlp_buffer
 from store.decisions import Decider
 from store.metrics import MetricsConfig
+from store.otlp_buffer import OtlpConfig
 from store.upserts import Batch, BatchResult, apply_batch, assessment_version
 
 # What encoding a value raises: orjson's JSONEncodeError is a TypeError, UnicodeEncodeError a
@@ -42,10 +46,11 @@ def _driver_errors(engine: Engine, *names: str) -> tuple[type[BaseException], ..
     return tuple(getattr(dbapi, n) for n in names if hasattr(dbapi, n))
 
 
-def write_batch(engine: Engine, batch: Batch, now_ms: int,
-                decider: Decider | None = None,
-                metrics_config: MetricsConfig | None = None, *,
-                outbox: bool = True) -> BatchResult:
+@contextlib.contextmanager
+def store_errors(engine: Engine, batch: Batch) -> Iterator[None]:
+    """The taxonomy around one transaction: refused rows and values that cannot be encoded
+    (``StoreRejectedError``, ``batch`` names the culprit), a store that is gone
+    (``TransientError``); bad SQL and bugs propagate."""
     refused: tuple[type[BaseException], ...] = (
         sa_exc.DataError, sa_exc.IntegrityError,
         *_driver_errors(engine, "DataError", "IntegrityError"))
@@ -53,8 +58,7 @@ def write_batch(engine: Engine, batch: Batch, now_ms: int,
         sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError,
         *_driver_errors(engine, "OperationalError", "InterfaceError"))
     try:
-        with engine.begin() as conn:
-            return apply_batch(conn, batch, now_ms, decider, metrics_config, outbox=outbox)
+        yield
     except refused as exc:
         orig = getattr(exc, "orig", None) or exc
         raise StoreRejectedError(f"the store refused the row: {orig!r}"[:1000], "store") from exc
@@ -75,6 +79,14 @@ def write_batch(engine: Engine, batch: Batch, now_ms: int,
         if exc.connection_invalidated:
             raise TransientError(f"store connection lost: {exc.orig!r}"[:400]) from exc
         raise
+
+
+def write_batch(engine: Engine, batch: Batch, now_ms: int,
+                decider: Decider | None = None,
+                metrics_config: MetricsConfig | None = None, *,
+                outbox: bool = True) -> BatchResult:
+    with store_errors(engine, batch), engine.begin() as conn:
+        return apply_batch(conn, batch, now_ms, decider, metrics_config, outbox=outbox)
 
 
 def unwritable(batch: Batch) -> str | None:
@@ -107,6 +119,14 @@ def _encoding_problem(v: Any, as_json: bool) -> str | None:
     return None
 
 
+class EmitResult(NamedTuple):
+    traces: int  # assembled and written
+    forced: int  # of them, assembled early: the buffer was past a bound
+    tags_changed: int
+    pruned: int  # emitted traces whose spans were dropped (kept past otlp_keep_s)
+    refused: list[tuple[str, str]]  # (trace id, why): traces the store refused, given up
+
+
 class SqlWriter:
     """The store port the worker writes through: ``write`` one batch, one transaction.
     ``outbox``: queue changed tags for the MLflow write-back; False when write-back is off, as
@@ -122,6 +142,46 @@ class SqlWriter:
     def write(self, batch: Batch, now_ms: int) -> BatchResult:
         return write_batch(self.engine, batch, now_ms, self.decider, self.metrics_config,
                            outbox=self.outbox)
+
+    def emit_otlp(self, now_ms: int, cfg: OtlpConfig) -> EmitResult:
+        """One transaction: assemble the due OpenTelemetry traces and write them as a batch
+        (rules, metrics), then drop spans kept past ``cfg.keep_ms``. A trace the store refuses
+        is emitted on its own and, refused again, given up (``EmitResult.refused``): it is not
+        pending any more, so it cannot block the others. Raises TransientError."""
+        try:
+            return self._emit(now_ms, cfg, only=None)
+        except StoreRejectedError:
+            pass
+        result = EmitResult(0, 0, 0, 0, [])
+        with store_errors(self.engine, Batch()), self.engine.begin() as conn:
+            due, _ = otlp_buffer.due_traces(conn, now_ms, cfg)
+        for tid in due:
+            try:
+                one = self._emit(now_ms, cfg, only=tid)
+            except StoreRejectedError as exc:
+                with store_errors(self.engine, Batch()), self.engine.begin() as conn:
+                    otlp_buffer.give_up(conn, tid, now_ms)
+                result.refused.append((tid, str(exc)))
+                continue
+            result = result._replace(traces=result.traces + one.traces,
+                                     forced=result.forced + one.forced,
+                                     tags_changed=result.tags_changed + one.tags_changed)
+        return result
+
+    def pending_otlp(self) -> int:
+        with store_errors(self.engine, Batch()), self.engine.connect() as conn:
+            return otlp_buffer.pending(conn)
+
+    def _emit(self, now_ms: int, cfg: OtlpConfig, only: str | None) -> EmitResult:
+        batch = Batch()
+        with store_errors(self.engine, batch), self.engine.begin() as conn:
+            emitted = otlp_buffer.emit_due(conn, now_ms, cfg, only=only)
+            batch.traces = emitted.events
+            written = apply_batch(conn, batch, now_ms, self.decider, self.metrics_config,
+                                  outbox=self.outbox) if emitted.events else None
+            pruned = otlp_buffer.prune(conn, now_ms, cfg.keep_ms) if only is None else 0
+        return EmitResult(len(emitted.events), emitted.forced,
+                          written.tags_changed if written else 0, pruned, [])
 
     def close(self) -> None:
         self.engine.dispose()

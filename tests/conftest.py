@@ -106,6 +106,7 @@ def settings_factory(broker: EmbeddedBroker, store_url: str,
     base = {
         "store_url": store_url, "kafka_bootstrap_servers": broker.bootstrap_servers,
         "trace_topic": topic_factory("traces"), "assessment_topic": topic_factory("assess"),
+        "otlp_topic": topic_factory("otlp"),
         "group_id": "g-" + uuid.uuid4().hex[:12], **FAST_KAFKA,
         # Curation only where a test asks for it: it would otherwise create datasets on the
         # MLflow server of every test that sets a tracking URI for write-back.

@@ -67,7 +67,7 @@ def create_kafka_worker(settings: Settings, engine: Engine | None = None) -> Wor
     client = kafka_client(settings)
     source = KafkaSource(
         client, settings.trace_topic, settings.assessment_topic, settings.group_id,
-        session_timeout_ms=settings.kafka_session_timeout_ms,
+        otlp_topic=settings.otlp_topic, session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
         max_poll_records=settings.batch_max_records)
@@ -75,9 +75,10 @@ def create_kafka_worker(settings: Settings, engine: Engine | None = None) -> Wor
     tag_writer = create_tag_writer(settings, engine) if rules is not None else None
     curator = (CuratorThread(create_curator(settings, engine), settings.curate_interval_s, engine)
                if settings.curation_enabled else None)
-    return Worker(settings, source, sql_writer(settings, engine, rules), dlq,
+    writer = sql_writer(settings, engine, rules)
+    return Worker(settings, source, writer, dlq,
                   tag_writer=tag_writer, maintenance=Pruner.from_settings(settings, engine),
-                  curator=curator)
+                  curator=curator, emitter=writer)
 
 
 def sql_writer(settings: Settings, engine: Engine, rules: RuleSet | None) -> SqlWriter:

@@ -1,4 +1,5 @@
-"""The worker loop: poll -> (maybe) maintain -> decode -> checkpoint, one batch at a time.
+"""The worker loop: poll -> (maybe) maintain -> (maybe) assemble -> decode -> checkpoint, one
+batch at a time.
 
 Checkpoint order is the invariant (docs/design.md, invariants 1 and 5; ``Worker._checkpoint``):
 (1) publish and flush the batch's dead letters to ``<topic>.dlq``; (2) commit the SQL transaction
@@ -8,6 +9,9 @@ upserts make that harmless. ``TransientError`` in steps 1-2 is retried with jitt
 backoff until it succeeds or ``stop`` is set; nothing is skipped. Signals only set ``stop``: the
 batch in hand is checkpointed before ``run`` returns unless an outage holds it (then nothing is
 committed). The tag writer (MLflow write-back) and the curator run beside the loop.
+OpenTelemetry spans are checkpointed into the store's span buffer like any event; the assemble
+step turns the traces that are due into trace events, in transactions of their own
+(``store.otlp_buffer``), whichever worker read their spans.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ from tenacity import (
 from consumers.errors import DecodeError, TransientError
 from consumers.events import AssessmentEvent, DeadLetter, RawRecord, TraceEvent
 from consumers.formats import dead_letter, decode_assessment, decode_trace
+from consumers.otlp import OtlpSpans, decode_otlp
 from consumers.ports import DeadLetterSink, EventSource, TopicKind
+from store.otlp_buffer import OtlpConfig
 from store.upserts import Batch, BatchResult
-from store.writer import StoreRejectedError
+from store.writer import EmitResult, StoreRejectedError
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -74,9 +80,23 @@ class BatchWriter(Protocol):
     def close(self) -> None: ...
 
 
+class OtlpEmitterPort(Protocol):
+    """Assembles buffered OpenTelemetry spans into traces (``store.writer.SqlWriter``)."""
+
+    def emit_otlp(self, now_ms: int, cfg: OtlpConfig) -> EmitResult:
+        """One transaction of due traces. Raises TransientError."""
+        ...
+
+    def pending_otlp(self) -> int:
+        """Traces with spans not yet assembled."""
+        ...
+
+
 T = TypeVar("T")
+Decoded = TraceEvent | AssessmentEvent | OtlpSpans
 JOIN_GRACE_S = 60.0  # how long --exit-when-idle waits for a group join before giving up
 LAG_EVERY_S = 5.0  # how often the loop asks the source for its lag (a broker round trip)
+OTLP_EMIT_EVERY_S = 0.5  # how often the loop looks for OpenTelemetry traces due for assembly
 # Upper bounds (s) of the batch latency histogram that /metrics exposes.
 BATCH_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -91,6 +111,10 @@ class RunStats:
     retries: int = 0
     commit_failures: int = 0
     tags_changed: int = 0
+    otlp_spans: int = 0  # OpenTelemetry spans read (buffered, or redelivered and ignored)
+    otlp_traces: int = 0  # OpenTelemetry traces assembled and written (each version)
+    otlp_forced: int = 0  # of them, assembled early: the buffer was past a bound
+    otlp_refused: int = 0  # assembled traces the store refused, given up
     started_s: float = field(default_factory=time.monotonic)
     first_record_s: float | None = None  # monotonic time the first records arrived
     last_checkpoint_s: float | None = None  # monotonic time of the last completed checkpoint
@@ -133,7 +157,8 @@ class Worker:
                  dlq: DeadLetterSink, *, clock: Clock = time.time,
                  tag_writer: TagWriterPort | None = None,
                  maintenance: MaintenancePort | None = None,
-                 curator: BackgroundPort | None = None) -> None:
+                 curator: BackgroundPort | None = None,
+                 emitter: OtlpEmitterPort | None = None) -> None:
         self.settings = settings
         self.curator = curator
         self.maintenance = maintenance
@@ -146,12 +171,22 @@ class Worker:
         self.stats = RunStats()
         self._ready_since: float | None = None
         max_bytes = settings.max_event_bytes
-        by_kind: dict[TopicKind, Callable[[RawRecord], TraceEvent | AssessmentEvent]] = {
+        by_kind: dict[TopicKind, Callable[[RawRecord], Decoded]] = {
             "trace": lambda r: decode_trace(r.value, r.provenance, max_bytes),
             "assessment": lambda r: decode_assessment(r.value, r.provenance, max_bytes),
+            "otlp": lambda r: decode_otlp(r.value, settings.otlp_encoding, max_bytes),
         }
         # Decoded: the topics the source declares; a record on any other is a dead letter.
         self._decoders = {topic: by_kind[kind] for topic, kind in source.topics().items()}
+        # OpenTelemetry traces are assembled from the store's span buffer, whoever read them.
+        self.emitter = emitter if "otlp" in source.topics().values() else None
+        self.otlp = OtlpConfig(
+            quiet_ms=round(settings.otlp_quiet_s * 1000),
+            max_wait_ms=round(settings.otlp_max_wait_s * 1000),
+            max_open_traces=settings.otlp_max_open_traces,
+            max_buffer_bytes=settings.otlp_max_buffer_bytes,
+            keep_ms=round(settings.otlp_keep_s * 1000))
+        self._next_emit_s = 0.0
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -177,6 +212,8 @@ class Worker:
             if records is None:
                 break  # stopped while the source was unavailable
             self.maintain()
+            if not self.assemble_due():
+                break  # stopped while the store was unavailable
             if self.stats.heartbeat_s >= next_lag:
                 next_lag = self.stats.heartbeat_s + LAG_EVERY_S
                 self.stats.lag = self.source.lag()
@@ -210,6 +247,10 @@ class Worker:
         now = time.monotonic()
         if self.tag_writer is not None and not self.tag_writer.drained():
             return False  # tags still to write back: not idle
+        if self.emitter is not None:
+            pending: int | None = self._retry(self.emitter.pending_otlp, "assemble")
+            if pending:
+                return False  # spans waiting to be assembled into traces: not idle
         if not self.source.ready():
             self._ready_since = None
             return now - started >= idle_s + JOIN_GRACE_S
@@ -245,11 +286,28 @@ class Worker:
                 logger.warning("dead-lettered topic=%s partition=%d offset=%d error=%s",
                                r.topic, r.partition, r.offset, exc)
                 continue
-            if isinstance(event, TraceEvent):
+            if isinstance(event, OtlpSpans):
+                self._take_spans(batch, r, event, now_ms)
+            elif isinstance(event, TraceEvent):
                 batch.traces.append(event)
             else:
                 batch.assessments.append(event)
         return batch
+
+    def _take_spans(self, batch: Batch, r: RawRecord, spans: OtlpSpans, now_ms: int) -> None:
+        """A record's spans go to the buffer; its rejected spans, if any, make one dead letter
+        of the record that names them (the others are kept)."""
+        prov = r.provenance
+        batch.spans.extend((s, prov) for s in spans.spans)
+        if spans.rejects:
+            reasons = "; ".join(f"span {j.span_id or '?'}: {j.reason}" for j in spans.rejects[:5])
+            exc = DecodeError(f"{len(spans.rejects)} of the record's "
+                              f"{len(spans.rejects) + len(spans.spans)} spans rejected, the "
+                              f"others kept ({reasons})", "spans")
+            batch.dead_letters.append(
+                dead_letter(r, exc, now_ms, self.settings.dlq_max_payload_bytes))
+            logger.warning("dead-lettered spans topic=%s partition=%d offset=%d error=%s",
+                           r.topic, r.partition, r.offset, exc)
 
     def _checkpoint(self, batch: Batch, records: list[RawRecord]) -> bool:
         """Checkpoint a decoded batch, in this order (the module docstring says why):
@@ -335,10 +393,35 @@ class Worker:
         self.stats.records += len(records)
         self.stats.traces += len(batch.traces)
         self.stats.assessments += len(batch.assessments)
+        self.stats.otlp_spans += len(batch.spans)
         self.stats.dead_letters += len(batch.dead_letters)
         self.stats.last_checkpoint_s = time.monotonic()
         self.stats.last_checkpoint_unix = time.time()
         self.stats.observe_batch(self.stats.last_checkpoint_s - began)
+
+    def assemble_due(self) -> bool:
+        """(Maybe) assemble the OpenTelemetry traces that are due, every ``OTLP_EMIT_EVERY_S``
+        (at once again while a full transaction's worth was due). False if stopped during a
+        store outage."""
+        if self.emitter is None or time.monotonic() < self._next_emit_s:
+            return True
+        emitter = self.emitter
+        result = self._retry(lambda: emitter.emit_otlp(self.now_ms(), self.otlp), "assemble")
+        if result is None:
+            return False
+        full = result.traces + len(result.refused) >= self.otlp.emit_batch
+        self._next_emit_s = 0.0 if full else time.monotonic() + OTLP_EMIT_EVERY_S
+        self.stats.otlp_traces += result.traces
+        self.stats.otlp_forced += result.forced
+        self.stats.otlp_refused += len(result.refused)
+        self.stats.tags_changed += result.tags_changed
+        for trace_id, why in result.refused:
+            logger.warning("assembled trace refused by the store, given up trace_id=%s "
+                           "error=%s", trace_id, why)
+        if result.forced:
+            logger.warning("span buffer past its bound: %d traces assembled early",
+                           result.forced)
+        return True
 
     def maintain(self) -> None:
         """(Maybe) maintain: retention pruning when its interval has passed."""

@@ -59,6 +59,29 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str = Field("localhost:9092", description="Kafka bootstrap servers.")
     trace_topic: str = Field("mlflow-traces", description="Topic of trace events.")
     assessment_topic: str = Field("mlflow-assessments", description="Topic of assessment events.")
+    otlp_topic: str = Field(
+        "otlp_spans", description="Topic of OpenTelemetry spans, as the OpenTelemetry "
+                                  "Collector's Kafka exporter writes them; empty: none.")
+    otlp_encoding: Literal["otlp_proto", "otlp_json", "jaeger_proto", "jaeger_json",
+                           "zipkin_proto", "zipkin_json"] = Field(
+        "otlp_proto", description="Encoding of the OTLP topic's records, as set in the "
+                                  "Collector's exporter; Jaeger and Zipkin records are "
+                                  "dead-lettered.")
+    otlp_quiet_s: float = Field(
+        2.0, ge=0, description="A trace whose root span came is assembled once no span came "
+                               "for this long.")
+    otlp_max_wait_s: float = Field(
+        60.0, gt=0, description="A trace whose root never came is assembled this long after "
+                                "its first span (its topmost span stands in; marked).")
+    otlp_max_open_traces: int = Field(
+        100_000, ge=1, description="Traces waiting for spans; past it the oldest are "
+                                   "assembled early (marked, counted in /metrics).")
+    otlp_max_buffer_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="Bytes of waiting spans; past it the oldest "
+                                                "traces are assembled early.")
+    otlp_keep_s: float = Field(
+        3600.0, ge=0, description="Spans of an assembled trace are kept this long, so that a "
+                                  "late span amends the trace.")
     group_id: str = Field("trace-curator", description="Kafka consumer group.")
     kafka_security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_SSL, ...")
     kafka_sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256, ...")
@@ -154,6 +177,16 @@ class Settings(BaseSettings):
         if self.source == "mlflow" and not self.mlflow_tracking_uri:
             raise ValueError("source=mlflow polls an MLflow server: set "
                              "TRACE_CURATOR_MLFLOW_TRACKING_URI (or MLFLOW_TRACKING_URI)")
+        return self
+
+    @model_validator(mode="after")
+    def _distinct_topics(self) -> Settings:
+        named = [t for t in (self.trace_topic, self.assessment_topic, self.otlp_topic) if t]
+        if len(set(named)) != len(named):
+            raise ValueError("trace_topic, assessment_topic and otlp_topic must differ (a "
+                             "topic's records are decoded by what it holds), got "
+                             f"{self.trace_topic!r} / {self.assessment_topic!r} / "
+                             f"{self.otlp_topic!r}")
         return self
 
     @model_validator(mode="after")

@@ -112,3 +112,15 @@ def test_the_worker_queues_tags_for_mlflow_only_when_write_back_is_on(
         monkeypatch.delenv(name, raising=False)
     settings = Settings(tag_writeback=writeback, mlflow_tracking_uri=uri)
     assert sql_writer(settings, create_engine("sqlite://"), None).outbox is queued
+
+
+@pytest.mark.parametrize("topics", [
+    {"otlp_topic": "mlflow-traces"},
+    {"otlp_topic": "mlflow-assessments"},
+    {"trace_topic": "same", "assessment_topic": "same", "otlp_topic": ""},
+])
+def test_each_topic_is_named_once(topics: dict[str, str]) -> None:
+    """A topic's records are decoded by what it holds: one topic cannot hold two kinds."""
+    with pytest.raises(ValidationError, match="must differ"):
+        Settings(**topics)
+    assert Settings(otlp_topic="").otlp_topic == ""  # no OpenTelemetry topic at all

@@ -60,6 +60,16 @@ class WorkerCollector(Collector):
                        s.dead_letters)
         yield _counter("tags_changed", "Rule tags set or cleared on stored traces.",
                        s.tags_changed)
+        yield _counter("otlp_spans", "OpenTelemetry spans read (redeliveries included).",
+                       s.otlp_spans)
+        otlp = CounterMetricFamily(f"{PREFIX}_otlp_traces_assembled",
+                                   "OpenTelemetry traces assembled from buffered spans, by how: "
+                                   "due, early (the buffer past a bound), refused by the store.",
+                                   labels=["how"])
+        otlp.add_metric(["due"], s.otlp_traces - s.otlp_forced)
+        otlp.add_metric(["early"], s.otlp_forced)
+        otlp.add_metric(["refused"], s.otlp_refused)
+        yield otlp
         yield _counter("batches", "Batches stored and checkpointed.", s.batches)
         yield _counter("retries", "Retries of a failing poll or store step.", s.retries)
         yield _counter("offset_commit_failures",

@@ -1,0 +1,212 @@
+"""OpenTelemetry spans buffered until their trace is due, then assembled and written as a trace.
+
+Spans of one trace arrive in several records, on several partitions, maybe at several workers:
+the buffer lives in the store, so whichever worker reads a span, every worker sees it.
+
+- ``buffer_spans`` runs in the batch's transaction, so offsets are committed only after the
+  spans are stored. Under the trace locks it inserts the spans not held yet (a redelivered span
+  changes nothing) and moves each touched trace's state: first and last arrival, root seen,
+  span count and bytes, and ``pending`` (spans came since the trace was last emitted).
+- ``emit_due`` runs in a transaction of its own. It picks due traces, takes their trace locks
+  (the lock a buffering batch holds, so the two never interleave on a trace), re-reads their
+  state, assembles each from all its buffered spans (``consumers.assembly``) and writes the
+  events through ``apply_batch`` (rules, metrics) while clearing ``pending`` in the same
+  transaction: a crash before the commit emits them again, after it never twice. Two workers
+  may pick the same trace: the second finds it no longer pending once the first commits.
+- A trace is due once its root came and no span came for ``quiet_ms``, or ``max_wait_ms``
+  after its first span without a root (the topmost span stands in). Past ``max_open_traces``
+  pending traces or ``max_buffer_bytes`` of their spans, the oldest are due at once and are
+  marked (``EMITTED_EARLY_KEY``) and counted.
+- Emitted traces keep their spans for ``keep_ms`` (``prune``): a late span amends the stored
+  trace with a more complete version (the store's completeness order). Later still, the late
+  span alone makes a less complete version, which the store ignores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import orjson
+from sqlalchemy import Connection, and_, delete, false, func, or_, select, update
+
+from consumers.assembly import assemble
+from consumers.events import Provenance, TraceEvent
+from consumers.otlp import OtlpSpan
+from store import dialect, locks
+from store.models import OTLP_SPANS, OTLP_TRACES
+
+EMITTED_EARLY_KEY = "trace_curator.emitted_early"  # metadata of a trace emitted past a bound
+SPAN_COLUMNS = ("trace_id", "span_id", "span", "received_ms")
+TRACE_COLUMNS = ("trace_id", "first_ms", "last_ms", "has_root", "span_count", "span_bytes",
+                 "pending", "emitted_ms", "src_topic", "src_partition", "src_offset")
+_TAGS = OtlpSpan._fields.index("trace_tags")
+
+
+class OtlpConfig(NamedTuple):
+    quiet_ms: int = 2_000
+    max_wait_ms: int = 60_000
+    max_open_traces: int = 100_000
+    max_buffer_bytes: int = 256 * 1024 * 1024
+    keep_ms: int = 3_600_000
+    emit_batch: int = 500  # traces per emission transaction
+
+
+class Emitted(NamedTuple):
+    events: list[TraceEvent]
+    forced: int  # of them, emitted early past a bound
+
+
+def span_json(s: OtlpSpan) -> str:
+    return orjson.dumps(list(s)).decode()
+
+
+def span_from_json(text: str) -> OtlpSpan:
+    v = orjson.loads(text)
+    v[_TAGS] = tuple(tuple(kv) for kv in v[_TAGS])
+    return OtlpSpan(*v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Buffering, in the batch's transaction
+
+
+def buffer_spans(conn: Connection, spans: Sequence[tuple[OtlpSpan, Provenance]],
+                 now_ms: int) -> int:
+    """Store the spans not held yet and move their traces' state. Returns the new spans."""
+    first: dict[tuple[str, str], tuple[OtlpSpan, Provenance, str]] = {}
+    for s, p in spans:
+        first.setdefault((s.trace_id, s.span_id), (s, p, ""))
+    if not first:
+        return 0
+    ids = sorted({tid for tid, _ in first})
+    locks.lock_traces(conn, ids)
+    held = {(r[0], r[1]) for r in dialect.select_in(
+        conn, "SELECT trace_id, span_id FROM otlp_spans WHERE trace_id {ids}", ids)}
+    new = [(s, p, span_json(s)) for key, (s, p, _) in first.items() if key not in held]
+    if not new:
+        return 0
+    dialect.bulk_upsert(conn, OTLP_SPANS, ("trace_id", "span_id"), SPAN_COLUMNS,
+                        [(s.trace_id, s.span_id, text, now_ms) for s, _, text in new],
+                        on_conflict="nothing")
+    touched = sorted({s.trace_id for s, _, _ in new})
+    state = {r[0]: r for r in dialect.select_in(
+        conn, "SELECT trace_id, first_ms, has_root, span_count, span_bytes, emitted_ms "
+              "FROM otlp_traces WHERE trace_id {ids}", touched)}
+    rows: dict[str, list[Any]] = {}
+    for s, p, text in new:
+        row = rows.get(s.trace_id)
+        if row is None:
+            old = state.get(s.trace_id)
+            row = rows[s.trace_id] = [
+                s.trace_id, old[1] if old else now_ms, now_ms, bool(old[2]) if old else False,
+                old[3] if old else 0, old[4] if old else 0, True, old[5] if old else None,
+                p.topic, p.partition, p.offset]
+        row[3] = row[3] or s.root
+        row[4] += 1
+        row[5] += len(text)
+        row[8:11] = [p.topic, p.partition, p.offset]
+    dialect.bulk_upsert(conn, OTLP_TRACES, ("trace_id",), TRACE_COLUMNS,
+                        [tuple(r) for r in rows.values()])
+    return len(new)
+
+
+# ---------------------------------------------------------------------------------------------
+# Emission, in a transaction of its own
+
+
+def due_traces(conn: Connection, now_ms: int, cfg: OtlpConfig) -> tuple[list[str], set[str]]:
+    """Up to ``cfg.emit_batch`` due trace ids, oldest first, and those of them that are due
+    only because the buffer is past a bound."""
+    t = OTLP_TRACES.c
+    ready = and_(t.pending, or_(and_(t.has_root, t.last_ms <= now_ms - cfg.quiet_ms),
+                                t.first_ms <= now_ms - cfg.max_wait_ms))
+    due = list(conn.execute(select(t.trace_id).where(ready).order_by(t.first_ms, t.trace_id)
+                            .limit(cfg.emit_batch)).scalars())
+    forced: set[str] = set()
+    room = cfg.emit_batch - len(due)
+    if room > 0:
+        count, size = conn.execute(select(func.count(), func.coalesce(func.sum(t.span_bytes), 0))
+                                   .where(t.pending)).one()
+        over = max(count - cfg.max_open_traces, 0)
+        if over or size > cfg.max_buffer_bytes:
+            taken = set(due)
+            for tid, nbytes in conn.execute(
+                    select(t.trace_id, t.span_bytes).where(t.pending)
+                    .order_by(t.first_ms, t.trace_id).limit(room + len(due))):
+                if tid in taken:
+                    continue
+                if over <= 0 and size <= cfg.max_buffer_bytes:
+                    break
+                forced.add(tid)
+                due.append(tid)
+                over -= 1
+                size -= nbytes
+                if len(due) >= cfg.emit_batch:
+                    break
+    return due, forced
+
+
+def emit_due(conn: Connection, now_ms: int, cfg: OtlpConfig, *,
+             only: str | None = None) -> Emitted:
+    """Assemble the due traces (under their trace locks; still pending once locked), or just
+    the trace ``only`` if it is due, and clear their ``pending``. The caller writes the events
+    in this same transaction."""
+    candidates, forced = due_traces(conn, now_ms, cfg)
+    if only is not None:
+        candidates = [t for t in candidates if t == only]
+    if not candidates:
+        return Emitted([], 0)
+    locks.lock_traces(conn, candidates)
+    t = OTLP_TRACES.c
+    state = {r[0]: r for r in dialect.select_in(
+        conn, "SELECT trace_id, pending, src_topic, src_partition, src_offset FROM otlp_traces "
+              "WHERE trace_id {ids}", candidates) if r[1]}
+    ids = sorted(state)
+    if not ids:
+        return Emitted([], 0)
+    spans: dict[str, list[OtlpSpan]] = {tid: [] for tid in ids}
+    for tid, text in dialect.select_in(
+            conn, "SELECT trace_id, span FROM otlp_spans WHERE trace_id {ids}", ids):
+        spans[tid].append(span_from_json(text))
+    events = []
+    for tid in ids:
+        _, _, topic, partition, offset = state[tid]
+        e = assemble(spans[tid], Provenance(topic, partition, offset))
+        if tid in forced:
+            e = e._replace(metadata={**e.metadata, EMITTED_EARLY_KEY: "buffer_full"})
+        events.append(e)
+    conn.execute(update(OTLP_TRACES).where(dialect.in_ids(conn, t.trace_id, ids))
+                 .values(pending=False, emitted_ms=now_ms))
+    return Emitted(events, len(forced & set(ids)))
+
+
+def pending(conn: Connection) -> int:
+    """Traces with spans not yet assembled."""
+    t = OTLP_TRACES.c
+    return int(conn.execute(select(func.count()).where(t.pending)).scalar_one())
+
+
+def give_up(conn: Connection, trace_id: str, now_ms: int) -> None:
+    """A trace the store refused: no longer pending, so it cannot block the others; its spans
+    go with the next ``prune``."""
+    locks.lock_traces(conn, [trace_id])
+    conn.execute(update(OTLP_TRACES).where(OTLP_TRACES.c.trace_id == trace_id)
+                 .values(pending=False, emitted_ms=now_ms))
+
+
+def prune(conn: Connection, now_ms: int, keep_ms: int, limit: int = 5_000) -> int:
+    """Drop up to ``limit`` traces emitted over ``keep_ms`` ago with nothing pending, and their
+    spans. Returns the traces dropped."""
+    t = OTLP_TRACES.c
+    old = and_(t.pending == false(), t.emitted_ms < now_ms - keep_ms)
+    ids = list(conn.execute(select(t.trace_id).where(old).limit(limit)).scalars())
+    if not ids:
+        return 0
+    locks.lock_traces(conn, ids)  # then again: a span may have come meanwhile
+    ids = list(conn.execute(select(t.trace_id).where(
+        old, dialect.in_ids(conn, t.trace_id, ids))).scalars())
+    if ids:
+        conn.execute(delete(OTLP_SPANS).where(dialect.in_ids(conn, OTLP_SPANS.c.trace_id, ids)))
+        conn.execute(delete(OTLP_TRACES).where(dialect.in_ids(conn, t.trace_id, ids)))
+    return len(ids)
