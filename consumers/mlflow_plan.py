@@ -104,6 +104,8 @@ class PollConfig:
     page_size: int = MAX_PAGE
     experiments_refresh_s: float = 60.0
     backfill: tuple[int, int] | None = None  # (since_ms, until_ms): a finite backfill instead
+    # Only assessments, by rescans: the traces come from another source (Kafka, OpenTelemetry).
+    assessments_only: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.page_size <= MAX_PAGE:
@@ -163,14 +165,19 @@ class PagePlan:
     assessments: list[Any]  # assessments to emit (of traces not fetched)
 
 
-def plan_page(infos: Sequence[InfoLike], known: Known) -> PagePlan:
+def plan_page(infos: Sequence[InfoLike], known: Known, *,
+              assessments_only: bool = False) -> PagePlan:
     """Compare a page with the store: fetch new traces and IN_PROGRESS ones that finished; emit
-    assessments that are new or newer than the stored version."""
+    assessments that are new or newer than the stored version. ``assessments_only``: fetch no
+    trace (another source brings them), emit the assessments of every trace of the page."""
     fetch: list[str] = []
     emit: list[Any] = []
     for info in infos:
         stored = known.traces.get(info.trace_id)
         state = state_name(info.state)
+        if assessments_only:
+            emit.extend(new_assessments(info.assessments or (), known))
+            continue
         if stored is None or (stored == IN_PROGRESS and state != IN_PROGRESS):
             fetch.append(info.trace_id)  # its assessments come with the fetched trace
             continue

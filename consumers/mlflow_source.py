@@ -61,6 +61,8 @@ class MlflowSource:
         MLflow has no "assessments since" query, so late feedback is found by diffing; traces
         that finished after they were first seen IN_PROGRESS are completed here too.
       * *backfill*: a closed window ``[since, until]``, once (``trace-curator backfill``).
+    With ``assessments_only`` there are only rescans, and they emit assessments only: the
+    traces come from Kafka (``consumers.combined_source``).
     """
 
     def __init__(self, server: TraceServer, store: StoreView, config: PollConfig, *,
@@ -94,6 +96,8 @@ class MlflowSource:
         return "mlflow"
 
     def topics(self) -> Mapping[str, TopicKind]:
+        if self.config.assessments_only:
+            return {ASSESSMENTS_TOPIC: "assessment"}
         return {TRACES_TOPIC: "trace", ASSESSMENTS_TOPIC: "assessment"}
 
     def ready(self) -> bool:
@@ -177,7 +181,7 @@ class MlflowSource:
         infos, token = self.server.page(scan.experiment_id, scan.start_ms, scan.until_ms,
                                         scan.token, page_size)
         known = self.store.known([i.trace_id for i in infos])
-        plan = plan_page(infos, known)
+        plan = plan_page(infos, known, assessments_only=self.config.assessments_only)
         records: list[RawRecord] = []
         for trace in self._fetch(scan, page_size, plan.fetch, len(infos)):
             records.append(trace_record(trace))
@@ -191,7 +195,8 @@ class MlflowSource:
         newest = max((int(i.request_time) for i in infos), default=scan.newest_ms)
         after = replace(scan, token=token, newest_ms=max(scan.newest_ms, newest))
         marks: dict[str, int] = {}
-        if newest >= 0:  # every trace of the page is stored once the batch is
+        if newest >= 0 and not self.config.assessments_only:
+            # every trace of the page is stored once the batch is
             old = self._watermarks.get(scan.experiment_id, -1)
             if newest > old:
                 marks[scan.experiment_id] = newest
@@ -311,7 +316,7 @@ class MlflowSource:
         return None
 
     def _due_tail(self) -> Scan | None:
-        if self.config.backfill is not None:
+        if self.config.backfill is not None or self.config.assessments_only:
             return None
         now = time.monotonic()
         for exp in self._experiments:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from sqlalchemy import Engine
 
+from consumers.combined_source import CombinedSource, KafkaOnlyDeadLetters
 from consumers.kafka_source import KafkaClientConfig, KafkaDeadLetterSink, KafkaSource
 from consumers.mlflow_client import MlflowTraceServer
 from consumers.mlflow_plan import PollConfig
 from consumers.mlflow_source import MlflowSource, TableOnlyDeadLetters
+from consumers.ports import DeadLetterSink, EventSource
 from store.checkpoints import StoreCheckpoints
 from store.engine import make_engine
 from store.metrics import MetricsConfig
@@ -65,13 +68,21 @@ def create_kafka_worker(settings: Settings, engine: Engine | None = None) -> Wor
     rules = load_rules(settings.rules_file) if settings.rules_enabled else None
     engine = engine or create_engine_from(settings)
     client = kafka_client(settings)
-    source = KafkaSource(
+    source: EventSource = KafkaSource(
         client, settings.trace_topic, settings.assessment_topic, settings.group_id,
         otlp_topic=settings.otlp_topic, session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
         max_poll_records=settings.batch_max_records)
-    dlq = KafkaDeadLetterSink(client, max_payload_bytes=settings.dlq_max_payload_bytes)
+    dlq: DeadLetterSink = KafkaDeadLetterSink(client,
+                                              max_payload_bytes=settings.dlq_max_payload_bytes)
+    if settings.mlflow_assessments == "on":  # feedback from MLflow beside the Kafka topics
+        kafka_topics = list(source.topics())
+        configure_mlflow_client(settings)
+        source = CombinedSource(source, MlflowSource(
+            MlflowTraceServer(settings.mlflow_tracking_uri), StoreCheckpoints(engine),
+            replace(poll_config(settings), assessments_only=True)))
+        dlq = KafkaOnlyDeadLetters(dlq, kafka_topics)
     tag_writer = create_tag_writer(settings, engine) if rules is not None else None
     curator = (CuratorThread(create_curator(settings, engine), settings.curate_interval_s, engine)
                if settings.curation_enabled else None)

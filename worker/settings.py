@@ -111,6 +111,10 @@ class Settings(BaseSettings):
                                     "changed assessments (MLflow cannot list them by time).")
     mlflow_assessment_rescan_interval_s: float = Field(
         120.0, gt=0, description="Pause between assessment rescans.")
+    mlflow_assessments: Literal["off", "on"] = Field(
+        "off", description="With source=kafka: also rescan the MLflow server (the tracking "
+                           "URI) for the assessments mlflow.log_feedback records, so feedback "
+                           "re-decides the rules on traces that came from Kafka.")
     mlflow_page_size: int = Field(500, ge=1, le=500,
                                   description="Trace infos per search_traces page (MLflow: 500).")
 
@@ -176,6 +180,13 @@ class Settings(BaseSettings):
     def _mlflow_source(self) -> Settings:
         if self.source == "mlflow" and not self.mlflow_tracking_uri:
             raise ValueError("source=mlflow polls an MLflow server: set "
+                             "TRACE_CURATOR_MLFLOW_TRACKING_URI (or MLFLOW_TRACKING_URI)")
+        return self
+
+    @model_validator(mode="after")
+    def _mlflow_assessments(self) -> Settings:
+        if self.mlflow_assessments == "on" and not self.mlflow_tracking_uri:
+            raise ValueError("mlflow_assessments=on rescans an MLflow server: set "
                              "TRACE_CURATOR_MLFLOW_TRACKING_URI (or MLFLOW_TRACKING_URI)")
         return self
 

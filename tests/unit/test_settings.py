@@ -124,3 +124,10 @@ def test_each_topic_is_named_once(topics: dict[str, str]) -> None:
     with pytest.raises(ValidationError, match="must differ"):
         Settings(**topics)
     assert Settings(otlp_topic="").otlp_topic == ""  # no OpenTelemetry topic at all
+
+
+def test_mlflow_assessments_beside_kafka_need_a_tracking_uri() -> None:
+    with pytest.raises(ValidationError, match="mlflow_assessments=on rescans an MLflow server"):
+        Settings(mlflow_assessments="on")
+    s = Settings(mlflow_assessments="on", mlflow_tracking_uri="http://mlflow:5000")
+    assert (s.source, s.mlflow_assessments) == ("kafka", "on")
