@@ -12,6 +12,14 @@ Measured, in one run and on one embedded tansu broker:
 Afterwards the store must hold exactly N rows in ``traces``; otherwise it prints MISMATCH and
 exits 1. Timings are printed, never asserted. The memory check of the issue (peak RSS under
 300 MB while a backlog of 1M events drains) is ``--events 1000000 --backends postgresql``.
+
+``--format otlp``: N traces of 5 spans as MLflow's OTLP export sends them (``mlflow.*``
+attributes: an AGENT root with inputs and outputs, a retriever, two chat calls with token usage,
+a tool), 20 traces to a record as the Collector's Kafka exporter batches them (one
+``ExportTraceServiceRequest``, nil key), into the OpenTelemetry topic. The full path then
+includes buffering the spans and assembling the traces (``TRACE_CURATOR_OTLP_QUIET_S=0.5``:
+the quiet period after the last record is in ``busy_s``); rates are spans/s and traces/s, the
+ceiling the bare consumer's records/s times 100 spans.
 """
 
 from __future__ import annotations
@@ -45,6 +53,11 @@ from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_PER_S = {"sqlite": 15_000, "postgresql": 12_000}
+# OpenTelemetry spans/s per process with 5-span traces; none is set for SQLite.
+TARGET_SPANS_PER_S = {"sqlite": 0, "postgresql": 50_000}
+SPANS_PER_TRACE = 5
+TRACES_PER_RECORD = 20
+OTLP_QUIET_S = 0.5
 TARGET_RSS_MB = 300
 # Real fixture kinds and how many templates of each; the mix keeps the mean event in 2-4 KB
 # (compact orjson: ok ~4.1 KB, error ~5.1 KB, slow ~2.7 KB).
@@ -59,6 +72,7 @@ SAMPLE_EVERY_S = 0.2
 @dataclass
 class Result:
     backend: str
+    format: str
     events: int
     worker_records: int
     rows: int
@@ -108,6 +122,56 @@ def event_sizes(templates: list[list[bytes]], run_id: bytes, n: int) -> tuple[fl
     return mean, min(sizes), max(sizes)
 
 
+def otlp_template() -> tuple[bytes, list[bytes]]:
+    """One record of ``TRACES_PER_RECORD`` five-span traces, serialized once, and the placeholder
+    trace id of each trace in it: ``otlp_record`` swaps in fresh ids with a bytes replace."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+
+    def attrs(**kv: str) -> list[Any]:
+        return [KeyValue(key=k.replace("_", "."), value=AnyValue(string_value=v))
+                for k, v in kv.items()]
+
+    usage = '{"input_tokens": 812, "output_tokens": 96, "total_tokens": 908}'
+    t0 = (time.time_ns() // 1_000_000 - 3_600_000) * 1_000_000
+    markers = [b"\xfe\xed" * 6 + k.to_bytes(4, "big") for k in range(TRACES_PER_RECORD)]
+    spans = []
+    for k, tid in enumerate(markers):
+        start = t0 + k * 1_000_000_000
+        shape = [  # (span id, parent, name, type, offset ms, duration ms, extra attributes)
+            (1, 0, "support_agent", "AGENT", 0, 2_400,
+             {"mlflow_spanInputs": '{"question": "How do I reset my password?"}',
+              "mlflow_spanOutputs": '"Open Settings, then Security, then Reset."'}),
+            (2, 1, "retrieve_docs", "RETRIEVER", 5, 180, {}),
+            (3, 1, "chat", "CHAT_MODEL", 200, 1_500, {"mlflow_chat_tokenUsage": usage}),
+            (4, 1, "lookup_account", "TOOL", 1_710, 90, {}),
+            (5, 1, "chat", "CHAT_MODEL", 1_810, 580, {"mlflow_chat_tokenUsage": usage}),
+        ]
+        for sid, parent, name, kind, off, dur, extra in shape:
+            a = attrs(mlflow_spanType=f'"{kind}"', **extra)
+            spans.append(Span(
+                trace_id=tid, span_id=(k * 16 + sid).to_bytes(8, "big"),
+                parent_span_id=(k * 16 + parent).to_bytes(8, "big") if parent else b"",
+                name=name, start_time_unix_nano=start + off * 1_000_000,
+                end_time_unix_nano=start + (off + dur) * 1_000_000,
+                status=Status(code=Status.STATUS_CODE_OK), attributes=a))
+    value = ExportTraceServiceRequest(resource_spans=[ResourceSpans(
+        scope_spans=[ScopeSpans(spans=spans)])]).SerializeToString()
+    assert all(value.count(m) == SPANS_PER_TRACE for m in markers)
+    return value, markers
+
+
+def otlp_record(template: tuple[bytes, list[bytes]], run_id: bytes, r: int) -> bytes:
+    value, markers = template
+    for k, m in enumerate(markers):  # run (4 bytes) + record (8) + trace in record (4)
+        value = value.replace(m, bytes.fromhex(run_id.decode()) + r.to_bytes(8, "big")
+                              + k.to_bytes(4, "big"))
+    return value
+
+
 def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
@@ -116,16 +180,15 @@ def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
         admin.close()
 
 
-def produce(bootstrap: str, topic: str, templates: list[list[bytes]], run_id: bytes,
+def produce(bootstrap: str, topic: str, records: Iterator[tuple[bytes | None, bytes]],
             n: int) -> float:
-    """Send N events; returns the produce rate. Raises if the broker refused any."""
+    """Send the N records; returns the produce rate. Raises if the broker refused any."""
     producer = make_producer(bootstrap, acks=1, linger_ms=20, batch_size=1024 * 1024,
                              compression_type=None)
     failures: list[BaseException] = []
     t0 = time.perf_counter()
     try:
-        for i in range(n):
-            key, value = event(templates, run_id, i)
+        for key, value in records:
             # No future is kept: 1M of them would cost more memory than the bench is measuring.
             producer.send(topic, key=key, value=value).add_errback(failures.append)
         producer.flush()
@@ -184,14 +247,17 @@ def fresh_store(backend: str, pg_dsn: str, tmp: Path) -> Iterator[str]:
         yield url
 
 
-def worker_env(store_url: str, bootstrap: str, trace_topic: str, assessment_topic: str,
+def worker_env(store_url: str, bootstrap: str, topics: tuple[str, str, str],
                batch_max_records: int | None, rules: bool = True) -> dict[str, str]:
+    trace_topic, assessment_topic, otlp_topic = topics
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACE_CURATOR_")}
     env.update({
         "TRACE_CURATOR_STORE_URL": store_url,
         "TRACE_CURATOR_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "TRACE_CURATOR_TRACE_TOPIC": trace_topic,
         "TRACE_CURATOR_ASSESSMENT_TOPIC": assessment_topic,
+        "TRACE_CURATOR_OTLP_TOPIC": otlp_topic,
+        "TRACE_CURATOR_OTLP_QUIET_S": str(OTLP_QUIET_S),
         "TRACE_CURATOR_GROUP_ID": "bench-" + uuid.uuid4().hex,
         "TRACE_CURATOR_KAFKA_SESSION_TIMEOUT_MS": str(GROUP_TIMING["session_timeout_ms"]),
         "TRACE_CURATOR_KAFKA_HEARTBEAT_INTERVAL_MS": str(GROUP_TIMING["heartbeat_interval_ms"]),
@@ -264,10 +330,10 @@ def count_traces(store_url: str) -> int:
         engine.dispose()
 
 
-def run_backend(backend: str, args: argparse.Namespace, bootstrap: str, topics: tuple[str, str],
-                ceiling_per_s: float, tmp: Path) -> Result:
+def run_backend(backend: str, args: argparse.Namespace, bootstrap: str,
+                topics: tuple[str, str, str], ceiling_per_s: float, tmp: Path) -> Result:
     with fresh_store(backend, args.pg_dsn, tmp) as url:
-        env = worker_env(url, bootstrap, *topics, args.batch_max_records, not args.no_rules)
+        env = worker_env(url, bootstrap, topics, args.batch_max_records, not args.no_rules)
         up = subprocess.run([sys.executable, "-m", "worker", "db", "upgrade"], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
         if up.returncode != 0:
@@ -299,10 +365,12 @@ def run_backend(backend: str, args: argparse.Namespace, bootstrap: str, topics: 
         rows = count_traces(url)
     records = int(summary.get("records", 0))
     busy_s = float(summary.get("busy_s", 0.0))
-    per_s = records / busy_s if busy_s > 0 else 0.0
+    units = int(summary.get("otlp_spans", 0)) if args.format == "otlp" else records
+    per_s = units / busy_s if busy_s > 0 else 0.0
     peak_mb = peak_kb / 1024
-    target = TARGET_PER_S[backend]
-    return Result(backend=backend, events=args.events, worker_records=records, rows=rows,
+    target = (TARGET_SPANS_PER_S if args.format == "otlp" else TARGET_PER_S)[backend]
+    return Result(backend=backend, format=args.format, events=args.events,
+                  worker_records=records, rows=rows,
                   busy_s=busy_s, per_s=per_s, ceiling_per_s=ceiling_per_s,
                   ratio=per_s / ceiling_per_s if ceiling_per_s else 0.0, peak_rss_mb=peak_mb,
                   wall_s=wall_s, target_per_s=target,
@@ -352,14 +420,20 @@ def print_profile(path: Path, top: int = 15) -> None:
 
 
 def print_table(results: list[Result]) -> None:
-    head = (f"{'backend':<11}{'events':>9}{'busy_s':>8}{'events/s':>10}{'ceiling/s':>11}"
-            f"{'ratio':>7}{'peak_RSS_MB':>13}  {'target':<24}meets target")
+    otlp = bool(results) and results[0].format == "otlp"
+    unit = "spans/s" if otlp else "events/s"
+    head = (f"{'backend':<11}{'traces' if otlp else 'events':>9}{'busy_s':>8}{unit:>11}"
+            f"{'ceiling/s':>12}{'ratio':>7}{'peak_RSS_MB':>13}  {'target':<26}meets target"
+            + ("   traces/s" if otlp else ""))
     print("\n" + head + "\n" + "-" * len(head))
     for r in results:
-        target = f">={r.target_per_s:,}/s, RSS<={TARGET_RSS_MB} MB"
-        print(f"{r.backend:<11}{r.events:>9}{r.busy_s:>8.2f}{r.per_s:>10,.0f}"
-              f"{r.ceiling_per_s:>11,.0f}{r.ratio:>7.2f}{r.peak_rss_mb:>13.1f}  {target:<24}"
-              f"{'yes' if r.meets_target else 'no'}")
+        target = (f">={r.target_per_s:,}/s, RSS<={TARGET_RSS_MB} MB" if r.target_per_s
+                  else f"none set, RSS<={TARGET_RSS_MB} MB")
+        traces = f"{r.per_s / SPANS_PER_TRACE:>11,.0f}" if otlp else ""
+        meets = ("yes" if r.meets_target else "no") if r.target_per_s else "-"
+        print(f"{r.backend:<11}{r.events:>9}{r.busy_s:>8.2f}{r.per_s:>11,.0f}"
+              f"{r.ceiling_per_s:>12,.0f}{r.ratio:>7.2f}{r.peak_rss_mb:>13.1f}  {target:<26}"
+              f"{meets:<12}{traces}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -389,6 +463,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="ingest only: run the worker with TRACE_CURATOR_RULES_ENABLED=false "
                         "(by default the built-in rules decide every trace: 5 of the 8 event "
                         "templates are error or slow traces, so most events get tagged)")
+    p.add_argument("--format", choices=("trace", "otlp"), default="trace",
+                   help="trace: MLflow trace events on the trace topic (default); otlp: "
+                        f"{SPANS_PER_TRACE}-span traces as MLflow's OTLP export sends them, "
+                        f"{TRACES_PER_RECORD} traces a record as the Collector batches them, on "
+                        "the OpenTelemetry topic (--events counts traces)")
     p.add_argument("--json", action="store_true", help="also print one JSON line of results")
     p.add_argument("--py-spy", metavar="DIR", default=None,
                    help="profile each worker with py-spy (collapsed stacks in DIR/<backend>."
@@ -401,6 +480,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown backend(s) {sorted(unknown)}; choose from sqlite, postgresql")
     if min(args.events, args.partitions, args.ceiling_runs) < 1:
         p.error("--events, --partitions and --ceiling-runs must be positive")
+    if args.format == "otlp" and args.events % TRACES_PER_RECORD:
+        p.error(f"with --format otlp, --events must be a multiple of {TRACES_PER_RECORD}")
     args.poll_records = args.batch_max_records or default_batch
     return args
 
@@ -413,27 +494,45 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
     run_id = uuid.uuid4().hex[:8].encode()
-    templates = make_templates()
-    mean_b, min_b, max_b = event_sizes(templates, run_id, args.events)
-    print(f"events: {args.events} real MLflow trace events ({len(templates)} templates: "
-          f"{', '.join(f'{c}x {k}' for k, c in TEMPLATE_MIX)}), compact orjson, "
-          f"mean {mean_b:,.0f} bytes ({mean_b / 1024:.2f} KiB), min {min_b:,}, max {max_b:,}")
+    if args.format == "otlp":
+        template = otlp_template()
+        n_records = args.events // TRACES_PER_RECORD
+        records: Iterator[tuple[bytes | None, bytes]] = (
+            (None, otlp_record(template, run_id, r)) for r in range(n_records))
+        unit = SPANS_PER_TRACE * TRACES_PER_RECORD  # spans a record
+        mean_b = len(template[0])
+        print(f"traces: {args.events} of {SPANS_PER_TRACE} spans as MLflow's OTLP export sends "
+              f"them, {TRACES_PER_RECORD} a record ({n_records} records of {mean_b:,} bytes, "
+              f"nil keys)")
+    else:
+        templates = make_templates()
+        n_records, unit = args.events, 1
+        records = (event(templates, run_id, i) for i in range(args.events))
+        mean_b, min_b, max_b = event_sizes(templates, run_id, args.events)
+        print(f"events: {args.events} real MLflow trace events ({len(templates)} templates: "
+              f"{', '.join(f'{c}x {k}' for k, c in TEMPLATE_MIX)}), compact orjson, "
+              f"mean {mean_b:,.0f} bytes ({mean_b / 1024:.2f} KiB), min {min_b:,}, max {max_b:,}")
     broker = EmbeddedBroker()
     results: list[Result] = []
     try:
         broker.start()
         bootstrap = broker.bootstrap_servers
-        topics = (f"bench-traces-{run_id.decode()}", f"bench-assessments-{run_id.decode()}")
-        create_topics(bootstrap, {topics[0]: args.partitions, topics[1]: 1})
-        print(f"broker: tansu at {bootstrap}, topic {topics[0]} with {args.partitions} "
+        rid = run_id.decode()
+        topics = (f"bench-traces-{rid}", f"bench-assessments-{rid}", f"bench-otlp-{rid}")
+        target_topic = topics[2] if args.format == "otlp" else topics[0]
+        create_topics(bootstrap, {topics[0]: args.partitions, topics[1]: 1,
+                                  topics[2]: args.partitions})
+        print(f"broker: tansu at {bootstrap}, topic {target_topic} with {args.partitions} "
               f"partitions, max_poll_records {args.poll_records}")
-        produce_per_s = produce(bootstrap, topics[0], templates, run_id, args.events)
-        print(f"produce: {produce_per_s:,.0f} events/s (acks=1, linger_ms=20, batch 1 MiB)")
+        produce_per_s = produce(bootstrap, target_topic, records, n_records)
+        print(f"produce: {produce_per_s:,.0f} records/s (acks=1, linger_ms=20, batch 1 MiB)")
         # One run of the ceiling varies by +-20% on a shared 2-core machine: keep the best.
-        ceilings = [consume_ceiling(bootstrap, topics[0], args.events, args.poll_records)
+        ceilings = [unit * consume_ceiling(bootstrap, target_topic, n_records,
+                                           args.poll_records)
                     for _ in range(args.ceiling_runs)]
         ceiling_per_s = max(ceilings)
-        print(f"ceiling: bare kafka-python consumer {ceiling_per_s:,.0f} records/s (best of "
+        print(f"ceiling: bare kafka-python consumer {ceiling_per_s:,.0f} "
+              f"{'spans' if args.format == 'otlp' else 'records'}/s (best of "
               f"{', '.join(f'{c:,.0f}' for c in ceilings)})")
         with tempfile.TemporaryDirectory(prefix="tc-bench-") as tmp:
             for backend in args.backends:
@@ -457,7 +556,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r.exit_code}")
     if args.json:
         print(orjson.dumps({
-            "bench": "ingest", "events": args.events, "partitions": args.partitions,
+            "bench": "ingest", "format": args.format, "events": args.events,
+            "partitions": args.partitions,
             "batch_max_records": args.poll_records, "mean_event_bytes": round(mean_b),
             "produce_per_s": round(produce_per_s), "ceiling_per_s": round(ceiling_per_s),
             "ceiling_runs_per_s": [round(c) for c in ceilings],

@@ -49,7 +49,7 @@ class OtlpConfig(NamedTuple):
     max_open_traces: int = 100_000
     max_buffer_bytes: int = 256 * 1024 * 1024
     keep_ms: int = 3_600_000
-    emit_batch: int = 500  # traces per emission transaction
+    emit_batch: int = 2_000  # traces per emission transaction
 
 
 class Emitted(NamedTuple):

@@ -16,6 +16,7 @@ step turns the traces that are due into trace events, in transactions of their o
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -119,6 +120,7 @@ class RunStats:
     first_record_s: float | None = None  # monotonic time the first records arrived
     last_checkpoint_s: float | None = None  # monotonic time of the last completed checkpoint
     last_checkpoint_unix: float | None = None  # wall time of the same, for /metrics
+    last_assembly_s: float | None = None  # monotonic time OpenTelemetry traces were last written
     heartbeat_s: float = field(default_factory=time.monotonic)  # the loop is alive (liveness)
     failing: str | None = None  # "poll" or "store" while that step is being retried
     lag: dict[tuple[str, int], int] = field(default_factory=dict)  # per partition, refreshed
@@ -135,16 +137,18 @@ class RunStats:
 
     @property
     def busy_s(self) -> float:
-        """From the first record received to the last checkpoint: the draining time."""
+        """From the first record received to the last checkpoint or, later, the last assembly
+        of OpenTelemetry traces: the draining time."""
         if self.first_record_s is None or self.last_checkpoint_s is None:
             return 0.0
-        return self.last_checkpoint_s - self.first_record_s
+        return max(self.last_checkpoint_s, self.last_assembly_s or 0.0) - self.first_record_s
 
     def summary(self) -> str:
         elapsed = max(time.monotonic() - self.started_s, 1e-9)
         busy = self.busy_s
         rate = self.records / busy if busy > 0 else 0.0
         return (f"records={self.records} traces={self.traces} assessments={self.assessments} "
+                f"otlp_spans={self.otlp_spans} otlp_traces={self.otlp_traces} "
                 f"dead_letters={self.dead_letters} batches={self.batches} "
                 f"retries={self.retries} commit_failures={self.commit_failures} "
                 f"elapsed_s={elapsed:.1f} busy_s={busy:.2f} rate_per_s={rate:.0f}")
@@ -207,8 +211,11 @@ class Worker:
         next_lag = started
         while not self.stop.is_set():
             self.stats.heartbeat_s = time.monotonic()
-            records = self._retry(lambda: self.source.poll(s.poll_timeout_ms,
-                                                           s.batch_max_records), "poll")
+            # Traces still due for assembly: look for records without waiting for them.
+            poll = functools.partial(self.source.poll,
+                                     0 if self._assembly_backlog() else s.poll_timeout_ms,
+                                     s.batch_max_records)
+            records = self._retry(poll, "poll")
             if records is None:
                 break  # stopped while the source was unavailable
             self.maintain()
@@ -399,6 +406,11 @@ class Worker:
         self.stats.last_checkpoint_unix = time.time()
         self.stats.observe_batch(self.stats.last_checkpoint_s - began)
 
+    def _assembly_backlog(self) -> bool:
+        """The last assembly was a full transaction: more traces are due at once."""
+        return self.emitter is not None and self._next_emit_s == 0.0 \
+            and self.stats.otlp_traces > 0
+
     def assemble_due(self) -> bool:
         """(Maybe) assemble the OpenTelemetry traces that are due, every ``OTLP_EMIT_EVERY_S``
         (at once again while a full transaction's worth was due). False if stopped during a
@@ -411,6 +423,8 @@ class Worker:
             return False
         full = result.traces + len(result.refused) >= self.otlp.emit_batch
         self._next_emit_s = 0.0 if full else time.monotonic() + OTLP_EMIT_EVERY_S
+        if result.traces:
+            self.stats.last_assembly_s = time.monotonic()
         self.stats.otlp_traces += result.traces
         self.stats.otlp_forced += result.forced
         self.stats.otlp_refused += len(result.refused)

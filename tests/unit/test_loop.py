@@ -141,3 +141,46 @@ def test_the_loop_maintains_between_batches_and_when_idle() -> None:
     assert journal.count("maintain") >= 4
     assert journal[:2] == ["poll:10", "maintain"]  # poll, then maintain, then the batch
     assert set(w.maintenance.calls) == {1_800_000_000_000}  # the injected clock, in ms
+
+
+class _Emitter:
+    """Due traces in full transactions of ``cfg.emit_batch`` until ``due`` runs out."""
+
+    def __init__(self, due: int) -> None:
+        self.due = due
+        self.calls = 0
+
+    def emit_otlp(self, now_ms: int, cfg: Any) -> Any:
+        from store.writer import EmitResult
+
+        self.calls += 1
+        n = min(self.due, cfg.emit_batch)
+        self.due -= n
+        return EmitResult(n, 0, 0, 0, [])
+
+    def pending_otlp(self) -> int:
+        return self.due
+
+
+class _TimedSource(FakeSource):
+    def __init__(self, journal: list[str]) -> None:
+        super().__init__([], journal, topics={TRACES: "trace", "otlp": "otlp"})
+        self.timeouts: list[int] = []
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
+        self.timeouts.append(timeout_ms)
+        return super().poll(timeout_ms, max_records)
+
+
+def test_a_backlog_of_due_traces_is_assembled_without_waiting_on_polls() -> None:
+    journal: list[str] = []
+    settings = Settings(trace_topic=TRACES, assessment_topic=ASSESS, otlp_topic="otlp",
+                        poll_timeout_ms=300)
+    src = _TimedSource(journal)
+    emitter = _Emitter(due=5_000)
+    w = Worker(settings, src, FakeWriter(journal), FakeDeadLetters(journal), emitter=emitter)
+    stats = w.run(exit_when_idle_s=0)
+    assert stats.otlp_traces == 5_000 and emitter.pending_otlp() == 0
+    assert emitter.calls == 3  # 2,000 + 2,000 + 1,000: the last was not full
+    # Each full transaction is followed at once by the next: the polls between do not wait.
+    assert src.timeouts[:3] == [300, 0, 0]
