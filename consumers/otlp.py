@@ -66,6 +66,7 @@ _UNKNOWN = "UNKNOWN"
 _STATUS = {ProtoStatus.STATUS_CODE_OK: "OK", ProtoStatus.STATUS_CODE_ERROR: "ERROR"}
 _HEX_ID_FIELDS = ("traceId", "spanId", "parentSpanId")
 _MAX_REJECT_REASON = 300
+_JSON_OPENERS = frozenset('{["')
 MAX_TAG_KEY_CHARS = 250
 MAX_TAG_VALUE_CHARS = 8000
 
@@ -301,7 +302,9 @@ def _attributes(s: ProtoSpan) -> dict[str, str]:
     out: dict[str, str] = {}
     for kv in s.attributes:
         v = any_value(kv.value)
-        if isinstance(v, str):
+        # Only text that opens like a string, object or array can be one (JSON allows leading
+        # whitespace); any other value is dumped without parsing it first.
+        if isinstance(v, str) and v.lstrip()[:1] in _JSON_OPENERS:
             try:
                 inner = _loads(v)
             except ValueError:
@@ -428,7 +431,8 @@ class _OwnOnly:
 
     def model(self, attrs: dict[str, str], inputs: str | None, outputs: str | None) -> Any:
         for text in (inputs, outputs):
-            if text:
+            # A "model" key is in the text as such, or behind a \u escape: else nothing to find.
+            if text and ('"model"' in text or "\\u" in text):
                 try:
                     v = _loads(text)
                 except ValueError:

@@ -163,7 +163,9 @@ _SCALARS = st.one_of(st.text(max_size=8), st.integers(-5, 10_000), st.booleans()
 _JSON_TEXT = st.sampled_from(['{"model": "m-in"}', '[{"role": "user", "content": "x"}]',
                               '"quoted"', '{}', '[]', 'null', '""', '12', 'not json',
                               '{"model": 5}', '{"model": "m-nan", "x": NaN}',
-                              '{"model": "big", "n": 123456789012345678901234567890}'])
+                              '{"model": "big", "n": 123456789012345678901234567890}',
+                              '{"\\u006dodel": "escaped"}', ' \n {"model": "spaced"}',
+                              '\u00a0{"model": "nbsp"}'])
 _KEYS = {
     "mlflow.spanType": st.sampled_from(['"LLM"', '"UNKNOWN"', '"CHAIN"', "RETRIEVER", '5',
                                         "NaN"]),
