@@ -1,9 +1,10 @@
 """``python -m worker demo`` as a user runs it: a real process, its real outcome.
 
 The demo runs in its own session with its defaults (history, live traffic, Kafka via its embedded
-tansu broker) into ``tmp_path``; the tests read what it left behind: the SQLite store, the report
-command's JSON, the dataset versions, and the process table (no broker or other process outlives
-the demo, after a normal exit or a Ctrl+C).
+tansu broker; once MLflow's OTLP export through the same broker, ``--source otlp``) into
+``tmp_path``; the tests read what it left behind: the SQLite store, the report command's JSON,
+the dataset versions, and the process table (no broker or other process outlives the demo, after
+a normal exit or a Ctrl+C).
 """
 
 from __future__ import annotations
@@ -165,19 +166,22 @@ def test_demo_runs_live_and_leaves_a_consistent_store(tmp_path: Path) -> None:
     assert result["total_traces"] == in_window == traces  # all of this run is within 24 h
 
 
-@pytest.mark.parametrize("phase", ["history", "live"])
+@pytest.mark.parametrize("phase", ["history", "live", "live-otlp"])
 def test_demo_stops_on_ctrl_c_and_leaves_nothing_behind(tmp_path: Path, phase: str) -> None:
     """SIGINT after ~8 s (by default the demo is still writing its history then), or once live
-    traffic runs beside the worker, its tag writer and curator: the demo drains, stops, prints
-    its summary and exits 130 within 30 s, and its broker is gone."""
-    demo = Demo(tmp_path, "--duration", "20", *(["--history", "10"] if phase == "live" else []))
+    traffic runs beside the worker, its tag writer and curator (live-otlp: with MLflow's OTLP
+    export to the demo's receiver): the demo drains, stops, prints its summary and exits 130
+    within 30 s, and its broker is gone."""
+    live = phase.startswith("live")
+    demo = Demo(tmp_path, "--duration", "20", *(["--history", "10"] if live else []),
+                *(["--source", "otlp"] if phase == "live-otlp" else []))
     try:
-        if phase == "live":
+        if live:
             deadline = time.monotonic() + 60
             while "level=INFO logger=worker.demo.runner progress" not in demo.output():
                 assert demo.watch(0.2) is None, demo.output()[-4000:]
                 assert time.monotonic() < deadline, "no live progress within 60 s"
-        assert demo.watch(8 if phase == "history" else 2) is None, demo.output()[-4000:]
+        assert demo.watch(2 if live else 8) is None, demo.output()[-4000:]
         os.kill(demo.proc.pid, signal.SIGINT)
         sent = time.monotonic()
         code = demo.watch(30)

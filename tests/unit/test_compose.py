@@ -1,10 +1,12 @@
-"""docker-compose.yml, .env.example, the Dockerfile and .dockerignore, checked as data.
+"""docker-compose.yml, .env.example, the Dockerfile, .dockerignore and the OpenTelemetry
+Collector's config, checked as data.
 
 No Docker engine runs in CI, so these tests parse the files and check what the stack relies on:
 the services and their healthchecks, start-up conditions, KRaft, the topics kafka-init creates,
 the MLflow server options, that every ``TRACE_CURATOR_*`` name is a real setting, that passwords
-come from .env, and the image's stages, user, entry point and healthcheck. Each check is a
-function that returns a list of problems; the mutation tests at the end prove each one can fail.
+come from .env, the image's stages, user, entry point and healthcheck, and that the Collector
+receives OTLP and writes it where, and as, the workers read it. Each check is a function that
+returns a list of problems; the mutation tests at the end prove each one can fail.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pydantic import SecretStr
 
 from consumers.errors import ConfigError
 from consumers.kafka_source import DLQ_SUFFIX
+from consumers.otlp import READ_ENCODINGS
 from worker.settings import ENV_PREFIX, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,10 +36,15 @@ COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
+COLLECTOR_CONFIG = ROOT / "deploy" / "otel-collector" / "config.yaml"
 
 EXPECTED_SERVICES = {"kafka", "kafka-init", "postgres", "mlflow", "migrate", "worker", "prometheus",
-                     "grafana"}
-LONG_RUNNING = {"kafka", "postgres", "mlflow", "worker", "prometheus", "grafana"}
+                     "grafana", "otel-collector"}
+LONG_RUNNING = {"kafka", "postgres", "mlflow", "worker", "prometheus", "grafana", "otel-collector"}
+# Long-running services that cannot have a compose healthcheck: the Collector's image is its
+# binary alone (FROM scratch: no shell, curl or wget to run a test with). Its config enables the
+# health_check extension instead (check_collector_pipeline).
+NO_HEALTHCHECK = {"otel-collector"}
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 WORKER_REPLICAS = 2
 WORKER_WIRING = {  # what the workers must be told, after interpolation
@@ -141,6 +149,10 @@ def check_healthchecks(doc: Mapping[str, Any]) -> Problems:
         if name in LONG_RUNNING and is_one_shot(svc):
             problems.append(f"{name} is long-running but has no restart policy")
         if name not in LONG_RUNNING and is_one_shot(svc):
+            continue
+        if name in NO_HEALTHCHECK:
+            if healthcheck_text(svc):
+                problems.append(f"{name} has a healthcheck, but its image has nothing to run it")
             continue
         hc = svc.get("healthcheck") or {}
         if hc.get("disable") or not hc.get("test"):
@@ -269,18 +281,20 @@ def created_topics(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
 def check_topics(doc: Mapping[str, Any]) -> Problems:
     trace = Settings.model_fields["trace_topic"].default
     assessment = Settings.model_fields["assessment_topic"].default
-    dlqs = {trace + DLQ_SUFFIX, assessment + DLQ_SUFFIX}
+    otlp = Settings.model_fields["otlp_topic"].default
+    read = {trace, assessment, otlp}
+    dlqs = {t + DLQ_SUFFIX for t in read}
     calls = created_topics(doc)
     names = [c["topic"] for c in calls]
     problems = []
-    if sorted(names) != sorted({trace, assessment} | dlqs):
+    if sorted(names) != sorted(read | dlqs):
         problems.append(f"kafka-init creates {sorted(map(str, names))}, want {trace}, "
-                        f"{assessment} and their {DLQ_SUFFIX} topics, once each")
+                        f"{assessment}, {otlp} and their {DLQ_SUFFIX} topics, once each")
     for c in calls:
         partitions = c["partitions"]
         if partitions is None or not partitions.isdigit() or int(partitions) < 1:
             problems.append(f"topic {c['topic']} has no explicit partition count")
-        elif c["topic"] in (trace, assessment) and int(partitions) < WORKER_REPLICAS:
+        elif c["topic"] in read and int(partitions) < WORKER_REPLICAS:
             problems.append(f"topic {c['topic']} has fewer partitions than workers")
         if not c["if_not_exists"]:
             problems.append(f"topic {c['topic']} is not created with --if-not-exists")
@@ -382,6 +396,255 @@ def compose_problems(doc: Mapping[str, Any], text: str) -> Problems:
         check_kafka, check_topics, check_mlflow, check_mlflow_image, check_postgres]
     return ([p for check in checks for p in check(doc)] + check_secrets(text, doc)
             + check_setting_names(text))
+
+
+# ---- the OpenTelemetry Collector (deploy/otel-collector/config.yaml) -------------------------
+
+COLLECTOR = "otel-collector"
+COLLECTOR_IMAGE = "otel/opentelemetry-collector-contrib"
+COLLECTOR_DEFAULT_CONFIG = "/etc/otelcol-contrib/config.yaml"  # the image's CMD --config
+OTLP_PORTS = {"grpc": 4317, "http": 4318}
+HEALTH_PORT = 13133
+# What the Kafka exporter uses when its config names nothing.
+EXPORTER_DEFAULT_BROKERS = ["localhost:9092"]
+EXPORTER_DEFAULT_TOPIC = "otlp_spans"
+EXPORTER_DEFAULT_ENCODING = "otlp_proto"
+
+
+def parse_collector_config(text: str) -> tuple[dict[str, Any], Problems]:
+    """The Collector's config as a mapping, or an empty mapping and why there is none."""
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        return {}, [f"collector config does not parse: {exc}"]
+    if not isinstance(config, dict):
+        return {}, ["collector config is not a YAML mapping"]
+    return config, []
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _dig(node: Any, *keys: str) -> Any:
+    for key in keys:
+        node = _mapping(node).get(key)
+    return node
+
+
+def component_type(component_id: Any) -> str:
+    """``otlp/in`` -> ``otlp``: a component's id is its type, optionally ``/name``."""
+    return str(component_id).split("/", 1)[0]
+
+
+def _ids(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def traces_kafka_exporters(config: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The kafka exporters of the traces pipelines that receive OTLP: id -> their settings."""
+    exporters = _mapping(config.get("exporters"))
+    out: dict[str, Mapping[str, Any]] = {}
+    for pid, pipeline in _mapping(_dig(config, "service", "pipelines")).items():
+        if component_type(pid) != "traces" or not any(
+                component_type(r) == "otlp" for r in _ids(_dig(pipeline, "receivers"))):
+            continue
+        for eid in _ids(_dig(pipeline, "exporters")):
+            if component_type(eid) == "kafka":
+                out[eid] = _mapping(exporters.get(eid))
+    return out
+
+
+def exporter_traces(exporter: Mapping[str, Any]) -> tuple[str, str]:
+    """The topic and encoding a Kafka exporter writes traces with, as the Collector reads its
+    config: ``traces::topic``/``encoding``, else the deprecated top-level keys, else defaults."""
+    traces = _mapping(exporter.get("traces"))
+    return (str(traces.get("topic") or exporter.get("topic") or EXPORTER_DEFAULT_TOPIC),
+            str(traces.get("encoding") or exporter.get("encoding") or EXPORTER_DEFAULT_ENCODING))
+
+
+def worker_setting(doc: Mapping[str, Any], name: str) -> Any:
+    """A worker setting as the stack gives it: the worker's compose environment (interpolated
+    with an empty .env) if it sets it, else the Settings default."""
+    env = resolve(environment(services(doc).get("worker", {})))
+    key = ENV_PREFIX + name.upper()
+    return env[key] if key in env else Settings.model_fields[name].default
+
+
+def check_collector_pipeline(doc: Mapping[str, Any], config: Mapping[str, Any]) -> Problems:
+    """OTLP in on gRPC and HTTP on every interface (the default is localhost, out of reach of
+    other containers); a traces pipeline otlp -> batch -> kafka; every component a pipeline or
+    the service names is defined; the health_check extension on, on every interface."""
+    problems = []
+    receivers = _mapping(config.get("receivers"))
+    otlp = [r for r in receivers if component_type(r) == "otlp"]
+    if not otlp:
+        problems.append("collector has no otlp receiver")
+    for rid in otlp:
+        protocols = _mapping(_dig(receivers, rid, "protocols"))
+        for protocol, port in OTLP_PORTS.items():
+            endpoint = _dig(protocols, protocol, "endpoint")
+            if protocol not in protocols:
+                problems.append(f"collector receiver {rid} lacks the {protocol} protocol")
+            elif endpoint != f"0.0.0.0:{port}":
+                problems.append(f"collector receiver {rid} {protocol} endpoint is {endpoint!r}, "
+                                f"want 0.0.0.0:{port}")
+    sections = {kind: _mapping(config.get(kind))
+                for kind in ("receivers", "processors", "exporters")}
+    pipelines = _mapping(_dig(config, "service", "pipelines"))
+    for pid, pipeline in pipelines.items():
+        for kind, defined in sections.items():
+            problems += [f"collector pipeline {pid} names {kind[:-1]} {cid}, which is not defined"
+                         for cid in _ids(_dig(pipeline, kind)) if cid not in defined]
+    if not any(component_type(pid) == "traces"
+               and any(component_type(r) == "otlp" for r in _ids(_dig(p, "receivers")))
+               and any(component_type(c) == "batch" for c in _ids(_dig(p, "processors")))
+               and any(component_type(e) == "kafka" for e in _ids(_dig(p, "exporters")))
+               for pid, p in pipelines.items()):
+        problems.append("collector has no traces pipeline from otlp through batch to kafka")
+    extensions = _mapping(config.get("extensions"))
+    enabled = _ids(_dig(config, "service", "extensions"))
+    problems += [f"collector enables extension {e}, which is not defined"
+                 for e in enabled if e not in extensions]
+    health = [e for e in enabled if component_type(e) == "health_check" and e in extensions]
+    if not health:
+        problems.append("collector health_check extension is not enabled (compose cannot run "
+                        "a healthcheck in its image)")
+    for eid in health:
+        endpoint = _dig(extensions, eid, "endpoint")
+        if endpoint != f"0.0.0.0:{HEALTH_PORT}":
+            problems.append(f"collector {eid} endpoint is {endpoint!r}, "
+                            f"want 0.0.0.0:{HEALTH_PORT}")
+    return problems
+
+
+def check_collector_matches_worker(doc: Mapping[str, Any], config: Mapping[str, Any]
+                                   ) -> Problems:
+    """The Kafka exporter writes what the workers read: on their brokers, to their OTLP topic,
+    in an encoding they read and are set to; per signal (the top-level topic and encoding are
+    deprecated), and to that topic only."""
+    exporters = traces_kafka_exporters(config)
+    if not exporters:
+        return ["collector has no kafka exporter in a traces pipeline that receives otlp"]
+    topic = worker_setting(doc, "otlp_topic")
+    encoding = worker_setting(doc, "otlp_encoding")
+    brokers = {b.strip() for b in str(worker_setting(doc, "kafka_bootstrap_servers")).split(",")}
+    problems = []
+    for eid, exporter in exporters.items():
+        problems += [f"collector exporter {eid} sets the deprecated top-level {key}: set "
+                     f"traces: {{{key}: ...}}" for key in ("topic", "encoding") if key in exporter]
+        if exporter.get("topic_from_attribute") or _dig(exporter, "traces",
+                                                        "topic_from_metadata_key"):
+            problems.append(f"collector exporter {eid} routes traces away from its topic")
+        got = exporter.get("brokers") or EXPORTER_DEFAULT_BROKERS
+        got_brokers = {str(b) for b in ([got] if isinstance(got, str) else got)}
+        if got_brokers != brokers:
+            problems.append(f"collector exporter {eid} brokers are {sorted(got_brokers)}, the "
+                            f"workers' are {sorted(brokers)}")
+        got_topic, got_encoding = exporter_traces(exporter)
+        if got_topic != topic:
+            problems.append(f"collector exporter {eid} writes to topic {got_topic!r}, the "
+                            f"workers read {topic!r}")
+        if got_encoding not in READ_ENCODINGS:
+            problems.append(f"collector exporter {eid} encoding {got_encoding!r} is not one the "
+                            f"workers read ({', '.join(READ_ENCODINGS)})")
+        elif got_encoding != encoding:
+            problems.append(f"collector exporter {eid} writes {got_encoding!r}, the workers "
+                            f"read {encoding!r}")
+    return problems
+
+
+def check_collector_topic_created(doc: Mapping[str, Any], config: Mapping[str, Any]
+                                  ) -> Problems:
+    """kafka-init creates the topic the Collector writes to, and the dead-letter topic the
+    workers send its bad records to (else the broker would auto-create them, 6 partitions)."""
+    created = {c["topic"] for c in created_topics(doc)}
+    problems = []
+    for eid, exporter in traces_kafka_exporters(config).items():
+        topic, _ = exporter_traces(exporter)
+        problems += [f"kafka-init does not create {t!r}, which collector exporter {eid} feeds"
+                     for t in (topic, topic + DLQ_SUFFIX) if t not in created]
+    return problems
+
+
+def bind_mounts(service: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
+    """(source, target, read-only) of each volume, short or long syntax."""
+    out = []
+    for v in service.get("volumes") or []:
+        if isinstance(v, Mapping):
+            out.append((str(v.get("source", "")), str(v.get("target", "")),
+                        bool(v.get("read_only"))))
+        else:
+            source, _, rest = str(v).partition(":")
+            target, _, mode = rest.partition(":")
+            out.append((source, target, "ro" in mode.split(",")))
+    return out
+
+
+def published_ports(service: Mapping[str, Any]) -> dict[str, str]:
+    """Container port -> host address it is published on ("" for every interface)."""
+    out = {}
+    for p in resolve(service.get("ports") or []):
+        if isinstance(p, Mapping):
+            out[str(p.get("target"))] = str(p.get("host_ip") or "")
+        else:
+            parts = str(p).split(":")
+            out[parts[-1].split("/")[0]] = parts[0] if len(parts) == 3 else ""
+    return out
+
+
+def check_collector_service(doc: Mapping[str, Any], config: Mapping[str, Any]) -> Problems:
+    """The contrib image at a pinned release; this repository's config mounted read-only where
+    the Collector reads it; the OTLP ports published on 127.0.0.1 only (no authentication); a
+    start once kafka-init has created the topics."""
+    svc = services(doc).get(COLLECTOR, {})
+    problems = []
+    image = str(svc.get("image", ""))
+    name = image.partition("@")[0]
+    repo, sep, tag = name.rpartition(":")
+    if not sep or "/" in tag:
+        repo, tag = name, ""
+    if repo != COLLECTOR_IMAGE:
+        problems.append(f"{COLLECTOR} image is {image!r}, want {COLLECTOR_IMAGE}")
+    elif not re.fullmatch(r"\d+\.\d+\.\d+", tag):
+        problems.append(f"{COLLECTOR} image tag {tag!r} is not a pinned release")
+    args = resolve(args_of(svc.get("entrypoint")) + args_of(svc.get("command")))
+    path = (option(args, "--config") or COLLECTOR_DEFAULT_CONFIG).removeprefix("file:")
+    mounts = {target: (source, ro) for source, target, ro in bind_mounts(svc)}
+    want = COLLECTOR_CONFIG.relative_to(ROOT).as_posix()
+    if path not in mounts:
+        problems.append(f"{COLLECTOR} reads {path}, which is not mounted from ./{want}")
+    else:
+        source, read_only = mounts[path]
+        if (ROOT / source).resolve() != COLLECTOR_CONFIG:
+            problems.append(f"{COLLECTOR} reads {path} mounted from {source}, not ./{want}")
+        if not read_only:
+            problems.append(f"{COLLECTOR} config {path} is not mounted read-only")
+    published = published_ports(svc)
+    for protocol, port in OTLP_PORTS.items():
+        if str(port) not in published:
+            problems.append(f"{COLLECTOR} does not publish the OTLP {protocol} port {port}")
+        elif published[str(port)] != "127.0.0.1":
+            problems.append(f"{COLLECTOR} publishes port {port} beyond 127.0.0.1")
+    if condition(svc, "kafka-init") != "service_completed_successfully":
+        problems.append(f"{COLLECTOR} must wait for kafka-init with "
+                        "service_completed_successfully")
+    return problems
+
+
+COLLECTOR_CHECKS: list[Callable[[Mapping[str, Any], Mapping[str, Any]], Problems]] = [
+    check_collector_pipeline, check_collector_matches_worker, check_collector_topic_created,
+    check_collector_service]
+
+
+def collector_problems(doc: Mapping[str, Any], config: Mapping[str, Any]) -> Problems:
+    return [p for check in COLLECTOR_CHECKS for p in check(doc, config)]
+
+
+def collector_config_problems(text: str, doc: Mapping[str, Any]) -> Problems:
+    config, problems = parse_collector_config(text)
+    return problems + collector_problems(doc, config)
+
 
 
 # ---- .env.example ---------------------------------------------------------------------------
@@ -591,6 +854,49 @@ def test_dockerignore() -> None:
     assert dockerignore_problems(DOCKERIGNORE.read_text()) == []
 
 
+@pytest.fixture(scope="module")
+def collector() -> dict[str, Any]:
+    config, problems = parse_collector_config(COLLECTOR_CONFIG.read_text())
+    assert problems == []
+    return config
+
+
+def test_collector_config_parses() -> None:
+    config, problems = parse_collector_config(COLLECTOR_CONFIG.read_text())
+    assert problems == [] and config
+
+
+@pytest.mark.parametrize("check", COLLECTOR_CHECKS, ids=lambda f: f.__name__)
+def test_collector_check(doc: dict[str, Any], collector: dict[str, Any],
+                         check: Callable[[Mapping[str, Any], Mapping[str, Any]], Problems]
+                         ) -> None:
+    assert check(doc, collector) == []
+
+
+def test_the_option_left_commented_out_is_where_the_exporter_reads_it(
+        doc: dict[str, Any]) -> None:
+    text = COLLECTOR_CONFIG.read_text()
+    line = "    # partition_traces_by_id: true\n"
+    assert line in text
+    uncommented = text.replace(line, line.replace("# ", ""))
+    assert collector_config_problems(uncommented, doc) == []
+    config, _ = parse_collector_config(uncommented)
+    assert config["exporters"]["kafka"]["partition_traces_by_id"] is True
+
+
+def test_the_workers_read_what_the_collector_writes(doc: dict[str, Any],
+                                                    collector: dict[str, Any],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's settings as load_settings reads compose's environment (not the check's own
+    reading of it) name the exporter's topic and encoding."""
+    s = _load_with(monkeypatch, resolve(environment(services(doc)["worker"])))
+    exporters = traces_kafka_exporters(collector)
+    assert exporters
+    for exporter in exporters.values():
+        assert exporter_traces(exporter) == (s.otlp_topic, s.otlp_encoding)
+    assert s.otlp_encoding in READ_ENCODINGS
+
+
 def _load_with(monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str]) -> Settings:
     """load_settings() with exactly ``env`` as the settings environment."""
     for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
@@ -751,6 +1057,111 @@ COMPOSE_MUTATIONS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
 ]
 
 
+COLLECTOR_MUTATIONS: list[tuple[str, str, Callable[[dict[str, Any]], None], str]] = [
+    # (name, the document mutated: "compose" or "collector", mutation, expected problem)
+    ("no collector service", "compose", _set("services.otel-collector", ...),
+     "missing service otel-collector"),
+    ("collector on latest", "compose",
+     _set("services.otel-collector.image", "otel/opentelemetry-collector-contrib:latest"),
+     "image tag 'latest' is not a pinned release"),
+    ("collector untagged", "compose",
+     _set("services.otel-collector.image", "otel/opentelemetry-collector-contrib"),
+     "image tag '' is not a pinned release"),
+    ("collector core image", "compose",
+     _set("services.otel-collector.image", "otel/opentelemetry-collector:0.139.0"),
+     "want otel/opentelemetry-collector-contrib"),
+    ("collector config from elsewhere", "compose",
+     _set("services.otel-collector.volumes",
+          ["./deploy/prometheus/prometheus.yml:/etc/otelcol-contrib/config.yaml:ro"]),
+     "mounted from ./deploy/prometheus/prometheus.yml, not ./deploy/otel-collector/config.yaml"),
+    ("collector config writable", "compose",
+     _set("services.otel-collector.volumes",
+          ["./deploy/otel-collector/config.yaml:/etc/otelcol-contrib/config.yaml"]),
+     "is not mounted read-only"),
+    ("collector reads another file", "compose",
+     _set("services.otel-collector.command", ["--config=/etc/otel/config.yaml"]),
+     "reads /etc/otel/config.yaml, which is not mounted"),
+    ("collector config not mounted", "compose", _set("services.otel-collector.volumes", ...),
+     "reads /etc/otelcol-contrib/config.yaml, which is not mounted"),
+    ("otlp http not published", "compose",
+     _set("services.otel-collector.ports", ["127.0.0.1:4317:4317"]),
+     "does not publish the OTLP http port 4318"),
+    ("otlp on every interface", "compose",
+     _set("services.otel-collector.ports", ["4317:4317", "4318:4318"]),
+     "publishes port 4317 beyond 127.0.0.1"),
+    ("collector before the topics", "compose",
+     _set("services.otel-collector.depends_on.kafka-init", {"condition": "service_started"}),
+     "otel-collector must wait for kafka-init with service_completed_successfully"),
+    ("collector not restarted", "compose", _set("services.otel-collector.restart", "no"),
+     "otel-collector is long-running but has no restart policy"),
+    ("a healthcheck the image cannot run", "compose",
+     _set("services.otel-collector.healthcheck",
+          {"test": ["CMD-SHELL", "wget -qO- http://127.0.0.1:13133/"]}),
+     "otel-collector has a healthcheck, but its image has nothing to run it"),
+    ("the OTLP topic not created", "compose",
+     _edit_command("kafka-init", '-otlp_spans}\\"', '-otlp-spans}\\"'),
+     "kafka-init does not create 'otlp_spans'"),
+    ("the OTLP dead-letter topic not created", "compose",
+     _edit_command("kafka-init", "otlp_spans}.dlq", "otlp_spans}.dead"),
+     "kafka-init does not create 'otlp_spans.dlq'"),
+    ("workers on another OTLP topic", "compose",
+     _set("services.worker.environment.TRACE_CURATOR_OTLP_TOPIC", "spans"),
+     "writes to topic 'otlp_spans', the workers read 'spans'"),
+    ("workers reading JSON", "compose",
+     _set("services.worker.environment.TRACE_CURATOR_OTLP_ENCODING", "otlp_json"),
+     "writes 'otlp_proto', the workers read 'otlp_json'"),
+    ("no otlp receiver", "collector", _set("receivers.otlp", ...),
+     "collector has no otlp receiver"),
+    ("otlp without http", "collector", _set("receivers.otlp.protocols.http", ...),
+     "collector receiver otlp lacks the http protocol"),
+    ("otlp grpc on localhost", "collector",
+     _set("receivers.otlp.protocols.grpc.endpoint", "localhost:4317"),
+     "grpc endpoint is 'localhost:4317', want 0.0.0.0:4317"),
+    ("otlp http by default", "collector", _set("receivers.otlp.protocols.http", None),
+     "http endpoint is None, want 0.0.0.0:4318"),
+    ("traces to an undefined exporter", "collector",
+     _set("service.pipelines.traces.exporters", ["debug"]),
+     "pipeline traces names exporter debug, which is not defined"),
+    ("traces without batch", "collector", _set("service.pipelines.traces.processors", []),
+     "collector has no traces pipeline from otlp through batch to kafka"),
+    ("no traces pipeline", "collector", _set("service.pipelines.traces", ...),
+     "collector has no kafka exporter in a traces pipeline"),
+    ("health_check not enabled", "collector", _set("service.extensions", []),
+     "collector health_check extension is not enabled"),
+    ("health_check on localhost", "collector",
+     _set("extensions.health_check.endpoint", "localhost:13133"),
+     "collector health_check endpoint is 'localhost:13133'"),
+    ("exporter on another topic", "collector", _set("exporters.kafka.traces.topic", "otlp-spans"),
+     "writes to topic 'otlp-spans', the workers read 'otlp_spans'"),
+    ("exporter in JSON", "collector", _set("exporters.kafka.traces.encoding", "otlp_json"),
+     "writes 'otlp_json', the workers read 'otlp_proto'"),
+    ("exporter in Jaeger", "collector", _set("exporters.kafka.traces.encoding", "jaeger_proto"),
+     "encoding 'jaeger_proto' is not one the workers read"),
+    ("deprecated top-level topic", "collector", _set("exporters.kafka.topic", "otlp_spans"),
+     "sets the deprecated top-level topic"),
+    ("topic from an attribute", "collector",
+     _set("exporters.kafka.topic_from_attribute", "service.name"),
+     "routes traces away from its topic"),
+    ("exporter on localhost", "collector", _set("exporters.kafka.brokers", ...),
+     "brokers are ['localhost:9092'], the workers' are ['kafka:9092']"),
+]
+
+
+@pytest.mark.parametrize(("target", "mutate", "expected"),
+                         [(t, m, e) for _, t, m, e in COLLECTOR_MUTATIONS],
+                         ids=[name for name, *_ in COLLECTOR_MUTATIONS])
+def test_a_mutated_collector_setup_is_rejected(doc: dict[str, Any], collector: dict[str, Any],
+                                               target: str,
+                                               mutate: Callable[[dict[str, Any]], None],
+                                               expected: str) -> None:
+    mutated_doc, mutated_config = copy.deepcopy(doc), copy.deepcopy(collector)
+    mutate(mutated_doc if target == "compose" else mutated_config)
+    text = yaml.safe_dump(mutated_doc, width=1_000_000)
+    problems = (compose_problems(mutated_doc, text)
+                + collector_problems(mutated_doc, mutated_config))
+    assert any(expected in p for p in problems), problems
+
+
 @pytest.mark.parametrize(("mutate", "expected"), [(m, e) for _, m, e in COMPOSE_MUTATIONS],
                          ids=[name for name, _, _ in COMPOSE_MUTATIONS])
 def test_a_mutated_compose_file_is_rejected(doc: dict[str, Any],
@@ -816,6 +1227,13 @@ TEXT_MUTATIONS: list[tuple[str, Path, Callable[[str], str], str]] = [
     ("a typo in .env", ENV_EXAMPLE,
      _replace("# TRACE_CURATOR_LOG_LEVEL=", "# TRACE_CURATOR_LOGLEVEL="),
      "TRACE_CURATOR_LOGLEVEL is not a setting"),
+    ("a compose variable of the collector undocumented", ENV_EXAMPLE,
+     _replace("# OTLP_HTTP_HOST_PORT=4318\n", ""),
+     "OTLP_HTTP_HOST_PORT (read by docker-compose.yml) is not in .env.example"),
+    ("collector config that does not parse", COLLECTOR_CONFIG,
+     _replace("exporters: [kafka]", "exporters: [kafka"), "collector config does not parse"),
+    ("collector config that is a list", COLLECTOR_CONFIG,
+     lambda text: "- " + text.replace("\n", "\n  "), "collector config is not a YAML mapping"),
 ]
 
 
@@ -829,6 +1247,8 @@ def test_a_mutated_file_is_rejected(path: Path, mutate: Callable[[str], str],
         problems = dockerfile_problems(text)
     elif path == DOCKERIGNORE:
         problems = dockerignore_problems(text)
+    elif path == COLLECTOR_CONFIG:
+        problems = collector_config_problems(text, load_compose())
     else:
         problems = check_env_example(text, COMPOSE.read_text())
     assert any(expected in p for p in problems), problems

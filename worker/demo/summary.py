@@ -2,7 +2,9 @@
 
 Read-only, plain SQL over the trace-curator store: each caller passes its own engine, or the
 function makes and disposes one, so it runs beside the worker. ``missing_ids`` counts a trace still
-IN_PROGRESS as missing and binds at most 500 ids per query (SQLite's parameter limit).
+IN_PROGRESS as missing and binds at most 500 ids per query (SQLite's parameter limit);
+``arrivals`` says how this run's traces (by format: ``otlp`` is assembled from OpenTelemetry
+spans) and assessments (by source topic) reached the store.
 ``summarize`` prints, in order: this run, the store's totals (this and earlier runs over the
 folder), the 24 h report, the dataset versions, then where to explore: commands that run as
 printed from the current folder (the running console script or interpreter by its path, unless
@@ -23,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, TextClause, bindparam, text
 
+from store import otlp_buffer
 from store.engine import make_engine
 from store.report import iso, summary
 from worker.demo.outlet import MALFORMED
@@ -39,6 +42,7 @@ class StoreCounts:
     assessments: int
     dead_letters: int
     tags: dict[str, int]  # tag value -> traces
+    assembling: int = 0  # OpenTelemetry traces whose spans wait for assembly
 
     @classmethod
     def read(cls, engine: Engine) -> StoreCounts:
@@ -49,7 +53,14 @@ class StoreCounts:
             tags = conn.execute(text(
                 "SELECT tag_value, COUNT(*) FROM trace_tags WHERE tag_value IS NOT NULL "
                 "GROUP BY tag_value ORDER BY tag_value")).all()
-        return cls(traces, assessments, letters, {v: n for v, n in tags})
+            waiting = otlp_buffer.pending(conn)
+        return cls(traces, assessments, letters, {v: n for v, n in tags}, waiting)
+
+
+def assembling(engine: Engine) -> int:
+    """OpenTelemetry traces with spans the worker has not assembled yet."""
+    with engine.connect() as conn:
+        return otlp_buffer.pending(conn)
 
 
 def missing_ids(engine: Engine, gen: TrafficGenerator) -> tuple[int, int]:
@@ -81,6 +92,39 @@ def produced_missing(store_url: str, gen: TrafficGenerator) -> tuple[int, int]:
         engine.dispose()
 
 
+Arrivals = tuple[dict[str, int], dict[str, int]]  # traces by format, assessments by topic
+
+TRACE_FORMATS = text("SELECT source_format, COUNT(*) FROM traces WHERE trace_id IN :ids "
+                     "GROUP BY source_format").bindparams(bindparam("ids", expanding=True))
+ASSESSMENT_TOPICS = text("SELECT src_topic, COUNT(*) FROM assessments WHERE assessment_id IN :ids "
+                         "GROUP BY src_topic").bindparams(bindparam("ids", expanding=True))
+
+
+def arrivals(engine: Engine, gen: TrafficGenerator) -> Arrivals:
+    """How the store got this run's traces (count by format) and assessments (by topic)."""
+    trace_ids, assessment_ids = gen.produced()
+    with engine.connect() as conn:
+        return (_group_in(conn, TRACE_FORMATS, trace_ids),
+                _group_in(conn, ASSESSMENT_TOPICS, assessment_ids))
+
+
+def _group_in(conn: Connection, query: TextClause, ids: set[str]) -> dict[str, int]:
+    ordered = sorted(ids)  # in chunks, as _count_in
+    out: dict[str, int] = {}
+    for i in range(0, len(ordered), 500):
+        for key, n in conn.execute(query, {"ids": ordered[i:i + 500]}).all():
+            out[key] = out.get(key, 0) + n
+    return out
+
+
+def produced_arrivals(store_url: str, gen: TrafficGenerator) -> Arrivals:
+    engine = make_engine(store_url)
+    try:
+        return arrivals(engine, gen)
+    finally:
+        engine.dispose()
+
+
 @dataclass
 class Outcome:
     store_url: str
@@ -95,6 +139,8 @@ class Outcome:
     curation: Sequence[str] = ()
     missing: tuple[int, int] = (0, 0)
     rate_per_s: float = 0.0
+    spans: int = 0  # --source otlp: spans MLflow exported to the OTLP topic
+    arrivals: Arrivals = ({}, {})
 
 
 def summarize(o: Outcome) -> str:
@@ -141,10 +187,14 @@ def _run_lines(o: Outcome) -> list[str]:
             f"{t.capacity_per_s():.1f}/s here{', so it fell behind' if t.behind else ''})"
             if t.live_requested else "no live traffic")
     if o.source == "kafka":
-        feed = (f"  Kafka    {o.published} records published as they were produced, "
-                f"{len(MALFORMED)} of them malformed")
+        feed = [f"  Kafka    {o.published} records published as they were produced, "
+                f"{len(MALFORMED)} of them malformed"]
+    elif o.source == "otlp":
+        feed = [f"  OTLP     {o.spans} spans in {o.published} records exported by MLflow (OTLP "
+                "dual export) and written to Kafka as the OpenTelemetry Collector writes them",
+                "  MLflow   rescanned by the worker for the assessments, which are not on Kafka"]
     else:
-        feed = "  MLflow   polled by the worker (--source mlflow); nothing published to Kafka"
+        feed = ["  MLflow   polled by the worker (--source mlflow); nothing published to Kafka"]
     missing = ("holds every trace and assessment of this run" if o.missing == (0, 0) else
                f"lacks {o.missing[0]} traces and {o.missing[1]} assessments of this run"
                + (" (interrupted)" if o.interrupted else ""))
@@ -155,10 +205,20 @@ def _run_lines(o: Outcome) -> list[str]:
         f"{HISTORY_HOURS} h; {live}",
         f"           {t.assessments} assessments ({t.late} late feedback, "
         f"{t.expectations} expectations); experiment {EXPERIMENT_NAME!r}, id {o.experiment_id}",
-        feed,
+        *feed,
         f"  worker   {o.stats.summary() if o.stats else 'not started'}",
         f"  store    {missing}",
+        *(_arrival_lines(o.arrivals) if o.source == "otlp" else []),
     ]
+
+
+def _arrival_lines(arrived: Arrivals) -> list[str]:
+    traces, assessments = arrived
+    return [
+        "           this run's traces in it by format: "
+        + (", ".join(f"{fmt} {n}" for fmt, n in sorted(traces.items())) or "none")
+        + " (otlp: assembled from spans); its assessments by source: "
+        + (", ".join(f"{topic} {n}" for topic, n in sorted(assessments.items())) or "none")]
 
 
 def _store_lines(facts: dict[str, Any]) -> list[str]:

@@ -5,8 +5,10 @@ The pure core draws what happens from one seeded generator before anything is wr
 drawn span durations; ``TrafficGenerator`` writes the backdated history (in the caller's thread)
 and the live traffic at a paced rate (a thread), with late feedback from a heap.
 Invariants: only traces fetched back from MLflow count as produced, and only those reach the
-outlet (bursts can drop traces silently); a live trace ends about "now"; history lies 5 min to
-23 h ago, inside any ``--since 24h`` window; ``prepare_mlflow`` leaves the store in WAL mode.
+outlet (bursts can drop traces silently; with ``--source otlp`` MLflow's own exporter sends the
+spans, so such a trace may still reach the store, uncounted); a live trace ends about "now";
+history lies 5 min to 23 h ago, inside any ``--since 24h`` window; ``prepare_mlflow`` leaves the
+store in WAL mode.
 """
 
 from __future__ import annotations
@@ -141,7 +143,8 @@ def prepare_mlflow(folder: Path, mlflow_uri: str) -> str:
 class TrafficGenerator:
     """Writes the history (``write_history``, in the caller's thread) and the live traffic
     (``run_live``, a thread target) to MLflow, passing each trace and assessment to the outlet
-    as it is produced. ``stop`` ends it early; ``finished`` is set once it has ended."""
+    as it is produced. ``stop`` ends it early; ``finished`` is set once it has ended and the
+    outlet has been flushed."""
 
     def __init__(self, rng: random.Random, experiment_id: str, outlet: Outlet, *,
                  rate_per_s: float, duration_s: float) -> None:
@@ -190,6 +193,7 @@ class TrafficGenerator:
     def run_live(self) -> None:
         try:
             self._live()
+            self.outlet.flush()  # the traffic has ended once the outlet handed everything on
         except Exception as exc:  # the demo reports it and fails; the worker is stopped
             logger.exception("the traffic generator failed")
             self.error = f"{type(exc).__name__}: {exc}"
