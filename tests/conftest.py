@@ -7,6 +7,7 @@ database created for the test and dropped after it.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,6 +40,17 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("TRACE_CURATOR_") or key == "MLFLOW_TRACKING_URI":
             monkeypatch.delenv(key)
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging() -> Iterator[None]:
+    """CLI entry points point the root logger at the sys.stderr of their moment, which pytest
+    swaps per test: a handler left behind writes to a closed capture ("--- Logging error ---")."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def service_missing(message: str) -> None:

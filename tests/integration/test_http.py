@@ -79,8 +79,8 @@ def test_metrics_move_as_events_flow_and_probes_answer(
         wait_until(lambda: any(k[0] == "trace_curator_consumer_lag" for k in scrape(base)), 30,
                    "the lag gauges")
         lags = {k: v for k, v in scrape(base).items() if k[0] == "trace_curator_consumer_lag"}
-        assert {dict(k[1])["topic"] for k in lags} == {settings.trace_topic,
-                                                       settings.assessment_topic}
+        assert {dict(k[1])["topic"] for k in lags} == {
+            settings.trace_topic, settings.assessment_topic, settings.otlp_topic}
         assert get(base + "/nothing-here")[0] == 404
     finally:
         worker.stop.set()
