@@ -81,18 +81,20 @@ def buffer_spans(conn: Connection, spans: Sequence[tuple[OtlpSpan, Provenance]],
         return 0
     ids = sorted({tid for tid, _ in first})
     locks.lock_traces(conn, ids)
+    state = {r[0]: r for r in dialect.select_in(
+        conn, "SELECT trace_id, first_ms, has_root, span_count, span_bytes, emitted_ms "
+              "FROM otlp_traces WHERE trace_id {ids}", ids)}
+    # Only a trace the buffer knows can hold spans already (its state row goes with its spans).
+    known = [tid for tid in ids if tid in state]
     held = {(r[0], r[1]) for r in dialect.select_in(
-        conn, "SELECT trace_id, span_id FROM otlp_spans WHERE trace_id {ids}", ids)}
+        conn, "SELECT trace_id, span_id FROM otlp_spans WHERE trace_id {ids}", known)} \
+        if known else set()
     new = [(s, p, span_json(s)) for key, (s, p, _) in first.items() if key not in held]
     if not new:
         return 0
     dialect.bulk_upsert(conn, OTLP_SPANS, ("trace_id", "span_id"), SPAN_COLUMNS,
                         [(s.trace_id, s.span_id, text, now_ms) for s, _, text in new],
                         on_conflict="nothing")
-    touched = sorted({s.trace_id for s, _, _ in new})
-    state = {r[0]: r for r in dialect.select_in(
-        conn, "SELECT trace_id, first_ms, has_root, span_count, span_bytes, emitted_ms "
-              "FROM otlp_traces WHERE trace_id {ids}", touched)}
     rows: dict[str, list[Any]] = {}
     for s, p, text in new:
         row = rows.get(s.trace_id)
