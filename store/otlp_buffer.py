@@ -74,9 +74,9 @@ def span_from_json(text: str) -> OtlpSpan:
 def buffer_spans(conn: Connection, spans: Sequence[tuple[OtlpSpan, Provenance]],
                  now_ms: int) -> int:
     """Store the spans not held yet and move their traces' state. Returns the new spans."""
-    first: dict[tuple[str, str], tuple[OtlpSpan, Provenance, str]] = {}
+    first: dict[tuple[str, str], tuple[OtlpSpan, Provenance]] = {}
     for s, p in spans:
-        first.setdefault((s.trace_id, s.span_id), (s, p, ""))
+        first.setdefault((s.trace_id, s.span_id), (s, p))
     if not first:
         return 0
     ids = sorted({tid for tid, _ in first})
@@ -89,7 +89,7 @@ def buffer_spans(conn: Connection, spans: Sequence[tuple[OtlpSpan, Provenance]],
     held = {(r[0], r[1]) for r in dialect.select_in(
         conn, "SELECT trace_id, span_id FROM otlp_spans WHERE trace_id {ids}", known)} \
         if known else set()
-    new = [(s, p, span_json(s)) for key, (s, p, _) in first.items() if key not in held]
+    new = [(s, p, span_json(s)) for key, (s, p) in first.items() if key not in held]
     if not new:
         return 0
     dialect.bulk_upsert(conn, OTLP_SPANS, ("trace_id", "span_id"), SPAN_COLUMNS,

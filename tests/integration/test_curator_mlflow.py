@@ -9,7 +9,6 @@ and ``datasets export NAME --version 1`` still gives exactly version 1
 from __future__ import annotations
 
 import json
-import logging
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -103,11 +102,7 @@ def tracking(mlflow_server: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
     # The curator sets these two in os.environ (no MLflow retries); restore them afterwards.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
     yield mlflow_server.uri
-    root.handlers[:] = handlers  # `curate` sets up logging on the root logger
-    root.setLevel(level)
     mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,19 +45,10 @@ def _datasets_file(tmp_path: Path, names: list[str], fmt: str = "jsonl") -> Path
     return path
 
 
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()  # `curate` sets up logging on the root logger
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_curate_once_skips_a_record_it_cannot_serialize(
         store_url: str, tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch, restore_logging: None) -> None:
+        monkeypatch: pytest.MonkeyPatch) -> None:
     engine = make_engine(store_url)
     _ingest(engine, _docs())
     monkeypatch.setenv("TRACE_CURATOR_STORE_URL", store_url)
@@ -131,7 +121,7 @@ def test_a_files_sink_folder_that_is_a_symlink_out_is_refused(store_url: str,
 
 def test_curate_once_refuses_an_escaping_name_with_exit_2(
         store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch, restore_logging: None) -> None:
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRACE_CURATOR_STORE_URL", store_url)
     monkeypatch.setenv("TRACE_CURATOR_DATASETS_FILE",
                        str(_datasets_file(tmp_path, ["'../../escape'"])))
@@ -153,7 +143,7 @@ def _bomb(indent: str) -> str:
 @pytest.mark.parametrize("where", ["datasets", "config"])
 def test_the_cli_refuses_an_alias_bomb_with_exit_2(
         store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch, where: str, restore_logging: None) -> None:
+        monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     monkeypatch.setenv("TRACE_CURATOR_STORE_URL", store_url)
     if where == "datasets":
         path = tmp_path / "datasets.yaml"

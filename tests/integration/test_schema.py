@@ -31,11 +31,10 @@ def test_a_new_sqlite_store_has_16_kib_pages_and_an_existing_one_keeps_its_own(
     with contextlib.closing(sqlite3.connect(old)) as c:  # a store made before: 4 KiB pages
         c.execute("PRAGMA journal_mode=WAL")
         c.execute("CREATE TABLE t (x)")
-    for path, size in ((tmp_path / "new.db", 16384), (old, 4096)):
-        engine = make_engine(f"sqlite:///{path}")
+    new = make_engine(f"sqlite:///{tmp_path / 'new.db'}")
+    schema.upgrade(new)
+    for engine, size in ((new, 16384), (make_engine(f"sqlite:///{old}"), 4096)):
         try:
-            if path.name == "new.db":
-                schema.upgrade(engine)
             with engine.connect() as conn:
                 assert conn.exec_driver_sql("PRAGMA page_size").scalar_one() == size
                 assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
