@@ -49,6 +49,7 @@ TRACE_ID_PREFIX = "tr-"  # MLflow's id of an OpenTelemetry trace: "tr-" and its 
 # OTLP span flags: bit 8 says whether the parent's remoteness is known, bit 9 that it is remote.
 _HAS_IS_REMOTE = 0x100
 _IS_REMOTE = 0x200
+_REMOTE_FLAGS = _HAS_IS_REMOTE | _IS_REMOTE
 _MLFLOW_PREFIX = "mlflow."
 _MLFLOW_SPAN_TYPE = "mlflow.spanType"
 _MLFLOW_INPUTS = "mlflow.spanInputs"
@@ -61,6 +62,9 @@ _CONVERSATION_ID = "gen_ai.conversation.id"
 _USER_ID = "user.id"
 # Keys no MLflow translator reads, which MLflow's export sets on a root span besides its own.
 _NO_TRANSLATOR_READS = frozenset({_SESSION_ID, _USER_ID})
+# What a span of MLflow's own attributes only is read for (besides its trace tags).
+_OWN_READ = frozenset({_MLFLOW_SPAN_TYPE, _MLFLOW_INPUTS, _MLFLOW_OUTPUTS, _MLFLOW_USAGE,
+                       _MLFLOW_MODEL, _MLFLOW_EXPERIMENT}) | _NO_TRANSLATOR_READS
 _TRACE_TAG_PREFIX = "mlflow.traceTag."
 _UNKNOWN = "UNKNOWN"
 _STATUS = {ProtoStatus.STATUS_CODE_OK: "OK", ProtoStatus.STATUS_CODE_ERROR: "ERROR"}
@@ -229,29 +233,44 @@ def _hex_or_none(b: bytes, n: int) -> str | None:
 
 def span_of(s: ProtoSpan) -> OtlpSpan:
     """One span, translated as MLflow's OTLP ingestion stores it, or ``DecodeError``."""
-    trace_id = _id(s.trace_id, 16, "trace_id")
-    span_id = _id(s.span_id, 8, "span_id")
-    parent_id = _id(s.parent_span_id, 8, "parent_span_id") if s.parent_span_id else None
-    remote_parent = bool(s.flags & _HAS_IS_REMOTE) and bool(s.flags & _IS_REMOTE)
+    raw_trace, raw_span, raw_parent = s.trace_id, s.span_id, s.parent_span_id
+    trace_id = raw_trace.hex() if len(raw_trace) == 16 and raw_trace != _ZERO_TRACE_ID \
+        else _id(raw_trace, 16, "trace_id")
+    span_id = raw_span.hex() if len(raw_span) == 8 and raw_span != _ZERO_SPAN_ID \
+        else _id(raw_span, 8, "span_id")
+    if not raw_parent:
+        parent_id = None
+    elif len(raw_parent) == 8 and raw_parent != _ZERO_SPAN_ID:
+        parent_id = raw_parent.hex()
+    else:
+        parent_id = _id(raw_parent, 8, "parent_span_id")
+    flags = s.flags
     start_ns = s.start_time_unix_nano
     end_ns = s.end_time_unix_nano or None
     if not start_ns:
         raise DecodeError("is missing (0)", "start_time_unix_nano")
     if end_ns is not None and end_ns < start_ns:
         raise DecodeError("is before start_time_unix_nano", "end_time_unix_nano")
-    attrs = _attributes(s)
-    t = _translated(attrs, s)
+    own = None if s.events else _own_attributes(s)
+    if own is None:
+        attrs = _attributes(s)
+        t = _translated(attrs, s, _translators())
+        tagged = True
+    else:
+        attrs, tagged = own
+        t = _own_translated(attrs)
+    session = attrs.get(_SESSION_ID) or attrs.get(_CONVERSATION_ID)
+    user = attrs.get(_USER_ID)
+    experiment = attrs.get(_MLFLOW_EXPERIMENT)
     return OtlpSpan(
-        trace_id=TRACE_ID_PREFIX + trace_id, span_id=span_id, parent_id=parent_id,
-        root=parent_id is None or remote_parent, name=clean(s.name), span_type=t.span_type,
-        start_ns=start_ns, end_ns=end_ns, status=_STATUS.get(s.status.code, "UNSET"),
-        inputs=t.inputs, outputs=t.outputs, input_tokens=t.input_tokens,
-        output_tokens=t.output_tokens, total_tokens=t.total_tokens, model=t.model,
-        experiment_id=_text(attrs.get(_MLFLOW_EXPERIMENT)), trace_tags=_trace_tags(attrs),
-        has_usage=t.has_usage, session_id=_bounded_text(
-            attrs.get(_SESSION_ID) or attrs.get(_CONVERSATION_ID)),
-        user_id=_bounded_text(attrs.get(_USER_ID)),
-    )
+        TRACE_ID_PREFIX + trace_id, span_id, parent_id,
+        parent_id is None or flags & _REMOTE_FLAGS == _REMOTE_FLAGS, clean(s.name),
+        t.span_type, start_ns, end_ns, _STATUS.get(s.status.code, "UNSET"), t.inputs,
+        t.outputs, t.input_tokens, t.output_tokens, t.total_tokens, t.model,
+        _text(experiment) if experiment is not None else None,
+        _trace_tags(attrs) if tagged else (),
+        t.has_usage, _bounded_text(session) if session is not None else None,
+        _bounded_text(user) if user is not None else None)
 
 
 def _bounded_text(raw: str | None) -> str | None:
@@ -271,6 +290,17 @@ def _trace_tags(attrs: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
                     and len(value) <= MAX_TAG_VALUE_CHARS:
                 tags.append((key, clean(value)))
     return tuple(sorted(tags))
+
+
+# Short attribute values repeat (span types, model names): their stored form and text are
+# remembered, up to _MEMO_ENTRIES of each (then forgotten at once: hostile values cannot grow it).
+_MEMO_CHARS = 64
+_MEMO_ENTRIES = 4096
+_stored_memo: dict[str, str] = {}
+_json_str_memo: dict[str, str | None] = {}
+_MISSING = object()
+_ZERO_TRACE_ID = bytes(16)
+_ZERO_SPAN_ID = bytes(8)
 
 
 def _id(b: bytes, n: int, field: str) -> str:
@@ -294,27 +324,58 @@ def any_value(v: AnyValue) -> Any:
 
 
 def _attributes(s: ProtoSpan) -> dict[str, str]:
-    """The span's attributes in MLflow's stored form: each value JSON text, once.
+    """The span's attributes in MLflow's stored form: each value JSON text, once (``_stored``)."""
+    return {kv.key: _stored(kv.value) for kv in s.attributes}
+
+
+def _own_attributes(s: ProtoSpan) -> tuple[dict[str, str], bool] | None:
+    """For a span with only MLflow's own ``mlflow.*`` attributes (and ``user.id``/``session.id``),
+    what MLflow's export sends: the stored form of the attributes read here (``_OWN_READ``,
+    trace tags), the others skipped, and whether a trace tag is among them. None for any other
+    span: the translators read it whole."""
+    out: dict[str, str] = {}
+    tagged = False
+    for kv in s.attributes:
+        k = kv.key
+        if k in _OWN_READ:
+            out[k] = _stored(kv.value)
+        elif k.startswith(_TRACE_TAG_PREFIX):
+            out[k] = _stored(kv.value)
+            tagged = True
+        elif not k.startswith(_MLFLOW_PREFIX):
+            return None
+    return out, tagged
+
+
+def _stored(value: AnyValue) -> str:
+    """An attribute's value as MLflow stores it: JSON text.
 
     MLflow dumps every decoded value to JSON (``dump_span_attribute_value``) and, on storing,
     strips one layer where a string value was itself JSON text of a string, object or array
     (``sanitize_attributes``): MLflow's own attributes are JSON text already."""
-    out: dict[str, str] = {}
-    for kv in s.attributes:
-        v = any_value(kv.value)
-        # Only text that opens like a string, object or array can be one (JSON allows leading
-        # whitespace); any other value is dumped without parsing it first.
-        if isinstance(v, str) and v.lstrip()[:1] in _JSON_OPENERS:
-            try:
-                inner = _loads(v)
-            except ValueError:
-                inner = None
-            else:
-                if isinstance(inner, (str, dict, list)):
-                    out[kv.key] = v
-                    continue
-        out[kv.key] = _dump(v)
-    return out
+    v = value.string_value if value.WhichOneof("value") == "string_value" else any_value(value)
+    if type(v) is str and len(v) <= _MEMO_CHARS:
+        stored = _stored_memo.get(v)
+        if stored is None:
+            if len(_stored_memo) >= _MEMO_ENTRIES:
+                _stored_memo.clear()
+            stored = _stored_memo[v] = _stored_value(v)
+        return stored
+    return _stored_value(v)
+
+
+def _stored_value(v: Any) -> str:
+    # Only text that opens like a string, object or array can be one (JSON allows leading
+    # whitespace); any other value is dumped without parsing it first.
+    if isinstance(v, str) and v.lstrip()[:1] in _JSON_OPENERS:
+        try:
+            inner = _loads(v)
+        except ValueError:
+            pass
+        else:
+            if isinstance(inner, (str, dict, list)):
+                return v
+    return _dump(v)
 
 
 def _loads(text: str) -> Any:
@@ -348,11 +409,41 @@ def _text(raw: str | None) -> str | None:
     """A stored attribute's string value (JSON text of a string), or the text itself."""
     if raw is None:
         return None
+    v = _json_str(raw)
+    return raw if v is None else v
+
+
+def _json_str(raw: str) -> str | None:
+    """The string that a stored attribute's JSON text holds; None if it holds another value or
+    is not JSON. Short texts are remembered (``_MEMO_CHARS``)."""
+    if len(raw) > _MEMO_CHARS:
+        return _json_str_of(raw)
+    v = _json_str_memo.get(raw, _MISSING)
+    if v is _MISSING:
+        if len(_json_str_memo) >= _MEMO_ENTRIES:
+            _json_str_memo.clear()
+        v = _json_str_memo[raw] = _json_str_of(raw)
+    return v  # type: ignore[return-value]
+
+
+def _json_str_of(raw: str) -> str | None:
     try:
         v = _loads(raw)
     except ValueError:
-        return raw
-    return v if isinstance(v, str) else raw
+        return None
+    return v if isinstance(v, str) else None
+
+
+def _span_type(attrs: dict[str, str], tr: _Translators | _OwnOnly) -> str:
+    """MLflow's own span type, else (none, ``UNKNOWN`` or JSON null) the translators'. Like
+    MLflow, a type that is JSON of another kind is kept as it is, and reads as ``UNKNOWN``."""
+    raw = attrs.get(_MLFLOW_SPAN_TYPE)
+    own = _json_str(raw) if raw is not None else None
+    if own is not None and own != _UNKNOWN:
+        return own
+    if own is None and raw is not None and raw.strip() != "null":
+        return _UNKNOWN
+    return tr.span_type(attrs) or _UNKNOWN
 
 
 class _Translated(NamedTuple):
@@ -366,14 +457,11 @@ class _Translated(NamedTuple):
     has_usage: bool
 
 
-def _translated(attrs: dict[str, str], s: ProtoSpan) -> _Translated:
-    """What ``translate_span_when_storing`` sets, MLflow's own attributes first."""
-    tr: _Translators | _OwnOnly = _OWN_ONLY if not s.events and all(
-        k.startswith(_MLFLOW_PREFIX) or k in _NO_TRANSLATOR_READS for k in attrs) \
-        else _translators()
-    span_type = _text(attrs.get(_MLFLOW_SPAN_TYPE))
-    if span_type in (None, _UNKNOWN):
-        span_type = tr.span_type(attrs) or span_type
+def _translated(attrs: dict[str, str], s: ProtoSpan,
+                tr: _Translators | _OwnOnly) -> _Translated:
+    """What ``translate_span_when_storing`` sets, MLflow's own attributes first, then the
+    translators' (``_OWN_ONLY`` for a span of MLflow's own attributes only)."""
+    span_type = _span_type(attrs, tr)
     inputs = attrs.get(_MLFLOW_INPUTS)
     if inputs is None:
         inputs = tr.value(attrs, s, output=False)
@@ -385,12 +473,29 @@ def _translated(attrs: dict[str, str], s: ProtoSpan) -> _Translated:
     has_usage = usage is not None
     usage = usage or {}
     model = attrs.get(_MLFLOW_MODEL)
-    model_name = _text(model) if model is not None else tr.model(attrs, inputs, outputs)
+    model_name = _json_str(model) if model is not None else tr.model(attrs, inputs, outputs)
     return _Translated(
-        span_type if isinstance(span_type, str) else _UNKNOWN, inputs, outputs,
+        span_type, inputs, outputs,
         _count(usage.get("input_tokens")), _count(usage.get("output_tokens")),
         _count(usage.get("total_tokens")),
         clean(model_name) if isinstance(model_name, str) else None, has_usage)
+
+
+def _own_translated(attrs: dict[str, str]) -> _Translated:
+    """``_translated`` of a span of MLflow's own attributes only (``_OWN_ONLY``), without the
+    translator calls that find nothing in it."""
+    inputs = attrs.get(_MLFLOW_INPUTS)
+    outputs = attrs.get(_MLFLOW_OUTPUTS)
+    raw = attrs.get(_MLFLOW_USAGE)
+    usage = _usage(raw) if raw is not None else None
+    raw = attrs.get(_MLFLOW_MODEL)
+    model = _json_str(raw) if raw is not None else _OWN_ONLY.model(attrs, inputs, outputs)
+    return _Translated(
+        _span_type(attrs, _OWN_ONLY), inputs, outputs,
+        _count(usage.get("input_tokens")) if usage else None,
+        _count(usage.get("output_tokens")) if usage else None,
+        _count(usage.get("total_tokens")) if usage else None,
+        clean(model) if isinstance(model, str) else None, usage is not None)
 
 
 def _usage(raw: str) -> Mapping[str, Any] | None:

@@ -18,6 +18,8 @@ TRACE_B = bytes(range(101, 117))
 
 
 def value(v: Any) -> AnyValue:
+    if v is None:
+        return AnyValue()  # no value set
     if isinstance(v, bool):
         return AnyValue(bool_value=v)
     if isinstance(v, int):
