@@ -20,6 +20,7 @@ MLflow's own OTLP ingestion (``SqlAlchemyStore.log_spans``) makes of the same sp
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Sequence
 
 import orjson
@@ -35,11 +36,15 @@ TOKEN_USAGE_KEY = "mlflow.trace.tokenUsage"  # noqa: S105 - a metadata key, not 
 TRACE_NAME_TAG = "mlflow.traceName"
 
 
+_START_THEN_ID = operator.itemgetter(OtlpSpan._fields.index("start_ns"),
+                                     OtlpSpan._fields.index("span_id"))
+
+
 def unique_spans(spans: Iterable[OtlpSpan]) -> list[OtlpSpan]:
     """One span per span id (the last given wins: a redelivery is the same span), in start
     order, then span id order: the same list whatever order the spans came in."""
     by_id = {s.span_id: s for s in spans}
-    return sorted(by_id.values(), key=lambda s: (s.start_ns, s.span_id))
+    return sorted(by_id.values(), key=_START_THEN_ID)
 
 
 def find_root(spans: Sequence[OtlpSpan]) -> OtlpSpan | None:
@@ -59,8 +64,6 @@ def assemble(spans: Iterable[OtlpSpan], prov: Provenance) -> TraceEvent:
     if not ordered:
         raise ValueError("a trace needs at least one span")
     trace_id = ordered[0].trace_id
-    if any(s.trace_id != trace_id for s in ordered):
-        raise ValueError("spans of several traces")
     root = find_root(ordered)
     metadata: dict[str, str] = {}
     if root is None:
@@ -68,12 +71,25 @@ def assemble(spans: Iterable[OtlpSpan], prov: Provenance) -> TraceEvent:
         # the earliest topmost span; in a parent cycle (hostile spans), the earliest span
         root = next((s for s in ordered if s.parent_id not in ids), ordered[0])
         metadata[ROOT_MISSING_KEY] = "true"
-    start_ms = ordered[0].start_ns // 1_000_000
-    ends = [s.end_ns for s in ordered if s.end_ns is not None]
-    end_ms = max(ends) // 1_000_000 if ends else None
-    tags = dict(root.trace_tags)
-    session = next((s.session_id for s in ordered if s.session_id), None)
-    user = next((s.user_id for s in ordered if s.user_id), None)
+    # One pass: the latest end, the first session, user and experiment id, the span summaries.
+    end_ns: int | None = None
+    session = user = None
+    experiment_id = root.experiment_id or None
+    summaries = []
+    for s in ordered:
+        if s.trace_id != trace_id:
+            raise ValueError("spans of several traces")
+        if s.end_ns is not None:
+            if end_ns is None or s.end_ns > end_ns:
+                end_ns = s.end_ns
+            summaries.append(SpanSummary(s.name, s.span_type, (s.end_ns - s.start_ns) / 1e6,
+                                         s.status))
+        if session is None and s.session_id:
+            session = s.session_id
+        if user is None and s.user_id:
+            user = s.user_id
+        if experiment_id is None and s.experiment_id:
+            experiment_id = s.experiment_id
     if session:
         metadata[SESSION_KEY] = session
     if user:
@@ -83,45 +99,50 @@ def assemble(spans: Iterable[OtlpSpan], prov: Provenance) -> TraceEvent:
         metadata[TOKEN_USAGE_KEY] = orjson.dumps(
             {"input_tokens": usage[0], "output_tokens": usage[1],
              "total_tokens": usage[2]}).decode()
-    experiment_id = root.experiment_id or next(
-        (s.experiment_id for s in ordered if s.experiment_id), None)
+    start_ms = ordered[0].start_ns // 1_000_000
+    tags = dict(root.trace_tags)
     return TraceEvent(
-        trace_id=trace_id, experiment_id=experiment_id,
-        name=tags.get(TRACE_NAME_TAG) or root.name or None,
-        status="ERROR" if root.status == "ERROR" else "OK",
-        timestamp_ms=start_ms,
-        execution_time_ms=end_ms - start_ms if end_ms is not None else None,
-        request=root.inputs, response=root.outputs, tags=tags, metadata=metadata,
-        input_tokens=usage[0] if usage else None, output_tokens=usage[1] if usage else None,
-        total_tokens=usage[2] if usage else None,
-        spans=tuple(SpanSummary(s.name, s.span_type, (s.end_ns - s.start_ns) / 1e6, s.status)
-                    for s in ordered if s.end_ns is not None),
-        source_format=SOURCE_FORMAT, provenance=prov)
+        trace_id, experiment_id, tags.get(TRACE_NAME_TAG) or root.name or None,
+        "ERROR" if root.status == "ERROR" else "OK", start_ms,
+        end_ns // 1_000_000 - start_ms if end_ns is not None else None,
+        root.inputs, root.outputs, tags, metadata,
+        usage[0] if usage else None, usage[1] if usage else None, usage[2] if usage else None,
+        tuple(summaries), SOURCE_FORMAT, prov)
 
 
 def token_usage(spans: Sequence[OtlpSpan]) -> tuple[int, int, int] | None:
     """(input, output, total) tokens summed down the span tree: a span's usage counts only if
-    no ancestor of it records usage. None if no span records usage."""
+    no ancestor of it records usage. None if no span records usage. ``spans`` have unique span
+    ids (``unique_spans``): each span is then reached once, from the top of its tree, and spans
+    in a parent cycle (hostile) are not reached at all."""
+    if not any(s.has_usage for s in spans):
+        return None
     ids = {s.span_id for s in spans}
     children: dict[str, list[OtlpSpan]] = {}
     stack: list[tuple[OtlpSpan, bool]] = []
     for s in spans:
-        if s.parent_id is not None and s.parent_id in ids and s.parent_id != s.span_id:
-            children.setdefault(s.parent_id, []).append(s)
+        p = s.parent_id
+        if p is not None and p in ids and p != s.span_id:
+            kids = children.get(p)
+            if kids is None:
+                children[p] = [s]
+            else:
+                kids.append(s)
         else:
             stack.append((s, False))
     totals = [0, 0, 0]
     found = False
-    seen: set[str] = set()
     while stack:  # iterative: a hostile trace may nest deeper than Python's recursion limit
         s, counted_above = stack.pop()
-        if s.span_id in seen:
-            continue  # a parent cycle in hostile spans: each span is visited once
-        seen.add(s.span_id)
-        if s.has_usage and not counted_above:
-            totals[0] += s.input_tokens or 0
-            totals[1] += s.output_tokens or 0
-            totals[2] += s.total_tokens or 0
-            found = True
-        stack.extend((c, counted_above or s.has_usage) for c in children.get(s.span_id, ()))
+        if s.has_usage:
+            if not counted_above:
+                totals[0] += s.input_tokens or 0
+                totals[1] += s.output_tokens or 0
+                totals[2] += s.total_tokens or 0
+                found = True
+            counted_above = True
+        kids = children.get(s.span_id)
+        if kids:
+            for c in kids:
+                stack.append((c, counted_above))
     return (totals[0], totals[1], totals[2]) if found else None

@@ -41,6 +41,8 @@ SPAN_COLUMNS = ("trace_id", "span_id", "span", "received_ms")
 TRACE_COLUMNS = ("trace_id", "first_ms", "last_ms", "has_root", "span_count", "span_bytes",
                  "pending", "emitted_ms", "src_topic", "src_partition", "src_offset")
 _TAGS = OtlpSpan._fields.index("trace_tags")
+_FIELDS = len(OtlpSpan._fields)
+_new_tuple = tuple.__new__
 
 
 class OtlpConfig(NamedTuple):
@@ -63,8 +65,11 @@ def span_json(s: OtlpSpan) -> str:
 
 def span_from_json(text: str) -> OtlpSpan:
     v = orjson.loads(text)
-    v[_TAGS] = tuple(tuple(kv) for kv in v[_TAGS])
-    return OtlpSpan(*v)
+    tags = v[_TAGS]
+    v[_TAGS] = tuple(map(tuple, tags)) if tags else ()
+    if len(v) != _FIELDS:
+        return OtlpSpan(*v)  # raises, naming what is missing or extra
+    return _new_tuple(OtlpSpan, v)  # the fields in order: no argument parsing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,9 +97,6 @@ def buffer_spans(conn: Connection, spans: Sequence[tuple[OtlpSpan, Provenance]],
     new = [(s, p, span_json(s)) for key, (s, p) in first.items() if key not in held]
     if not new:
         return 0
-    dialect.bulk_upsert(conn, OTLP_SPANS, ("trace_id", "span_id"), SPAN_COLUMNS,
-                        [(s.trace_id, s.span_id, text, now_ms) for s, _, text in new],
-                        on_conflict="nothing")
     rows: dict[str, list[Any]] = {}
     for s, p, text in new:
         row = rows.get(s.trace_id)
@@ -108,8 +110,18 @@ def buffer_spans(conn: Connection, spans: Sequence[tuple[OtlpSpan, Provenance]],
         row[4] += 1
         row[5] += len(text)
         row[8:11] = [p.topic, p.partition, p.offset]
+    # Under the trace locks, the new spans and the traces the buffer did not know are absent:
+    # plain inserts (``inserting_new``); the known traces' state rows are updated.
+    with dialect.inserting_new(
+            conn,
+            dialect.NewRows(OTLP_SPANS, ("trace_id", "span_id"), SPAN_COLUMNS,
+                            [(s.trace_id, s.span_id, text, now_ms) for s, _, text in new],
+                            on_conflict="nothing"),
+            dialect.NewRows(OTLP_TRACES, ("trace_id",), TRACE_COLUMNS,
+                            [tuple(r) for tid, r in rows.items() if tid not in state])):
+        pass
     dialect.bulk_upsert(conn, OTLP_TRACES, ("trace_id",), TRACE_COLUMNS,
-                        [tuple(r) for r in rows.values()])
+                        [tuple(r) for tid, r in rows.items() if tid in state])
     return len(new)
 
 
