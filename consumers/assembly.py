@@ -71,25 +71,7 @@ def assemble(spans: Iterable[OtlpSpan], prov: Provenance) -> TraceEvent:
         # the earliest topmost span; in a parent cycle (hostile spans), the earliest span
         root = next((s for s in ordered if s.parent_id not in ids), ordered[0])
         metadata[ROOT_MISSING_KEY] = "true"
-    # One pass: the latest end, the first session, user and experiment id, the span summaries.
-    end_ns: int | None = None
-    session = user = None
-    experiment_id = root.experiment_id or None
-    summaries = []
-    for s in ordered:
-        if s.trace_id != trace_id:
-            raise ValueError("spans of several traces")
-        if s.end_ns is not None:
-            if end_ns is None or s.end_ns > end_ns:
-                end_ns = s.end_ns
-            summaries.append(SpanSummary(s.name, s.span_type, (s.end_ns - s.start_ns) / 1e6,
-                                         s.status))
-        if session is None and s.session_id:
-            session = s.session_id
-        if user is None and s.user_id:
-            user = s.user_id
-        if experiment_id is None and s.experiment_id:
-            experiment_id = s.experiment_id
+    end_ns, session, user, experiment_id, summaries = _scan(ordered, root)
     if session:
         metadata[SESSION_KEY] = session
     if user:
@@ -108,6 +90,32 @@ def assemble(spans: Iterable[OtlpSpan], prov: Provenance) -> TraceEvent:
         root.inputs, root.outputs, tags, metadata,
         usage[0] if usage else None, usage[1] if usage else None, usage[2] if usage else None,
         tuple(summaries), SOURCE_FORMAT, prov)
+
+
+def _scan(ordered: Sequence[OtlpSpan], root: OtlpSpan
+          ) -> tuple[int | None, str | None, str | None, str | None, list[SpanSummary]]:
+    """One pass over a trace's spans: the latest end, the first session, user and experiment
+    id (the root's first), and the summaries of the ended spans."""
+    trace_id = ordered[0].trace_id
+    end_ns: int | None = None
+    session = user = None
+    experiment_id = root.experiment_id or None
+    summaries = []
+    for s in ordered:
+        if s.trace_id != trace_id:
+            raise ValueError("spans of several traces")
+        if s.end_ns is not None:
+            if end_ns is None or s.end_ns > end_ns:
+                end_ns = s.end_ns
+            summaries.append(SpanSummary(s.name, s.span_type, (s.end_ns - s.start_ns) / 1e6,
+                                         s.status))
+        if session is None and s.session_id:
+            session = s.session_id
+        if user is None and s.user_id:
+            user = s.user_id
+        if experiment_id is None and s.experiment_id:
+            experiment_id = s.experiment_id
+    return end_ns, session, user, experiment_id, summaries
 
 
 def token_usage(spans: Sequence[OtlpSpan]) -> tuple[int, int, int] | None:

@@ -81,6 +81,24 @@ def select_in(conn: Connection, sql: str, ids: Sequence[str],
 _PG_IDS = "= ANY(ARRAY(SELECT json_array_elements_text(CAST(%s AS json))))"
 
 
+def execute_in(conn: Connection, sql: str, ids: Sequence[str]) -> None:
+    """Run ``sql``, a statement (an UPDATE, a DELETE) whose ``{ids}`` stands for ``IN ids``
+    after a column, through the DBAPI as ``select_in`` runs a SELECT."""
+    if not ids:
+        return
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    cur = dbapi.cursor()
+    try:
+        if conn.dialect.name == "postgresql":
+            cur.execute(sql.replace("{ids}", _PG_IDS), (orjson.dumps(list(ids)).decode(),))
+            return
+        for chunk in chunks(ids):
+            cur.execute(sql.replace("{ids}", f"IN ({', '.join('?' * len(chunk))})"), chunk)
+    finally:
+        cur.close()
+
+
 def json_value(v: Any) -> Any:
     """A JSON column's value as read from SQLite: text decoded; a number is one already (the
     column has NUMERIC affinity), and NULL stays None."""

@@ -172,7 +172,6 @@ def emit_due(conn: Connection, now_ms: int, cfg: OtlpConfig, *,
     if not candidates:
         return Emitted([], 0)
     locks.lock_traces(conn, candidates)
-    t = OTLP_TRACES.c
     state = {r[0]: r for r in dialect.select_in(
         conn, "SELECT trace_id, pending, src_topic, src_partition, src_offset FROM otlp_traces "
               "WHERE trace_id {ids}", candidates) if r[1]}
@@ -190,8 +189,8 @@ def emit_due(conn: Connection, now_ms: int, cfg: OtlpConfig, *,
         if tid in forced:
             e = e._replace(metadata={**e.metadata, EMITTED_EARLY_KEY: "buffer_full"})
         events.append(e)
-    conn.execute(update(OTLP_TRACES).where(dialect.in_ids(conn, t.trace_id, ids))
-                 .values(pending=False, emitted_ms=now_ms))
+    dialect.execute_in(conn, f"UPDATE otlp_traces SET pending = false, emitted_ms = "
+                             f"{int(now_ms)} WHERE trace_id {{ids}}", ids)
     return Emitted(events, len(forced & set(ids)))
 
 

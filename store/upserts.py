@@ -234,8 +234,9 @@ def _invalidate_overridden(conn: Connection, events: Sequence[AssessmentEvent]) 
 def apply_batch(conn: Connection, batch: Batch, now_ms: int,
                 decider: Decider | None = None,
                 metrics_config: MetricsConfig | None = None, *,
-                outbox: bool = True) -> BatchResult:
+                outbox: bool = True, traces_locked: bool = False) -> BatchResult:
     """Write one decoded batch in the caller's transaction. See the module docstring for order.
+    ``traces_locked``: the caller holds the trace locks of the batch's traces already.
 
     With a ``decider`` (the rules engine), the batch's traces are also decided in the same
     transaction (``store.decisions``): decision log, current tags and the write-back outbox.
@@ -247,7 +248,8 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
     assessments = latest_assessments(batch.assessments)
     touched = list(dict.fromkeys([e.trace_id for e in traces]
                                  + [a.trace_id for a in assessments]))
-    locks.lock_traces(conn, touched)
+    if not traces_locked:
+        locks.lock_traces(conn, touched)
     read = bool((decider or metrics_config) and touched)
     before = metrics.read_state(conn, touched, with_assessments=metrics_config is not None) \
         if read else metrics.State({}, {}, {})

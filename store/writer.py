@@ -177,8 +177,10 @@ class SqlWriter:
         with store_errors(self.engine, batch), self.engine.begin() as conn:
             emitted = otlp_buffer.emit_due(conn, now_ms, cfg, only=only)
             batch.traces = emitted.events
+            # emit_due holds the trace locks of the traces it assembled.
             written = apply_batch(conn, batch, now_ms, self.decider, self.metrics_config,
-                                  outbox=self.outbox) if emitted.events else None
+                                  outbox=self.outbox, traces_locked=True) \
+                if emitted.events else None
             pruned = otlp_buffer.prune(conn, now_ms, cfg.keep_ms) if only is None else 0
         return EmitResult(len(emitted.events), emitted.forced,
                           written.tags_changed if written else 0, pruned, [])

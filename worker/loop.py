@@ -1,5 +1,5 @@
-"""The worker loop: poll -> (maybe) maintain -> (maybe) assemble -> decode -> checkpoint, one
-batch at a time.
+"""The worker loop: poll -> (maybe) maintain -> decode -> checkpoint -> (maybe) wait for assembly,
+one batch at a time.
 
 Checkpoint order is the invariant (docs/design.md, invariants 1 and 5; ``Worker._checkpoint``):
 (1) publish and flush the batch's dead letters to ``<topic>.dlq``; (2) commit the SQL transaction
@@ -9,9 +9,14 @@ upserts make that harmless. ``TransientError`` in steps 1-2 is retried with jitt
 backoff until it succeeds or ``stop`` is set; nothing is skipped. Signals only set ``stop``: the
 batch in hand is checkpointed before ``run`` returns unless an outage holds it (then nothing is
 committed). The tag writer (MLflow write-back) and the curator run beside the loop.
-OpenTelemetry spans are checkpointed into the store's span buffer like any event; the assemble
-step turns the traces that are due into trace events, in transactions of their own
-(``store.otlp_buffer``), whichever worker read their spans.
+OpenTelemetry spans are checkpointed into the store's span buffer like any event. An assembler
+thread beside the loop turns the traces that are due into trace events, in transactions of their
+own (``store.otlp_buffer``), whichever worker read their spans: the store's trace locks keep it
+and the loop's batches apart, as they keep two workers apart, and each waits on the database
+while the other computes. When more traces are pending than half the buffer's bound, the loop
+waits for the assembler before it polls again (at most ``ASSEMBLY_WAIT_MAX_S``), so a backlog
+drains without pushing traces out of the buffer early. A crash of the assembler stops the worker
+with its error, as a crash of the loop does.
 """
 
 from __future__ import annotations
@@ -97,7 +102,9 @@ T = TypeVar("T")
 Decoded = TraceEvent | AssessmentEvent | OtlpSpans
 JOIN_GRACE_S = 60.0  # how long --exit-when-idle waits for a group join before giving up
 LAG_EVERY_S = 5.0  # how often the loop asks the source for its lag (a broker round trip)
-OTLP_EMIT_EVERY_S = 0.5  # how often the loop looks for OpenTelemetry traces due for assembly
+OTLP_EMIT_EVERY_S = 0.5  # how often the assembler looks for OpenTelemetry traces due
+ASSEMBLY_WAIT_MAX_S = 30.0  # the longest the loop waits for the assembler between two polls
+ASSEMBLER_JOIN_S = 30.0  # how long stopping waits for the assembler's transaction in hand
 # Upper bounds (s) of the batch latency histogram that /metrics exposes.
 BATCH_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -191,6 +198,10 @@ class Worker:
             max_buffer_bytes=settings.otlp_max_buffer_bytes,
             keep_ms=round(settings.otlp_keep_s * 1000))
         self._next_emit_s = 0.0
+        self._stats_lock = threading.Lock()  # counters that the loop and the assembler share
+        self._assembler_stop = threading.Event()
+        self._assembled = threading.Event()  # set after each assembly transaction
+        self._assembler_error: BaseException | None = None
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -199,9 +210,13 @@ class Worker:
         jobs = [j for j in (self.tag_writer, self.curator) if j is not None]
         for job in jobs:
             job.start()
+        assembler = self._start_assembler()
         try:
             return self._run(max_records, exit_when_idle_s)
         finally:
+            if assembler is not None:
+                self._assembler_stop.set()
+                assembler.join(ASSEMBLER_JOIN_S)
             for job in jobs:
                 job.stop()
 
@@ -211,16 +226,13 @@ class Worker:
         next_lag = started
         while not self.stop.is_set():
             self.stats.heartbeat_s = time.monotonic()
-            # Traces still due for assembly: look for records without waiting for them.
-            poll = functools.partial(self.source.poll,
-                                     0 if self._assembly_backlog() else s.poll_timeout_ms,
-                                     s.batch_max_records)
+            if self._assembler_error is not None:
+                raise self._assembler_error
+            poll = functools.partial(self.source.poll, s.poll_timeout_ms, s.batch_max_records)
             records = self._retry(poll, "poll")
             if records is None:
                 break  # stopped while the source was unavailable
             self.maintain()
-            if not self.assemble_due():
-                break  # stopped while the store was unavailable
             if self.stats.heartbeat_s >= next_lag:
                 next_lag = self.stats.heartbeat_s + LAG_EVERY_S
                 self.stats.lag = self.source.lag()
@@ -235,6 +247,7 @@ class Worker:
                 continue
             if not self.process(records):
                 break  # stopped before the checkpoint: nothing committed, will be redelivered
+            self.wait_for_assembly()
             idle_since = time.monotonic()
             if max_records is not None and self.stats.records >= max_records:
                 break
@@ -354,7 +367,8 @@ class Worker:
         now_ms = self.now_ms()
         try:
             result = self.writer.write(batch, now_ms)
-            self.stats.tags_changed += result.tags_changed
+            with self._stats_lock:
+                self.stats.tags_changed += result.tags_changed
         except StoreRejectedError:
             self._store_isolating(batch, records, now_ms)
         return True
@@ -406,29 +420,68 @@ class Worker:
         self.stats.last_checkpoint_unix = time.time()
         self.stats.observe_batch(self.stats.last_checkpoint_s - began)
 
-    def _assembly_backlog(self) -> bool:
-        """The last assembly was a full transaction: more traces are due at once."""
-        return self.emitter is not None and self._next_emit_s == 0.0 \
-            and self.stats.otlp_traces > 0
+    def _start_assembler(self) -> threading.Thread | None:
+        """The assembler thread, if this worker reads OpenTelemetry spans."""
+        if self.emitter is None:
+            return None
+        self._assembler_stop.clear()
+        thread = threading.Thread(target=self._assemble_beside, name="assembler", daemon=True)
+        thread.start()
+        return thread
 
-    def assemble_due(self) -> bool:
+    def _assemble_beside(self) -> None:
+        """The assembler thread: ``assemble_due`` until the loop ends. An error it did not
+        expect is kept for the loop to raise."""
+        try:
+            while not self._assembler_stop.is_set() and not self.stop.is_set():
+                if not self.assemble_due(stop=self._assembler_stop):
+                    return  # stopped during a store outage: the traces stay pending
+                self._assembled.set()
+                wait_s = self._next_emit_s - time.monotonic()
+                if wait_s > 0:
+                    self._assembler_stop.wait(wait_s)
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop, which raises it
+            self._assembler_error = exc
+            self._assembled.set()
+
+    def wait_for_assembly(self) -> None:
+        """Backpressure: while more traces are pending than half the buffer's bound, wait for
+        the assembler (at most ``ASSEMBLY_WAIT_MAX_S``, then poll anyway: the bound itself
+        still holds, by emitting the oldest traces early)."""
+        if self.emitter is None:
+            return
+        emitter = self.emitter
+        high = max(self.otlp.max_open_traces // 2, self.otlp.emit_batch)
+        deadline = time.monotonic() + ASSEMBLY_WAIT_MAX_S
+        while not self.stop.is_set() and self._assembler_error is None \
+                and time.monotonic() < deadline:
+            pending = self._retry(emitter.pending_otlp, "assemble")
+            if pending is None or pending <= high:
+                return
+            self.stats.heartbeat_s = time.monotonic()
+            self._assembled.clear()
+            self._assembled.wait(min(OTLP_EMIT_EVERY_S, max(deadline - time.monotonic(), 0)))
+
+    def assemble_due(self, stop: threading.Event | None = None) -> bool:
         """(Maybe) assemble the OpenTelemetry traces that are due, every ``OTLP_EMIT_EVERY_S``
-        (at once again while a full transaction's worth was due). False if stopped during a
-        store outage."""
+        (at once again while a full transaction's worth was due). False if stopped (``stop``,
+        else the worker's) during a store outage."""
         if self.emitter is None or time.monotonic() < self._next_emit_s:
             return True
         emitter = self.emitter
-        result = self._retry(lambda: emitter.emit_otlp(self.now_ms(), self.otlp), "assemble")
+        result = self._retry(lambda: emitter.emit_otlp(self.now_ms(), self.otlp), "assemble",
+                             stop=stop)
         if result is None:
             return False
         full = result.traces + len(result.refused) >= self.otlp.emit_batch
         self._next_emit_s = 0.0 if full else time.monotonic() + OTLP_EMIT_EVERY_S
         if result.traces:
             self.stats.last_assembly_s = time.monotonic()
-        self.stats.otlp_traces += result.traces
-        self.stats.otlp_forced += result.forced
-        self.stats.otlp_refused += len(result.refused)
-        self.stats.tags_changed += result.tags_changed
+        with self._stats_lock:
+            self.stats.otlp_traces += result.traces
+            self.stats.otlp_forced += result.forced
+            self.stats.otlp_refused += len(result.refused)
+            self.stats.tags_changed += result.tags_changed
         for trace_id, why in result.refused:
             logger.warning("assembled trace refused by the store, given up trace_id=%s "
                            "error=%s", trace_id, why)
@@ -444,18 +497,21 @@ class Worker:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _sleep(self, seconds: float) -> None:
-        """Back off, but wake at once when asked to stop."""
-        self.stop.wait(seconds)
-
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def _retry(self, fn: Callable[[], T], what: str) -> T | None:
-        """Run ``fn``, retrying TransientError until it succeeds or ``stop`` is set."""
+    def _retry(self, fn: Callable[[], T], what: str,
+               stop: threading.Event | None = None) -> T | None:
+        """Run ``fn``, retrying TransientError until it succeeds or ``stop`` (else the worker's
+        own) is set."""
+        stop = stop if stop is not None else self.stop
+
+        def sleep(seconds: float) -> None:
+            stop.wait(seconds)  # back off, but wake at once when asked to stop
 
         def before_sleep(state: RetryCallState) -> None:
-            self.stats.retries += 1
+            with self._stats_lock:
+                self.stats.retries += 1
             self.stats.failing = what
             self.stats.heartbeat_s = time.monotonic()  # waiting out an outage is being alive
             exc = state.outcome.exception() if state.outcome else None
@@ -465,15 +521,15 @@ class Worker:
         retrying = Retrying(
             retry=retry_if_exception_type(TransientError),
             wait=wait_random_exponential(multiplier=0.5, max=self.settings.db_retry_max_wait_s),
-            stop=stop_when_event_set(self.stop), sleep=self._sleep,
-            before_sleep=before_sleep, reraise=True)
+            stop=stop_when_event_set(stop), sleep=sleep, before_sleep=before_sleep,
+            reraise=True)
         try:
             out = retrying(fn)
             if self.stats.failing == what:
                 self.stats.failing = None
             return out
         except TransientError:
-            if self.stop.is_set():
+            if stop.is_set():
                 return None
             raise
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import orjson
@@ -144,16 +145,25 @@ def test_the_loop_maintains_between_batches_and_when_idle() -> None:
 
 
 class _Emitter:
-    """Due traces in full transactions of ``cfg.emit_batch`` until ``due`` runs out."""
+    """Due traces in full transactions of ``cfg.emit_batch`` until ``due`` runs out; each
+    transaction takes ``seconds`` and is noted with the thread that ran it."""
 
-    def __init__(self, due: int) -> None:
+    def __init__(self, due: int, seconds: float = 0.0, fail: BaseException | None = None
+                 ) -> None:
         self.due = due
+        self.seconds = seconds
+        self.fail = fail
         self.calls = 0
+        self.threads: set[str] = set()
 
     def emit_otlp(self, now_ms: int, cfg: Any) -> Any:
         from store.writer import EmitResult
 
         self.calls += 1
+        self.threads.add(threading.current_thread().name)
+        if self.fail is not None:
+            raise self.fail
+        time.sleep(self.seconds)
         n = min(self.due, cfg.emit_batch)
         self.due -= n
         return EmitResult(n, 0, 0, 0, [])
@@ -162,25 +172,61 @@ class _Emitter:
         return self.due
 
 
-class _TimedSource(FakeSource):
-    def __init__(self, journal: list[str]) -> None:
-        super().__init__([], journal, topics={TRACES: "trace", "otlp": "otlp"})
-        self.timeouts: list[int] = []
+class _WatchedSource(FakeSource):
+    """Trace records beside an OpenTelemetry topic; each poll notes the emitter's pending."""
+
+    def __init__(self, recs: list[RawRecord], journal: list[str], emitter: _Emitter) -> None:
+        super().__init__(recs, journal, 10, topics={TRACES: "trace", "otlp": "otlp"})
+        self.emitter = emitter
+        self.pending_at_poll: list[int] = []
 
     def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
-        self.timeouts.append(timeout_ms)
+        self.pending_at_poll.append(self.emitter.due)
         return super().poll(timeout_ms, max_records)
 
 
-def test_a_backlog_of_due_traces_is_assembled_without_waiting_on_polls() -> None:
+def _otlp_worker(recs: list[RawRecord], emitter: _Emitter, **settings: Any
+                 ) -> tuple[Worker, _WatchedSource]:
     journal: list[str] = []
-    settings = Settings(trace_topic=TRACES, assessment_topic=ASSESS, otlp_topic="otlp",
-                        poll_timeout_ms=300)
-    src = _TimedSource(journal)
+    src = _WatchedSource(recs, journal, emitter)
+    w = Worker(Settings(trace_topic=TRACES, assessment_topic=ASSESS, otlp_topic="otlp",
+                        poll_timeout_ms=1, db_retry_max_wait_s=0.01, **settings),
+               src, FakeWriter(journal), FakeDeadLetters(journal), emitter=emitter)
+    return w, src
+
+
+def test_a_backlog_of_due_traces_is_assembled_beside_the_loop() -> None:
     emitter = _Emitter(due=5_000)
-    w = Worker(settings, src, FakeWriter(journal), FakeDeadLetters(journal), emitter=emitter)
+    w, _src = _otlp_worker([], emitter)
     stats = w.run(exit_when_idle_s=0)
     assert stats.otlp_traces == 5_000 and emitter.pending_otlp() == 0
-    assert emitter.calls == 3  # 2,000 + 2,000 + 1,000: the last was not full
-    # Each full transaction is followed at once by the next: the polls between do not wait.
-    assert src.timeouts[:3] == [300, 0, 0]
+    assert emitter.calls == 3  # 2,000 + 2,000 + 1,000: each full one followed at once
+    assert emitter.threads == {"assembler"}
+    assert not [t for t in threading.enumerate() if t.name == "assembler"]
+
+
+def test_the_loop_waits_for_the_assembler_while_half_the_buffer_bound_is_pending() -> None:
+    """9,000 traces pending against a bound of 10,000: after a batch, the loop polls again only
+    once the (slow) assembler has brought them down to 5,000."""
+    emitter = _Emitter(due=9_000, seconds=0.1)
+    w, src = _otlp_worker(records(30), emitter, otlp_max_open_traces=10_000)
+    stats = w.run(exit_when_idle_s=0)
+    assert stats.records == 30
+    assert src.pending_at_poll[0] == 9_000  # the first poll: no batch yet, nothing to wait for
+    assert all(p <= 5_000 for p in src.pending_at_poll[1:])
+
+
+def test_an_assembler_error_stops_the_worker_with_it() -> None:
+    w, _src = _otlp_worker(records(5), _Emitter(due=10, fail=RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        w.run()
+    assert not [t for t in threading.enumerate() if t.name == "assembler"]
+
+
+def test_stop_during_an_assembly_outage_ends_the_assembler() -> None:
+    emitter = _Emitter(due=10, fail=TransientError("db down"))
+    w, _src = _otlp_worker([], emitter)
+    threading.Timer(0.3, w.stop.set).start()
+    stats = w.run()
+    assert emitter.calls >= 2 and stats.retries >= 1 and stats.otlp_traces == 0
+    assert not [t for t in threading.enumerate() if t.name == "assembler"]
