@@ -38,9 +38,9 @@ from tenacity import (
 )
 
 from consumers.errors import DecodeError, TransientError
-from consumers.events import AssessmentEvent, DeadLetter, RawRecord, TraceEvent
+from consumers.events import AssessmentEvent, DeadLetter, Provenance, RawRecord, TraceEvent
 from consumers.formats import dead_letter, decode_assessment, decode_trace
-from consumers.otlp import OtlpSpans, decode_otlp
+from consumers.otlp import OtlpSpan, OtlpSpans, decode_otlp
 from consumers.ports import DeadLetterSink, EventSource, TopicKind
 from store.otlp_buffer import OtlpConfig
 from store.upserts import Batch, BatchResult
@@ -158,7 +158,8 @@ class RunStats:
                 f"otlp_spans={self.otlp_spans} otlp_traces={self.otlp_traces} "
                 f"dead_letters={self.dead_letters} batches={self.batches} "
                 f"retries={self.retries} commit_failures={self.commit_failures} "
-                f"elapsed_s={elapsed:.1f} busy_s={busy:.2f} rate_per_s={rate:.0f}")
+                f"elapsed_s={elapsed:.1f} busy_s={busy:.2f} rate_per_s={rate:.0f} "
+                f"cpu_s={time.process_time():.1f}")
 
 
 class Worker:
@@ -374,14 +375,22 @@ class Worker:
         return True
 
     def _store_isolating(self, batch: Batch, records: list[RawRecord], now_ms: int) -> None:
-        """The database refused a row: write events one by one and dead-letter the refused ones.
+        """The database refused a row: write events one by one, and OpenTelemetry spans record
+        by record, and dead-letter the refused ones.
 
-        Each event commits on its own here; that is safe because upserts are idempotent and the
-        offsets are still committed only after the whole batch is through.
+        Each commits on its own here; that is safe because upserts are idempotent (a span is
+        inserted once) and the offsets are still committed only after the whole batch is
+        through.
         """
         logger.warning("store refused a row; isolating it in a batch of %d", len(batch))
         raw = {r.provenance: r for r in records}
         refused: list[DeadLetter] = []
+
+        def refuse(p: Provenance, exc: StoreRejectedError) -> None:
+            logger.warning("dead-lettered topic=%s partition=%d offset=%d error=%s",
+                           p.topic, p.partition, p.offset, exc)
+            refused.append(dead_letter(raw[p], exc, now_ms, self.settings.dlq_max_payload_bytes))
+
         kept_traces: list[TraceEvent] = []
         kept_assessments: list[AssessmentEvent] = []
         events: list[TraceEvent | AssessmentEvent] = [*batch.traces, *batch.assessments]
@@ -391,19 +400,26 @@ class Worker:
             try:
                 self.writer.write(single, now_ms)
             except StoreRejectedError as exc:
-                p = ev.provenance
-                logger.warning("dead-lettered topic=%s partition=%d offset=%d error=%s",
-                               p.topic, p.partition, p.offset, exc)
-                refused.append(dead_letter(raw[p], exc, now_ms,
-                                           self.settings.dlq_max_payload_bytes))
+                refuse(ev.provenance, exc)
                 continue
             if isinstance(ev, TraceEvent):
                 kept_traces.append(ev)
             else:
                 kept_assessments.append(ev)
+        by_record: dict[Provenance, list[tuple[OtlpSpan, Provenance]]] = {}
+        for item in batch.spans:
+            by_record.setdefault(item[1], []).append(item)
+        kept_spans: list[tuple[OtlpSpan, Provenance]] = []
+        for p, spans in by_record.items():
+            try:
+                self.writer.write(Batch(spans=spans), now_ms)
+            except StoreRejectedError as exc:
+                refuse(p, exc)
+                continue
+            kept_spans.extend(spans)
         self.dlq.publish(refused)
         self.dlq.flush()
-        batch.traces, batch.assessments = kept_traces, kept_assessments
+        batch.traces, batch.assessments, batch.spans = kept_traces, kept_assessments, kept_spans
         batch.dead_letters.extend(refused)
         self.writer.write(Batch(dead_letters=batch.dead_letters,
                                 checkpoints=batch.checkpoints), now_ms)

@@ -14,6 +14,7 @@ from consumers.events import RawRecord
 from store.upserts import Batch
 from store.writer import StoreRejectedError
 from tests.fakes import FakeDeadLetters, FakeSource, FakeWriter
+from tests.otlp_spans import TRACE_A, TRACE_B, request, span
 from worker.loop import Worker, next_offsets
 from worker.settings import Settings
 
@@ -102,6 +103,35 @@ def test_a_refused_row_is_isolated_and_dead_lettered() -> None:
     assert writer.batches[-1].dead_letters == dlq.published  # and its dead_letters row
     assert src.committed == {(TRACES, 0): 5}
     assert stats.dead_letters == 1
+
+
+def test_spans_beside_a_refused_row_are_kept_and_refused_spans_cost_only_their_record(
+) -> None:
+    """A batch of trace records and OpenTelemetry records, one trace refused and one record's
+    spans refused: the other records' spans still reach the buffer, the two records are
+    dead-lettered, every offset is committed."""
+    otlp = [RawRecord("otlp", 0, i, None, request(span(trace=t, span_id=1)).SerializeToString())
+            for i, t in enumerate((TRACE_A, TRACE_B))]
+
+    def fail(b: Batch) -> BaseException | None:
+        if any(t.trace_id == "tr-1" for t in b.traces) or any(
+                s.trace_id == "tr-" + TRACE_B.hex() for s, _ in b.spans):
+            return StoreRejectedError("value too long", "store")
+        return None
+
+    journal: list[str] = []
+    src = FakeSource([*records(3), *otlp], journal, 10,
+                     topics={TRACES: "trace", "otlp": "otlp"})
+    writer, dlq = FakeWriter(journal, fail), FakeDeadLetters(journal)
+    w = Worker(Settings(trace_topic=TRACES, assessment_topic=ASSESS, otlp_topic="otlp",
+                        poll_timeout_ms=1), src, writer, dlq, emitter=_Emitter(due=0))
+    stats = w.run(exit_when_idle_s=0)
+    assert sorted(writer.trace_ids) == ["tr-0", "tr-2"]
+    assert [s.trace_id for b in writer.batches for s, _ in b.spans] == ["tr-" + TRACE_A.hex()]
+    assert sorted((d.provenance.topic, d.provenance.offset) for d in dlq.published) == [
+        ("otlp", 1), (TRACES, 1)]
+    assert src.committed == {(TRACES, 0): 3, ("otlp", 0): 2}
+    assert stats.dead_letters == 2
 
 
 def test_unknown_topic_is_dead_lettered() -> None:
