@@ -168,6 +168,12 @@ class SqlWriter:
                                      tags_changed=result.tags_changed + one.tags_changed)
         return result
 
+    @property
+    def beside_loop(self) -> bool:
+        """Assembly on a thread of its own pays where the store takes concurrent writers:
+        not on SQLite, where the two would only wait for each other's write lock."""
+        return self.engine.dialect.name != "sqlite"
+
     def pending_otlp(self) -> int:
         with store_errors(self.engine, Batch()), self.engine.connect() as conn:
             return otlp_buffer.pending(conn)

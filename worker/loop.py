@@ -1,5 +1,5 @@
-"""The worker loop: poll -> (maybe) maintain -> decode -> checkpoint -> (maybe) wait for assembly,
-one batch at a time.
+"""The worker loop: poll -> (maybe) maintain -> (maybe) assemble -> decode -> checkpoint ->
+(maybe) wait for the assembler, one batch at a time.
 
 Checkpoint order is the invariant (docs/design.md, invariants 1 and 5; ``Worker._checkpoint``):
 (1) publish and flush the batch's dead letters to ``<topic>.dlq``; (2) commit the SQL transaction
@@ -9,14 +9,15 @@ upserts make that harmless. ``TransientError`` in steps 1-2 is retried with jitt
 backoff until it succeeds or ``stop`` is set; nothing is skipped. Signals only set ``stop``: the
 batch in hand is checkpointed before ``run`` returns unless an outage holds it (then nothing is
 committed). The tag writer (MLflow write-back) and the curator run beside the loop.
-OpenTelemetry spans are checkpointed into the store's span buffer like any event. An assembler
-thread beside the loop turns the traces that are due into trace events, in transactions of their
-own (``store.otlp_buffer``), whichever worker read their spans: the store's trace locks keep it
-and the loop's batches apart, as they keep two workers apart, and each waits on the database
-while the other computes. When more traces are pending than half the buffer's bound, the loop
-waits for the assembler before it polls again (at most ``ASSEMBLY_WAIT_MAX_S``), so a backlog
-drains without pushing traces out of the buffer early. A crash of the assembler stops the worker
-with its error, as a crash of the loop does.
+OpenTelemetry spans are checkpointed into the store's span buffer like any event. The traces
+that are due are turned into trace events in transactions of their own (``store.otlp_buffer``),
+whichever worker read their spans. On PostgreSQL an assembler thread beside the loop does it:
+the store's trace locks keep it and the loop's batches apart, as they keep two workers apart,
+and each waits on the database while the other computes. When more traces are pending than half
+the buffer's bound, the loop waits for the assembler before it polls again (at most
+``ASSEMBLY_WAIT_MAX_S``), so a backlog drains without pushing traces out of the buffer early. A
+crash of the assembler stops the worker with its error, as a crash of the loop does. On SQLite
+(one writer at a time) the loop assembles between batches.
 """
 
 from __future__ import annotations
@@ -95,6 +96,13 @@ class OtlpEmitterPort(Protocol):
 
     def pending_otlp(self) -> int:
         """Traces with spans not yet assembled."""
+        ...
+
+    @property
+    def beside_loop(self) -> bool:
+        """Whether assembly gains from a thread of its own: the store takes writes from two
+        connections at once (PostgreSQL). SQLite takes one writer at a time: assembly then runs
+        in the loop, between batches."""
         ...
 
 
@@ -229,11 +237,16 @@ class Worker:
             self.stats.heartbeat_s = time.monotonic()
             if self._assembler_error is not None:
                 raise self._assembler_error
-            poll = functools.partial(self.source.poll, s.poll_timeout_ms, s.batch_max_records)
+            # Traces still due for assembly in the loop: look for records without waiting.
+            poll = functools.partial(self.source.poll,
+                                     0 if self._assembly_backlog() else s.poll_timeout_ms,
+                                     s.batch_max_records)
             records = self._retry(poll, "poll")
             if records is None:
                 break  # stopped while the source was unavailable
             self.maintain()
+            if self._assemble_in_loop() and not self.assemble_due():
+                break  # stopped while the store was unavailable
             if self.stats.heartbeat_s >= next_lag:
                 next_lag = self.stats.heartbeat_s + LAG_EVERY_S
                 self.stats.lag = self.source.lag()
@@ -436,9 +449,18 @@ class Worker:
         self.stats.last_checkpoint_unix = time.time()
         self.stats.observe_batch(self.stats.last_checkpoint_s - began)
 
+    def _assemble_in_loop(self) -> bool:
+        return self.emitter is not None and not self.emitter.beside_loop
+
+    def _assembly_backlog(self) -> bool:
+        """Assembly in the loop, whose last transaction was full: more traces are due."""
+        return self._assemble_in_loop() and self._next_emit_s == 0.0 \
+            and self.stats.otlp_traces > 0
+
     def _start_assembler(self) -> threading.Thread | None:
-        """The assembler thread, if this worker reads OpenTelemetry spans."""
-        if self.emitter is None:
+        """The assembler thread, if this worker reads OpenTelemetry spans into a store that
+        gains from it (``OtlpEmitterPort.beside_loop``)."""
+        if self.emitter is None or not self.emitter.beside_loop:
             return None
         self._assembler_stop.clear()
         thread = threading.Thread(target=self._assemble_beside, name="assembler", daemon=True)
@@ -462,9 +484,9 @@ class Worker:
 
     def wait_for_assembly(self) -> None:
         """Backpressure: while more traces are pending than half the buffer's bound, wait for
-        the assembler (at most ``ASSEMBLY_WAIT_MAX_S``, then poll anyway: the bound itself
-        still holds, by emitting the oldest traces early)."""
-        if self.emitter is None:
+        the assembler thread (at most ``ASSEMBLY_WAIT_MAX_S``, then poll anyway: the bound
+        itself still holds, by emitting the oldest traces early)."""
+        if self.emitter is None or not self.emitter.beside_loop:
             return
         emitter = self.emitter
         high = max(self.otlp.max_open_traces // 2, self.otlp.emit_batch)

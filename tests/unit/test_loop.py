@@ -178,8 +178,9 @@ class _Emitter:
     """Due traces in full transactions of ``cfg.emit_batch`` until ``due`` runs out; each
     transaction takes ``seconds`` and is noted with the thread that ran it."""
 
-    def __init__(self, due: int, seconds: float = 0.0, fail: BaseException | None = None
-                 ) -> None:
+    def __init__(self, due: int, seconds: float = 0.0, fail: BaseException | None = None,
+                 *, beside_loop: bool = True) -> None:
+        self.beside_loop = beside_loop
         self.due = due
         self.seconds = seconds
         self.fail = fail
@@ -215,6 +216,16 @@ class _WatchedSource(FakeSource):
         return super().poll(timeout_ms, max_records)
 
 
+class _TimedSource(FakeSource):
+    def __init__(self, journal: list[str]) -> None:
+        super().__init__([], journal, topics={TRACES: "trace", "otlp": "otlp"})
+        self.timeouts: list[int] = []
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
+        self.timeouts.append(timeout_ms)
+        return super().poll(timeout_ms, max_records)
+
+
 def _otlp_worker(recs: list[RawRecord], emitter: _Emitter, **settings: Any
                  ) -> tuple[Worker, _WatchedSource]:
     journal: list[str] = []
@@ -233,6 +244,21 @@ def test_a_backlog_of_due_traces_is_assembled_beside_the_loop() -> None:
     assert emitter.calls == 3  # 2,000 + 2,000 + 1,000: each full one followed at once
     assert emitter.threads == {"assembler"}
     assert not [t for t in threading.enumerate() if t.name == "assembler"]
+
+
+def test_without_a_thread_the_loop_assembles_a_backlog_without_waiting_on_polls() -> None:
+    """A store of one writer (SQLite): the loop assembles between polls, and after a full
+    transaction it polls without waiting, so the next one follows at once."""
+    emitter = _Emitter(due=5_000, beside_loop=False)
+    journal: list[str] = []
+    src = _TimedSource(journal)
+    w = Worker(Settings(trace_topic=TRACES, assessment_topic=ASSESS, otlp_topic="otlp",
+                        poll_timeout_ms=300), src, FakeWriter(journal), FakeDeadLetters(journal),
+               emitter=emitter)
+    stats = w.run(exit_when_idle_s=0)
+    assert stats.otlp_traces == 5_000 and emitter.calls == 3
+    assert emitter.threads == {threading.current_thread().name}
+    assert src.timeouts[:3] == [300, 0, 0]
 
 
 def test_the_loop_waits_for_the_assembler_while_half_the_buffer_bound_is_pending() -> None:
