@@ -221,13 +221,16 @@ class Worker:
             job.start()
         assembler = self._start_assembler()
         try:
-            return self._run(max_records, exit_when_idle_s)
+            stats = self._run(max_records, exit_when_idle_s)
         finally:
             if assembler is not None:
                 self._assembler_stop.set()
                 assembler.join(ASSEMBLER_JOIN_S)
             for job in jobs:
                 job.stop()
+        if self._assembler_error is not None:
+            raise self._assembler_error  # even if the loop had nothing left to do
+        return stats
 
     def _run(self, max_records: int | None, exit_when_idle_s: float | None) -> RunStats:
         s = self.settings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -179,12 +180,14 @@ class _Emitter:
     transaction takes ``seconds`` and is noted with the thread that ran it."""
 
     def __init__(self, due: int, seconds: float = 0.0, fail: BaseException | None = None,
-                 *, beside_loop: bool = True) -> None:
+                 *, fail_after: int = 0, beside_loop: bool = True) -> None:
         self.beside_loop = beside_loop
+        self.fail_after = fail_after  # calls that succeed before ``fail`` is raised
         self.due = due
         self.seconds = seconds
         self.fail = fail
         self.calls = 0
+        self.failed = threading.Event()
         self.threads: set[str] = set()
 
     def emit_otlp(self, now_ms: int, cfg: Any) -> Any:
@@ -192,7 +195,8 @@ class _Emitter:
 
         self.calls += 1
         self.threads.add(threading.current_thread().name)
-        if self.fail is not None:
+        if self.fail is not None and self.calls > self.fail_after:
+            self.failed.set()
             raise self.fail
         time.sleep(self.seconds)
         n = min(self.due, cfg.emit_batch)
@@ -210,8 +214,10 @@ class _WatchedSource(FakeSource):
         super().__init__(recs, journal, 10, topics={TRACES: "trace", "otlp": "otlp"})
         self.emitter = emitter
         self.pending_at_poll: list[int] = []
+        self.before_poll: Callable[[], object] = lambda: None
 
     def poll(self, timeout_ms: int, max_records: int) -> list[RawRecord]:
+        self.before_poll()
         self.pending_at_poll.append(self.emitter.due)
         return super().poll(timeout_ms, max_records)
 
@@ -272,10 +278,16 @@ def test_the_loop_waits_for_the_assembler_while_half_the_buffer_bound_is_pending
     assert all(p <= 5_000 for p in src.pending_at_poll[1:])
 
 
-def test_an_assembler_error_stops_the_worker_with_it() -> None:
-    w, _src = _otlp_worker(records(5), _Emitter(due=10, fail=RuntimeError("a bug")))
+@pytest.mark.parametrize("exit_when_idle_s", [None, 0.0])
+def test_an_assembler_error_stops_the_worker_with_it(exit_when_idle_s: float | None) -> None:
+    """Raised by ``run``, whether the loop was still reading or had nothing left to do."""
+    # The assembler fails on its second transaction, 0.5 s in; the first poll returns only then,
+    # after the loop's check of the iteration: idle, the loop may exit at once.
+    emitter = _Emitter(due=0, fail=RuntimeError("a bug"), fail_after=1)
+    w, src = _otlp_worker([], emitter)
+    src.before_poll = lambda: emitter.failed.wait(5) and time.sleep(0.05)
     with pytest.raises(RuntimeError, match="a bug"):
-        w.run()
+        w.run(exit_when_idle_s=exit_when_idle_s)
     assert not [t for t in threading.enumerate() if t.name == "assembler"]
 
 
