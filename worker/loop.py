@@ -487,21 +487,32 @@ class Worker:
 
     def wait_for_assembly(self) -> None:
         """Backpressure: while more traces are pending than half the buffer's bound, wait for
-        the assembler thread (at most ``ASSEMBLY_WAIT_MAX_S``, then poll anyway: the bound
-        itself still holds, by emitting the oldest traces early)."""
-        if self.emitter is None or not self.emitter.beside_loop:
+        the assembler thread or, without one, assemble in the loop as the traces come due (at
+        most ``ASSEMBLY_WAIT_MAX_S``, then poll anyway: the bound itself still holds, by
+        assembling the oldest traces early)."""
+        if self.emitter is None:
             return
         emitter = self.emitter
-        high = max(self.otlp.max_open_traces // 2, self.otlp.emit_batch)
+        high = max(self.otlp.max_open_traces // 2, 1)
         deadline = time.monotonic() + ASSEMBLY_WAIT_MAX_S
-        while not self.stop.is_set() and self._assembler_error is None \
-                and time.monotonic() < deadline:
+        while not self.stop.is_set() and self._assembler_error is None:
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                return
             pending = self._retry(emitter.pending_otlp, "assemble")
             if pending is None or pending <= high:
                 return
             self.stats.heartbeat_s = time.monotonic()
-            self._assembled.clear()
-            self._assembled.wait(min(OTLP_EMIT_EVERY_S, max(deadline - time.monotonic(), 0)))
+            if emitter.beside_loop:
+                self._assembled.clear()
+                self._assembled.wait(min(OTLP_EMIT_EVERY_S, left_s))
+                continue
+            self._next_emit_s = 0.0  # in the loop: assemble what is due now
+            assembled = self.stats.otlp_traces
+            if not self.assemble_due():
+                return  # stopped during a store outage
+            if self.stats.otlp_traces == assembled:
+                self.stop.wait(min(0.05, left_s))  # none due yet: their quiet period runs
 
     def assemble_due(self, stop: threading.Event | None = None) -> bool:
         """(Maybe) assemble the OpenTelemetry traces that are due, every ``OTLP_EMIT_EVERY_S``

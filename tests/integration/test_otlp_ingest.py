@@ -149,6 +149,27 @@ def test_spans_split_across_records_and_partitions_assemble_into_their_traces(
     assert again["pending"] == 0 and again["buffered"] == 10
 
 
+def test_a_backlog_past_the_bound_drains_with_no_trace_assembled_early(
+        settings_factory: Any, producer: Any, run_worker: Any, store_url: str) -> None:
+    """1,200 traces in 60 records against a bound of 400 open traces, read 10 records (200
+    traces) a batch, each trace due 1 s after its spans: after each batch the loop waits for
+    assembly while over 200 are pending, so a backlog three times the bound drains with none
+    pushed out early (without the wait, the loop reads it all in well under a second)."""
+    settings = settings_factory(otlp_quiet_s=1.0, otlp_max_open_traces=400,
+                                batch_max_records=10)
+    t0 = time.time_ns() - 3_600 * 1_000 * MS
+    send(producer, settings.otlp_topic, [
+        (r % 3, record(*[s for k in range(r * 20, r * 20 + 20) for s in (
+            span(tid(k), 1, name="agent", start=t0 + k * MS, dur_ns=5 * MS),
+            span(tid(k), 2, 1, name="tool", start=t0 + k * MS, dur_ns=MS))]))
+        for r in range(60)])
+    stats = run_worker(settings, idle_s=2.0)
+    got = rows(store_url)
+    assert len(got["traces"]) == 1_200 and got["pending"] == 0
+    assert stats.otlp_forced == 0
+    assert not [t for t in got["traces"].values() if EMITTED_EARLY_KEY in t.trace_metadata]
+
+
 def test_past_the_open_traces_bound_the_oldest_are_assembled_early(store_url: str) -> None:
     engine = make_engine(store_url)
     schema.upgrade(engine)

@@ -267,10 +267,12 @@ def test_without_a_thread_the_loop_assembles_a_backlog_without_waiting_on_polls(
     assert src.timeouts[:3] == [300, 0, 0]
 
 
-def test_the_loop_waits_for_the_assembler_while_half_the_buffer_bound_is_pending() -> None:
+@pytest.mark.parametrize("beside_loop", [True, False])
+def test_the_loop_waits_for_assembly_while_half_the_buffer_bound_is_pending(
+        beside_loop: bool) -> None:
     """9,000 traces pending against a bound of 10,000: after a batch, the loop polls again only
-    once the (slow) assembler has brought them down to 5,000."""
-    emitter = _Emitter(due=9_000, seconds=0.1)
+    once the (slow) assembly, on its thread or in the loop, has brought them down to 5,000."""
+    emitter = _Emitter(due=9_000, seconds=0.1, beside_loop=beside_loop)
     w, src = _otlp_worker(records(30), emitter, otlp_max_open_traces=10_000)
     stats = w.run(exit_when_idle_s=0)
     assert stats.records == 30
