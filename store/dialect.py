@@ -54,49 +54,44 @@ def select_in(conn: Connection, sql: str, ids: Sequence[str],
     JSON parameter; on SQLite ``IN (?, ...)`` in ``chunks`` (one cached statement per chunk
     size).
     The ``json_columns`` (indexes) come back decoded, as SQLAlchemy's JSON type gives them."""
-    if not ids:
-        return []
-    dbapi = conn.connection.dbapi_connection
-    assert dbapi is not None
-    cur = dbapi.cursor()
-    try:
-        if conn.dialect.name == "postgresql":  # psycopg decodes JSON columns itself
-            # The ids go as one JSON array: orjson writes it at C speed, where psycopg's list
-            # dumper escapes element by element in Python (about half the cost of a read
-            # that finds nothing). The array from a subquery keeps the index scan.
-            cur.execute(sql.replace("{ids}", _PG_IDS), (orjson.dumps(list(ids)).decode(),))
-            return list(cur.fetchall())
-        rows: list[tuple[Any, ...]] = []
-        for chunk in chunks(ids):
-            cur.execute(sql.replace("{ids}", f"IN ({', '.join('?' * len(chunk))})"), chunk)
-            rows.extend(cur.fetchall())
-    finally:
-        cur.close()
-    if json_columns:
+    rows = _run_in(conn, sql, ids, fetch=True)
+    if json_columns and conn.dialect.name != "postgresql":  # psycopg decodes JSON itself
         rows = [tuple(json_value(v) if i in json_columns else v for i, v in enumerate(r))
                 for r in rows]
     return rows
 
 
-_PG_IDS = "= ANY(ARRAY(SELECT json_array_elements_text(CAST(%s AS json))))"
-
-
 def execute_in(conn: Connection, sql: str, ids: Sequence[str]) -> None:
     """Run ``sql``, a statement (an UPDATE, a DELETE) whose ``{ids}`` stands for ``IN ids``
     after a column, through the DBAPI as ``select_in`` runs a SELECT."""
+    _run_in(conn, sql, ids, fetch=False)
+
+
+def _run_in(conn: Connection, sql: str, ids: Sequence[str], *,
+            fetch: bool) -> list[tuple[Any, ...]]:
     if not ids:
-        return
+        return []
     dbapi = conn.connection.dbapi_connection
     assert dbapi is not None
     cur = dbapi.cursor()
+    rows: list[tuple[Any, ...]] = []
     try:
         if conn.dialect.name == "postgresql":
+            # The ids go as one JSON array: orjson writes it at C speed, where psycopg's list
+            # dumper escapes element by element in Python (about half the cost of a read
+            # that finds nothing). The array from a subquery keeps the index scan.
             cur.execute(sql.replace("{ids}", _PG_IDS), (orjson.dumps(list(ids)).decode(),))
-            return
+            return list(cur.fetchall()) if fetch else rows
         for chunk in chunks(ids):
             cur.execute(sql.replace("{ids}", f"IN ({', '.join('?' * len(chunk))})"), chunk)
+            if fetch:
+                rows.extend(cur.fetchall())
     finally:
         cur.close()
+    return rows
+
+
+_PG_IDS = "= ANY(ARRAY(SELECT json_array_elements_text(CAST(%s AS json))))"
 
 
 def json_value(v: Any) -> Any:
