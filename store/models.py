@@ -247,7 +247,8 @@ class OtlpSpan(Base):
 class OtlpTrace(Base):
     """A buffered OpenTelemetry trace: when its spans came, whether its root did, and whether
     spans came since it was last emitted (``pending``); the record of its latest span is the
-    trace's provenance."""
+    trace's provenance. ``spans_dropped``: spans refused past the trace's caps (a redelivered
+    one counts again)."""
 
     __tablename__ = "otlp_traces"
 
@@ -262,6 +263,7 @@ class OtlpTrace(Base):
     src_topic: Mapped[str] = mapped_column(Text)
     src_partition: Mapped[int] = mapped_column(Integer)
     src_offset: Mapped[int] = mapped_column(BigInteger)
+    spans_dropped: Mapped[int] = mapped_column(Integer, server_default="0")
 
     __table_args__ = (Index("ix_otlp_traces_pending_first_ms", "pending", "first_ms"),
                       Index("ix_otlp_traces_emitted_ms", "emitted_ms"))
