@@ -20,6 +20,12 @@ the buffer lives in the store, so whichever worker reads a span, every worker se
 - Emitted traces keep their spans for ``keep_ms`` (``prune``): a late span amends the stored
   trace with a more complete version (the store's completeness order). Later still, the late
   span alone makes a less complete version, which the store ignores.
+- One trace never grows without end (a producer stuck in a loop, a hostile one): it keeps its
+  first ``max_trace_spans`` spans and ``max_trace_bytes`` of them; the spans past either cap
+  are not stored, change nothing but the trace's ``spans_dropped`` count, and the assembled
+  trace says how many (``SPANS_DROPPED_KEY``; spans dropped after its last assembly are only
+  counted). An emission transaction reads at most ``emit_bytes`` of spans (always one trace).
+  So neither memory nor the work of a batch grows with the number of spans a trace is sent.
 """
 
 from __future__ import annotations
@@ -37,9 +43,11 @@ from store import dialect, locks
 from store.models import OTLP_SPANS, OTLP_TRACES
 
 EMITTED_EARLY_KEY = "trace_curator.emitted_early"  # metadata of a trace emitted past a bound
+SPANS_DROPPED_KEY = "trace_curator.spans_dropped"  # metadata: spans refused past the caps
 SPAN_COLUMNS = ("trace_id", "span_id", "span", "received_ms")
 TRACE_COLUMNS = ("trace_id", "first_ms", "last_ms", "has_root", "span_count", "span_bytes",
-                 "pending", "emitted_ms", "src_topic", "src_partition", "src_offset")
+                 "pending", "emitted_ms", "src_topic", "src_partition", "src_offset",
+                 "spans_dropped")
 _TAGS = OtlpSpan._fields.index("trace_tags")
 _FIELDS = len(OtlpSpan._fields)
 _new_tuple = tuple.__new__
@@ -51,12 +59,31 @@ class OtlpConfig(NamedTuple):
     max_open_traces: int = 100_000
     max_buffer_bytes: int = 256 * 1024 * 1024
     keep_ms: int = 3_600_000
+    max_trace_spans: int = 10_000  # spans kept per trace; later ones are dropped
+    max_trace_bytes: int = 32 * 1024 * 1024  # bytes of spans kept per trace
     emit_batch: int = 2_000  # traces per emission transaction
+    emit_bytes: int = 64 * 1024 * 1024  # span bytes per emission transaction (one trace always)
+
+
+DEFAULT_CONFIG = OtlpConfig()
+
+
+class Buffered(NamedTuple):
+    new: int  # spans stored
+    dropped: int  # spans refused past their trace's caps
+    capped: list[str]  # the traces those were of
+
+
+class Due(NamedTuple):
+    ids: list[str]  # oldest first
+    forced: set[str]  # of them, due only because the buffer is past a bound
+    more: bool  # more were due than one transaction takes (``emit_batch``, ``emit_bytes``)
 
 
 class Emitted(NamedTuple):
     events: list[TraceEvent]
     forced: int  # of them, emitted early past a bound
+    more: bool  # more traces are due already
 
 
 def span_json(s: OtlpSpan) -> str:
@@ -77,88 +104,114 @@ def span_from_json(text: str) -> OtlpSpan:
 
 
 def buffer_spans(conn: Connection, spans: Sequence[tuple[OtlpSpan, Provenance]],
-                 now_ms: int) -> int:
-    """Store the spans not held yet and move their traces' state. Returns the new spans."""
+                 now_ms: int, cfg: OtlpConfig = DEFAULT_CONFIG) -> Buffered:
+    """Store the spans not held yet, up to their trace's caps, and move their traces' state."""
     first: dict[tuple[str, str], tuple[OtlpSpan, Provenance]] = {}
     for s, p in spans:
         first.setdefault((s.trace_id, s.span_id), (s, p))
     if not first:
-        return 0
+        return Buffered(0, 0, [])
     ids = sorted({tid for tid, _ in first})
     locks.lock_traces(conn, ids)
     state = {r[0]: r for r in dialect.select_in(
-        conn, "SELECT trace_id, first_ms, has_root, span_count, span_bytes, emitted_ms "
-              "FROM otlp_traces WHERE trace_id {ids}", ids)}
+        conn, f"SELECT {', '.join(TRACE_COLUMNS)} FROM otlp_traces WHERE trace_id {{ids}}",
+        ids)}
     # Only a trace the buffer knows can hold spans already (its state row goes with its spans).
     known = [tid for tid in ids if tid in state]
     held = {(r[0], r[1]) for r in dialect.select_in(
         conn, "SELECT trace_id, span_id FROM otlp_spans WHERE trace_id {ids}", known)} \
         if known else set()
-    new = [(s, p, span_json(s)) for key, (s, p) in first.items() if key not in held]
-    if not new:
-        return 0
-    rows: dict[str, list[Any]] = {}
-    for s, p, text in new:
+    max_spans, max_bytes = cfg.max_trace_spans, cfg.max_trace_bytes
+    rows: dict[str, list[Any]] = {}  # TRACE_COLUMNS of each touched trace, as they become
+    new: list[tuple[str, str, str, int]] = []
+    dropped = 0
+    for key, (s, p) in first.items():
+        if key in held:
+            continue
+        text = span_json(s)
         row = rows.get(s.trace_id)
         if row is None:
             old = state.get(s.trace_id)
-            row = rows[s.trace_id] = [
-                s.trace_id, old[1] if old else now_ms, now_ms, bool(old[2]) if old else False,
-                old[3] if old else 0, old[4] if old else 0, True, old[5] if old else None,
-                p.topic, p.partition, p.offset]
+            row = rows[s.trace_id] = list(old) if old else [
+                s.trace_id, now_ms, now_ms, False, 0, 0, False, None, p.topic, p.partition,
+                p.offset, 0]
+        if row[4] >= max_spans or row[5] + len(text) > max_bytes:
+            row[11] += 1
+            dropped += 1
+            continue
+        new.append((s.trace_id, s.span_id, text, now_ms))
+        row[2] = now_ms
         row[3] = row[3] or s.root
         row[4] += 1
         row[5] += len(text)
+        row[6] = True
         row[8:11] = [p.topic, p.partition, p.offset]
+    capped = [tid for tid, r in rows.items() if r[11] > (state[tid][11] if tid in state else 0)]
+    # A trace the buffer did not know, all of whose spans were dropped (each over the byte
+    # cap), gets no state row: it holds nothing to assemble.
+    inserts = [tuple(r) for tid, r in rows.items() if tid not in state and r[4]]
     # Under the trace locks, the new spans and the traces the buffer did not know are absent:
     # plain inserts (``inserting_new``); the known traces' state rows are updated.
     with dialect.inserting_new(
             conn,
-            dialect.NewRows(OTLP_SPANS, ("trace_id", "span_id"), SPAN_COLUMNS,
-                            [(s.trace_id, s.span_id, text, now_ms) for s, _, text in new],
+            dialect.NewRows(OTLP_SPANS, ("trace_id", "span_id"), SPAN_COLUMNS, new,
                             on_conflict="nothing"),
-            dialect.NewRows(OTLP_TRACES, ("trace_id",), TRACE_COLUMNS,
-                            [tuple(r) for tid, r in rows.items() if tid not in state])):
+            dialect.NewRows(OTLP_TRACES, ("trace_id",), TRACE_COLUMNS, inserts)):
         pass
     dialect.bulk_upsert(conn, OTLP_TRACES, ("trace_id",), TRACE_COLUMNS,
                         [tuple(r) for tid, r in rows.items() if tid in state])
-    return len(new)
+    return Buffered(len(new), dropped, capped)
 
 
 # ---------------------------------------------------------------------------------------------
 # Emission, in a transaction of its own
 
 
-def due_traces(conn: Connection, now_ms: int, cfg: OtlpConfig) -> tuple[list[str], set[str]]:
-    """Up to ``cfg.emit_batch`` due trace ids, oldest first, and those of them that are due
-    only because the buffer is past a bound."""
+def due_traces(conn: Connection, now_ms: int, cfg: OtlpConfig) -> Due:
+    """The due traces one emission transaction takes, oldest first: up to ``cfg.emit_batch``
+    of them and ``cfg.emit_bytes`` of their spans (the first whatever its size), and those
+    of them that are due only because the buffer is past a bound."""
     t = OTLP_TRACES.c
     ready = and_(t.pending, or_(and_(t.has_root, t.last_ms <= now_ms - cfg.quiet_ms),
                                 t.first_ms <= now_ms - cfg.max_wait_ms))
-    due = list(conn.execute(select(t.trace_id).where(ready).order_by(t.first_ms, t.trace_id)
-                            .limit(cfg.emit_batch)).scalars())
+    due: list[str] = []
+    size = 0
+
+    def take(tid: str, nbytes: int) -> bool:
+        nonlocal size
+        if due and size + nbytes > cfg.emit_bytes:
+            return False
+        due.append(tid)
+        size += nbytes
+        return True
+
+    rows = conn.execute(select(t.trace_id, t.span_bytes).where(ready)
+                        .order_by(t.first_ms, t.trace_id).limit(cfg.emit_batch)).all()
+    for tid, nbytes in rows:
+        if not take(tid, nbytes):
+            return Due(due, set(), True)
     forced: set[str] = set()
     room = cfg.emit_batch - len(due)
-    if room > 0:
-        count, size = conn.execute(select(func.count(), func.coalesce(func.sum(t.span_bytes), 0))
-                                   .where(t.pending)).one()
-        over = max(count - cfg.max_open_traces, 0)
-        if over or size > cfg.max_buffer_bytes:
-            taken = set(due)
-            for tid, nbytes in conn.execute(
-                    select(t.trace_id, t.span_bytes).where(t.pending)
-                    .order_by(t.first_ms, t.trace_id).limit(room + len(due))):
-                if tid in taken:
-                    continue
-                if over <= 0 and size <= cfg.max_buffer_bytes:
-                    break
-                forced.add(tid)
-                due.append(tid)
-                over -= 1
-                size -= nbytes
-                if len(due) >= cfg.emit_batch:
-                    break
-    return due, forced
+    if room <= 0:
+        return Due(due, forced, True)
+    count, pending_bytes = conn.execute(
+        select(func.count(), func.coalesce(func.sum(t.span_bytes), 0)).where(t.pending)).one()
+    over = max(count - cfg.max_open_traces, 0)
+    if over or pending_bytes > cfg.max_buffer_bytes:
+        taken = set(due)
+        for tid, nbytes in conn.execute(
+                select(t.trace_id, t.span_bytes).where(t.pending)
+                .order_by(t.first_ms, t.trace_id).limit(room + len(due))):
+            if tid in taken:
+                continue
+            if over <= 0 and pending_bytes <= cfg.max_buffer_bytes:
+                break
+            if len(due) >= cfg.emit_batch or not take(tid, nbytes):
+                return Due(due, forced, True)
+            forced.add(tid)
+            over -= 1
+            pending_bytes -= nbytes
+    return Due(due, forced, False)
 
 
 def emit_due(conn: Connection, now_ms: int, cfg: OtlpConfig, *,
@@ -166,32 +219,38 @@ def emit_due(conn: Connection, now_ms: int, cfg: OtlpConfig, *,
     """Assemble the due traces (under their trace locks; still pending once locked), or just
     the trace ``only`` if it is due, and clear their ``pending``. The caller writes the events
     in this same transaction."""
-    candidates, forced = due_traces(conn, now_ms, cfg)
+    due = due_traces(conn, now_ms, cfg)
+    candidates, forced = due.ids, due.forced
     if only is not None:
         candidates = [t for t in candidates if t == only]
     if not candidates:
-        return Emitted([], 0)
+        return Emitted([], 0, False)
     locks.lock_traces(conn, candidates)
     state = {r[0]: r for r in dialect.select_in(
-        conn, "SELECT trace_id, pending, src_topic, src_partition, src_offset FROM otlp_traces "
-              "WHERE trace_id {ids}", candidates) if r[1]}
+        conn, "SELECT trace_id, pending, src_topic, src_partition, src_offset, spans_dropped "
+              "FROM otlp_traces WHERE trace_id {ids}", candidates) if r[1]}
     ids = sorted(state)
     if not ids:
-        return Emitted([], 0)
+        return Emitted([], 0, due.more and only is None)
     spans: dict[str, list[OtlpSpan]] = {tid: [] for tid in ids}
     for tid, text in dialect.select_in(
             conn, "SELECT trace_id, span FROM otlp_spans WHERE trace_id {ids}", ids):
         spans[tid].append(span_from_json(text))
     events = []
     for tid in ids:
-        _, _, topic, partition, offset = state[tid]
+        _, _, topic, partition, offset, dropped = state[tid]
         e = assemble(spans[tid], Provenance(topic, partition, offset))
-        if tid in forced:
-            e = e._replace(metadata={**e.metadata, EMITTED_EARLY_KEY: "buffer_full"})
+        if tid in forced or dropped:
+            marks = dict(e.metadata)
+            if tid in forced:
+                marks[EMITTED_EARLY_KEY] = "buffer_full"
+            if dropped:
+                marks[SPANS_DROPPED_KEY] = str(dropped)
+            e = e._replace(metadata=marks)
         events.append(e)
     dialect.execute_in(conn, f"UPDATE otlp_traces SET pending = false, emitted_ms = "
                              f"{int(now_ms)} WHERE trace_id {{ids}}", ids)
-    return Emitted(events, len(forced & set(ids)))
+    return Emitted(events, len(forced & set(ids)), due.more and only is None)
 
 
 def pending(conn: Connection) -> int:

@@ -99,6 +99,8 @@ class BatchResult:
     assessments_written: int
     dead_letters_written: int
     tags_changed: int = 0
+    spans_dropped: int = 0  # OpenTelemetry spans refused past their trace's caps
+    capped: tuple[str, ...] = ()  # the traces those were of
 
 
 def latest_traces(events: Iterable[TraceEvent]) -> list[TraceEvent]:
@@ -234,9 +236,11 @@ def _invalidate_overridden(conn: Connection, events: Sequence[AssessmentEvent]) 
 def apply_batch(conn: Connection, batch: Batch, now_ms: int,
                 decider: Decider | None = None,
                 metrics_config: MetricsConfig | None = None, *,
-                outbox: bool = True, traces_locked: bool = False) -> BatchResult:
+                outbox: bool = True, traces_locked: bool = False,
+                otlp: otlp_buffer.OtlpConfig = otlp_buffer.DEFAULT_CONFIG) -> BatchResult:
     """Write one decoded batch in the caller's transaction. See the module docstring for order.
     ``traces_locked``: the caller holds the trace locks of the batch's traces already.
+    ``otlp``: the span buffer's caps per trace.
 
     With a ``decider`` (the rules engine), the batch's traces are also decided in the same
     transaction (``store.decisions``): decision log, current tags and the write-back outbox.
@@ -292,9 +296,10 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
                          [assessment_row(e, now_ms) for e in assessments])
     if assessments:
         _invalidate_overridden(conn, assessments)
-    _write_records(conn, batch, now_ms)
+    buffered = _write_records(conn, batch, now_ms, otlp)
     if not read:
-        return BatchResult(len(traces), len(assessments), len(batch.dead_letters), 0)
+        return BatchResult(len(traces), len(assessments), len(batch.dead_letters), 0,
+                           buffered.dropped, tuple(buffered.capped))
     if inputs is None:
         inputs = _read_inputs(conn, decider, metrics_config, traces, assessments, touched,
                               before)
@@ -306,10 +311,12 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
             moves = bucket_deltas(inputs, changed)
     if moves is not None:
         metrics.apply_deltas(conn, moves, now_ms)
-    return BatchResult(len(traces), len(assessments), len(batch.dead_letters), len(changed))
+    return BatchResult(len(traces), len(assessments), len(batch.dead_letters), len(changed),
+                       buffered.dropped, tuple(buffered.capped))
 
 
-def _write_records(conn: Connection, batch: Batch, now_ms: int) -> None:
+def _write_records(conn: Connection, batch: Batch, now_ms: int,
+                   otlp: otlp_buffer.OtlpConfig) -> otlp_buffer.Buffered:
     """What the batch's records hold besides events: dead letters, a polled source's
     checkpoints, OpenTelemetry spans for their buffer."""
     if batch.dead_letters:
@@ -320,7 +327,8 @@ def _write_records(conn: Connection, batch: Batch, now_ms: int) -> None:
         dialect.bulk_upsert(conn, CHECKPOINTS, ("name",), ("name", "value", "updated_ms"),
                             [(k, _json(v), now_ms) for k, v in sorted(batch.checkpoints.items())])
     if batch.spans:
-        otlp_buffer.buffer_spans(conn, batch.spans, now_ms)
+        return otlp_buffer.buffer_spans(conn, batch.spans, now_ms, otlp)
+    return otlp_buffer.Buffered(0, 0, [])
 
 
 class _Inputs(NamedTuple):

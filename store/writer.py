@@ -27,7 +27,7 @@ from consumers.events import AssessmentEvent, TraceEvent
 from store import otlp_buffer
 from store.decisions import Decider
 from store.metrics import MetricsConfig
-from store.otlp_buffer import OtlpConfig
+from store.otlp_buffer import DEFAULT_CONFIG, OtlpConfig
 from store.upserts import Batch, BatchResult, apply_batch, assessment_version
 
 # What encoding a value raises: orjson's JSONEncodeError is a TypeError, UnicodeEncodeError a
@@ -84,9 +84,10 @@ def store_errors(engine: Engine, batch: Batch) -> Iterator[None]:
 def write_batch(engine: Engine, batch: Batch, now_ms: int,
                 decider: Decider | None = None,
                 metrics_config: MetricsConfig | None = None, *,
-                outbox: bool = True) -> BatchResult:
+                outbox: bool = True, otlp: OtlpConfig = DEFAULT_CONFIG) -> BatchResult:
     with store_errors(engine, batch), engine.begin() as conn:
-        return apply_batch(conn, batch, now_ms, decider, metrics_config, outbox=outbox)
+        return apply_batch(conn, batch, now_ms, decider, metrics_config, outbox=outbox,
+                           otlp=otlp)
 
 
 def unwritable(batch: Batch) -> str | None:
@@ -125,23 +126,26 @@ class EmitResult(NamedTuple):
     tags_changed: int
     pruned: int  # emitted traces whose spans were dropped (kept past otlp_keep_s)
     refused: list[tuple[str, str]]  # (trace id, why): traces the store refused, given up
+    more: bool = False  # more traces were due than one transaction takes
 
 
 class SqlWriter:
     """The store port the worker writes through: ``write`` one batch, one transaction.
     ``outbox``: queue changed tags for the MLflow write-back; False when write-back is off, as
-    nothing would ever drain them."""
+    nothing would ever drain them. ``otlp``: the span buffer's caps per trace."""
 
     def __init__(self, engine: Engine, decider: Decider | None = None,
-                 metrics_config: MetricsConfig | None = None, *, outbox: bool = True) -> None:
+                 metrics_config: MetricsConfig | None = None, *, outbox: bool = True,
+                 otlp: OtlpConfig = DEFAULT_CONFIG) -> None:
         self.engine = engine
         self.decider = decider
         self.metrics_config = metrics_config
         self.outbox = outbox
+        self.otlp = otlp
 
     def write(self, batch: Batch, now_ms: int) -> BatchResult:
         return write_batch(self.engine, batch, now_ms, self.decider, self.metrics_config,
-                           outbox=self.outbox)
+                           outbox=self.outbox, otlp=self.otlp)
 
     def emit_otlp(self, now_ms: int, cfg: OtlpConfig) -> EmitResult:
         """One transaction: assemble the due OpenTelemetry traces and write them as a batch
@@ -154,8 +158,9 @@ class SqlWriter:
             pass
         result = EmitResult(0, 0, 0, 0, [])
         with store_errors(self.engine, Batch()), self.engine.begin() as conn:
-            due, _ = otlp_buffer.due_traces(conn, now_ms, cfg)
-        for tid in due:
+            due = otlp_buffer.due_traces(conn, now_ms, cfg)
+        result = result._replace(more=due.more)
+        for tid in due.ids:
             try:
                 one = self._emit(now_ms, cfg, only=tid)
             except StoreRejectedError as exc:
@@ -189,7 +194,7 @@ class SqlWriter:
                 if emitted.events else None
             pruned = otlp_buffer.prune(conn, now_ms, cfg.keep_ms) if only is None else 0
         return EmitResult(len(emitted.events), emitted.forced,
-                          written.tags_changed if written else 0, pruned, [])
+                          written.tags_changed if written else 0, pruned, [], emitted.more)
 
     def close(self) -> None:
         self.engine.dispose()
