@@ -20,7 +20,7 @@ from store.writer import SqlWriter
 from worker.curation.curator import Curator, CuratorThread
 from worker.curation.sinks import make_sink
 from worker.curation.specs import load_specs
-from worker.loop import Worker
+from worker.loop import Worker, otlp_config
 from worker.maintenance import Pruner
 from worker.rules.engine import RuleSet, load_rules
 from worker.settings import Settings
@@ -93,9 +93,11 @@ def create_kafka_worker(settings: Settings, engine: Engine | None = None) -> Wor
 
 
 def sql_writer(settings: Settings, engine: Engine, rules: RuleSet | None) -> SqlWriter:
-    """The worker's store port: the rules, the metric buckets, and the write-back outbox only
-    when write-back is on (with it off, queued tags would wait forever)."""
-    return SqlWriter(engine, rules, metrics_config(settings), outbox=settings.writeback_enabled)
+    """The worker's store port: the rules, the metric buckets, the span buffer's caps, and the
+    write-back outbox only when write-back is on (with it off, queued tags would wait
+    forever)."""
+    return SqlWriter(engine, rules, metrics_config(settings), outbox=settings.writeback_enabled,
+                     otlp=otlp_config(settings))
 
 
 def create_worker(settings: Settings, engine: Engine | None = None) -> Worker:

@@ -131,6 +131,7 @@ class RunStats:
     otlp_traces: int = 0  # OpenTelemetry traces assembled and written (each version)
     otlp_forced: int = 0  # of them, assembled early: the buffer was past a bound
     otlp_refused: int = 0  # assembled traces the store refused, given up
+    otlp_dropped: int = 0  # spans refused past their trace's caps (a redelivered one again)
     started_s: float = field(default_factory=time.monotonic)
     first_record_s: float | None = None  # monotonic time the first records arrived
     last_checkpoint_s: float | None = None  # monotonic time of the last completed checkpoint
@@ -200,12 +201,7 @@ class Worker:
         self._decoders = {topic: by_kind[kind] for topic, kind in source.topics().items()}
         # OpenTelemetry traces are assembled from the store's span buffer, whoever read them.
         self.emitter = emitter if "otlp" in source.topics().values() else None
-        self.otlp = OtlpConfig(
-            quiet_ms=round(settings.otlp_quiet_s * 1000),
-            max_wait_ms=round(settings.otlp_max_wait_s * 1000),
-            max_open_traces=settings.otlp_max_open_traces,
-            max_buffer_bytes=settings.otlp_max_buffer_bytes,
-            keep_ms=round(settings.otlp_keep_s * 1000))
+        self.otlp = otlp_config(settings)
         self._next_emit_s = 0.0
         self._stats_lock = threading.Lock()  # counters that the loop and the assembler share
         self._assembler_stop = threading.Event()
@@ -383,9 +379,7 @@ class Worker:
         the database refuses is isolated (``_store_isolating``). Raises TransientError."""
         now_ms = self.now_ms()
         try:
-            result = self.writer.write(batch, now_ms)
-            with self._stats_lock:
-                self.stats.tags_changed += result.tags_changed
+            self._written(self.writer.write(batch, now_ms))
         except StoreRejectedError:
             self._store_isolating(batch, records, now_ms)
         return True
@@ -428,7 +422,7 @@ class Worker:
         kept_spans: list[tuple[OtlpSpan, Provenance]] = []
         for p, spans in by_record.items():
             try:
-                self.writer.write(Batch(spans=spans), now_ms)
+                self._written(self.writer.write(Batch(spans=spans), now_ms))
             except StoreRejectedError as exc:
                 refuse(p, exc)
                 continue
@@ -439,6 +433,16 @@ class Worker:
         batch.dead_letters.extend(refused)
         self.writer.write(Batch(dead_letters=batch.dead_letters,
                                 checkpoints=batch.checkpoints), now_ms)
+
+    def _written(self, result: BatchResult) -> None:
+        with self._stats_lock:
+            self.stats.tags_changed += result.tags_changed
+            self.stats.otlp_dropped += result.spans_dropped
+        if result.spans_dropped:
+            shown = ", ".join(result.capped[:5]) + (", ..." if len(result.capped) > 5 else "")
+            logger.warning("dropped %d spans past their trace's caps (otlp_max_trace_spans=%d, "
+                           "otlp_max_trace_bytes=%d) trace_ids=%s", result.spans_dropped,
+                           self.otlp.max_trace_spans, self.otlp.max_trace_bytes, shown)
 
     def _count(self, batch: Batch, records: list[RawRecord], began: float) -> None:
         """Stats of a checkpointed batch, its latency from ``began`` (monotonic) included."""
@@ -525,7 +529,7 @@ class Worker:
                              stop=stop)
         if result is None:
             return False
-        full = result.traces + len(result.refused) >= self.otlp.emit_batch
+        full = result.more or result.traces + len(result.refused) >= self.otlp.emit_batch
         self._next_emit_s = 0.0 if full else time.monotonic() + OTLP_EMIT_EVERY_S
         if result.traces:
             self.stats.last_assembly_s = time.monotonic()
@@ -592,6 +596,18 @@ class Worker:
         finally:
             self.dlq.close()
             self.writer.close()
+
+
+def otlp_config(settings: Settings) -> OtlpConfig:
+    """The OpenTelemetry span buffer's timings and bounds, from the settings."""
+    return OtlpConfig(
+        quiet_ms=round(settings.otlp_quiet_s * 1000),
+        max_wait_ms=round(settings.otlp_max_wait_s * 1000),
+        max_open_traces=settings.otlp_max_open_traces,
+        max_buffer_bytes=settings.otlp_max_buffer_bytes,
+        keep_ms=round(settings.otlp_keep_s * 1000),
+        max_trace_spans=settings.otlp_max_trace_spans,
+        max_trace_bytes=settings.otlp_max_trace_bytes)
 
 
 def next_offsets(records: list[RawRecord]) -> dict[tuple[str, int], int]:

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     otlp_max_buffer_bytes: int = Field(
         256 * 1024 * 1024, ge=1024, description="Bytes of waiting spans; past it the oldest "
                                                 "traces are assembled early.")
+    otlp_max_trace_spans: int = Field(
+        10_000, ge=1, description="Spans kept of one trace; its later spans are dropped "
+                                  "(counted in /metrics, the trace marked).")
+    otlp_max_trace_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Bytes of spans kept of one trace; its later "
+                                               "spans are dropped (as above).")
     otlp_keep_s: float = Field(
         3600.0, ge=0, description="Spans of an assembled trace are kept this long, so that a "
                                   "late span amends the trace.")

@@ -62,6 +62,9 @@ class WorkerCollector(Collector):
                        s.tags_changed)
         yield _counter("otlp_spans", "OpenTelemetry spans read (redeliveries included).",
                        s.otlp_spans)
+        yield _counter("otlp_spans_dropped", "OpenTelemetry spans dropped past their "
+                       "trace's caps (otlp_max_trace_spans, otlp_max_trace_bytes).",
+                       s.otlp_dropped)
         otlp = CounterMetricFamily(f"{PREFIX}_otlp_traces_assembled",
                                    "OpenTelemetry traces assembled from buffered spans, by how: "
                                    "due, early (the buffer past a bound), refused by the store.",
