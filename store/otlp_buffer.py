@@ -24,8 +24,11 @@ the buffer lives in the store, so whichever worker reads a span, every worker se
   first ``max_trace_spans`` spans and ``max_trace_bytes`` of them; the spans past either cap
   are not stored, change nothing but the trace's ``spans_dropped`` count, and the assembled
   trace says how many (``SPANS_DROPPED_KEY``; spans dropped after its last assembly are only
-  counted). An emission transaction reads at most ``emit_bytes`` of spans (always one trace).
-  So neither memory nor the work of a batch grows with the number of spans a trace is sent.
+  counted). The trace's first root span is kept past the caps (one span a trace): with nil
+  keys it may come after the caps are full, and it alone gives the trace its status, request
+  and response, and makes it due when quiet rather than after ``max_wait_ms``. An emission
+  transaction reads at most ``emit_bytes`` of spans (always one trace). So neither memory nor
+  the work of a batch grows with the number of spans a trace is sent.
 """
 
 from __future__ import annotations
@@ -135,7 +138,8 @@ def buffer_spans(conn: Connection, spans: Sequence[tuple[OtlpSpan, Provenance]],
             row = rows[s.trace_id] = list(old) if old else [
                 s.trace_id, now_ms, now_ms, False, 0, 0, False, None, p.topic, p.partition,
                 p.offset, 0]
-        if row[4] >= max_spans or row[5] + len(text) > max_bytes:
+        if (row[4] >= max_spans or row[5] + len(text) > max_bytes) \
+                and not (s.root and not row[3]):  # a trace's first root is always kept
             row[11] += 1
             dropped += 1
             continue
