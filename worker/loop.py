@@ -165,6 +165,7 @@ class RunStats:
         rate = self.records / busy if busy > 0 else 0.0
         return (f"records={self.records} traces={self.traces} assessments={self.assessments} "
                 f"otlp_spans={self.otlp_spans} otlp_traces={self.otlp_traces} "
+                f"otlp_spans_dropped={self.otlp_dropped} "
                 f"dead_letters={self.dead_letters} batches={self.batches} "
                 f"retries={self.retries} commit_failures={self.commit_failures} "
                 f"elapsed_s={elapsed:.1f} busy_s={busy:.2f} rate_per_s={rate:.0f} "
