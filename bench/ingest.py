@@ -332,52 +332,74 @@ def count_traces(store_url: str) -> int:
         engine.dispose()
 
 
+def upgrade_store(env: dict[str, str]) -> None:
+    """``worker db upgrade`` on the store of ``env``; raises with its stderr if it fails."""
+    up = subprocess.run([sys.executable, "-m", "worker", "db", "upgrade"], env=env, cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+    if up.returncode != 0:
+        raise RuntimeError(f"db upgrade failed ({up.returncode}): {up.stderr[-2000:]}")
+
+
+@dataclass
+class WorkerRun:
+    exit_code: int
+    peak_kb: int
+    wall_s: float
+    summary: dict[str, str]  # the key=value pairs of its stop line
+
+
+def run_worker(env: dict[str, str], log_path: Path, label: str, timeout_s: float,
+               profile_to: Path | None = None) -> WorkerRun:
+    """``worker run --exit-when-idle`` as a subprocess until it exits, its memory sampled;
+    prints the end of its log if it fails or says no summary line."""
+    proc = profiler = None
+    try:
+        with log_path.open("wb") as log:
+            t0 = time.monotonic()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "worker", "run", "--exit-when-idle", str(IDLE_EXIT_S)],
+                env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True, preexec_fn=_die_with_parent)
+            if profile_to is not None:
+                profiler = start_profiler(proc.pid, profile_to)
+            peak_kb = watch(proc, timeout_s=timeout_s)
+            wall_s = time.monotonic() - t0
+        if profiler is not None:
+            profiler.wait(timeout=60)
+    finally:
+        stop_process(proc)
+        stop_process(profiler)
+    log_text = log_path.read_text(errors="replace")
+    summary = parse_summary(log_text)
+    if proc.returncode != 0 or not summary:
+        print(f"\n!!! worker ({label}) exited with {proc.returncode} and "
+              f"{'a' if summary else 'no'} summary line; its log ends with:\n"
+              f"{log_text[-3000:]}", file=sys.stderr)
+    return WorkerRun(proc.returncode, peak_kb, wall_s, summary)
+
+
 def run_backend(backend: str, args: argparse.Namespace, bootstrap: str,
                 topics: tuple[str, str, str], ceiling_per_s: float, tmp: Path) -> Result:
     with fresh_store(backend, args.pg_dsn, tmp) as url:
         env = worker_env(url, bootstrap, topics, args.batch_max_records, not args.no_rules)
-        up = subprocess.run([sys.executable, "-m", "worker", "db", "upgrade"], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
-        if up.returncode != 0:
-            raise RuntimeError(f"db upgrade failed ({up.returncode}): {up.stderr[-2000:]}")
-        log_path = tmp / f"worker-{backend}.log"
-        proc = profiler = None
-        try:
-            with log_path.open("wb") as log:
-                t0 = time.monotonic()
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "worker", "run", "--exit-when-idle", str(IDLE_EXIT_S)],
-                    env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                    start_new_session=True, preexec_fn=_die_with_parent)
-                if args.py_spy:
-                    profiler = start_profiler(proc.pid, Path(args.py_spy) / f"{backend}.folded")
-                peak_kb = watch(proc, timeout_s=120 + args.events / 500)
-                wall_s = time.monotonic() - t0
-            if profiler is not None:
-                profiler.wait(timeout=60)
-        finally:
-            stop_process(proc)
-            stop_process(profiler)
-        log_text = log_path.read_text(errors="replace")
-        summary = parse_summary(log_text)
-        if proc.returncode != 0 or not summary:
-            print(f"\n!!! worker on {backend} exited with {proc.returncode} and "
-                  f"{'a' if summary else 'no'} summary line; its log ends with:\n"
-                  f"{log_text[-3000:]}", file=sys.stderr)
+        upgrade_store(env)
+        run = run_worker(env, tmp / f"worker-{backend}.log", backend, 120 + args.events / 500,
+                         Path(args.py_spy) / f"{backend}.folded" if args.py_spy else None)
         rows = count_traces(url)
+    summary = run.summary
     records = int(summary.get("records", 0))
     busy_s = float(summary.get("busy_s", 0.0))
     units = int(summary.get("otlp_spans", 0)) if args.format == "otlp" else records
     per_s = units / busy_s if busy_s > 0 else 0.0
-    peak_mb = peak_kb / 1024
+    peak_mb = run.peak_kb / 1024
     target = (TARGET_SPANS_PER_S if args.format == "otlp" else TARGET_PER_S)[backend]
     return Result(backend=backend, format=args.format, events=args.events,
                   worker_records=records, rows=rows,
                   busy_s=busy_s, per_s=per_s, ceiling_per_s=ceiling_per_s,
                   ratio=per_s / ceiling_per_s if ceiling_per_s else 0.0, peak_rss_mb=peak_mb,
-                  cpu_s=float(summary.get("cpu_s", 0.0)), wall_s=wall_s, target_per_s=target,
-                  meets_target=per_s >= target and peak_mb <= TARGET_RSS_MB,
-                  exit_code=proc.returncode)
+                  cpu_s=float(summary.get("cpu_s", 0.0)), wall_s=run.wall_s,
+                  target_per_s=target, meets_target=per_s >= target and peak_mb <= TARGET_RSS_MB,
+                  exit_code=run.exit_code)
 
 
 # -- optional profiling --------------------------------------------------------------------------
@@ -440,6 +462,21 @@ def print_table(results: list[Result]) -> None:
               f"{meets:<12}{traces}")
 
 
+def add_store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backends", default="sqlite,postgresql",
+                   help="comma-separated: sqlite, postgresql (default: both)")
+    p.add_argument("--pg-dsn", default="postgresql://postgres@127.0.0.1:5432/test",
+                   help="admin DSN; a fresh database is created beside it and dropped")
+
+
+def parse_backends(p: argparse.ArgumentParser, text: str) -> list[str]:
+    backends = [b.strip() for b in text.split(",") if b.strip()]
+    unknown = set(backends) - set(TARGET_PER_S)
+    if unknown or not backends:
+        p.error(f"unknown backend(s) {sorted(unknown)}; choose from sqlite, postgresql")
+    return backends
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="bench/ingest.py", description=__doc__,
@@ -452,10 +489,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "--backends postgresql is the 1M-backlog memory check)")
     p.add_argument("--partitions", type=int, default=4, metavar="P",
                    help="partitions of the trace topic (default: 4)")
-    p.add_argument("--backends", default="sqlite,postgresql",
-                   help="comma-separated: sqlite, postgresql (default: both)")
-    p.add_argument("--pg-dsn", default="postgresql://postgres@127.0.0.1:5432/test",
-                   help="admin DSN; a fresh database is created beside it and dropped")
+    add_store_args(p)
     default_batch = Settings.model_fields["batch_max_records"].default
     p.add_argument("--batch-max-records", type=int, default=None, metavar="N",
                    help=f"worker batch size and max_poll_records (default: the Settings "
@@ -478,10 +512,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "folded) and print its top functions; the profiled rates are a little "
                         "lower")
     args = p.parse_args(argv)
-    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = set(args.backends) - set(TARGET_PER_S)
-    if unknown or not args.backends:
-        p.error(f"unknown backend(s) {sorted(unknown)}; choose from sqlite, postgresql")
+    args.backends = parse_backends(p, args.backends)
     if min(args.events, args.partitions, args.ceiling_runs) < 1:
         p.error("--events, --partitions and --ceiling-runs must be positive")
     if args.format == "otlp" and args.events % TRACES_PER_RECORD:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,18 +41,17 @@ from pathlib import Path
 from sqlalchemy import select
 
 from bench.ingest import (
-    IDLE_EXIT_S,
     TRACES_PER_RECORD,
-    _die_with_parent,
     _sigterm,
+    add_store_args,
     create_topics,
     fresh_store,
     otlp_record,
     otlp_template,
-    parse_summary,
+    parse_backends,
     produce,
-    stop_process,
-    watch,
+    run_worker,
+    upgrade_store,
     worker_env,
 )
 from consumers.embedded_broker import EmbeddedBroker
@@ -62,7 +60,6 @@ from store.models import Trace
 from store.otlp_buffer import SPANS_DROPPED_KEY
 from worker.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
 FLOOD_SPANS_PER_RECORD = 1_000
 UNCAPPED = {"TRACE_CURATOR_OTLP_MAX_TRACE_SPANS": str(2**31 - 1),
             "TRACE_CURATOR_OTLP_MAX_TRACE_BYTES": str(2**62)}
@@ -134,36 +131,18 @@ def stored(url: str, flood_id: str) -> tuple[int, int | None, str | None]:
     return len(rows) - 1, flood[0].span_count, flood[0].trace_metadata.get(SPANS_DROPPED_KEY)
 
 
-def run_worker(backend: str, name: str, args: argparse.Namespace, bootstrap: str, topic: str,
-               extra_env: dict[str, str], flood_id: str, tmp: Path) -> Run:
+def run(backend: str, name: str, args: argparse.Namespace, bootstrap: str, topic: str,
+        extra_env: dict[str, str], flood_id: str, tmp: Path) -> Run:
     with fresh_store(backend, args.pg_dsn, tmp) as url:
         env = worker_env(url, bootstrap, (f"unused-{name}", f"unused-a-{name}", topic), None)
         env.update(extra_env)
-        up = subprocess.run([sys.executable, "-m", "worker", "db", "upgrade"], env=env,
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
-        if up.returncode != 0:
-            raise RuntimeError(f"db upgrade failed ({up.returncode}): {up.stderr[-2000:]}")
-        log_path = tmp / f"worker-{backend}-{name}.log"
-        proc = None
-        try:
-            with log_path.open("wb") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "worker", "run", "--exit-when-idle",
-                     str(IDLE_EXIT_S)],
-                    env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                    start_new_session=True, preexec_fn=_die_with_parent)
-                peak_kb = watch(proc, timeout_s=600 + args.flood_spans / 200)
-        finally:
-            stop_process(proc)
-        log_text = log_path.read_text(errors="replace")
-        summary = parse_summary(log_text)
-        if proc.returncode != 0 or not summary:
-            print(f"\n!!! worker ({backend}, {name}) exited with {proc.returncode}; its log "
-                  f"ends with:\n{log_text[-3000:]}", file=sys.stderr)
+        upgrade_store(env)
+        w = run_worker(env, tmp / f"worker-{backend}-{name}.log", f"{backend}, {name}",
+                       600 + args.flood_spans / 200)
         ordinary, flood_spans, flood_dropped = stored(url, flood_id)
-    return Run(backend, name, float(summary.get("busy_s", 0.0)), peak_kb / 1024, ordinary,
-               flood_spans, flood_dropped, int(summary.get("otlp_spans_dropped", 0)),
-               proc.returncode)
+    return Run(backend, name, float(w.summary.get("busy_s", 0.0)), w.peak_kb / 1024, ordinary,
+               flood_spans, flood_dropped, int(w.summary.get("otlp_spans_dropped", 0)),
+               w.exit_code)
 
 
 def problems(run: Run, args: argparse.Namespace, cap: int) -> list[str]:
@@ -217,17 +196,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="approximate size of a flood span's inputs (default: 500)")
     p.add_argument("--partitions", type=int, default=4, metavar="P",
                    help="partitions of each topic (default: 4)")
-    p.add_argument("--backends", default="sqlite,postgresql",
-                   help="comma-separated: sqlite, postgresql (default: both)")
-    p.add_argument("--pg-dsn", default="postgresql://postgres@127.0.0.1:5432/test",
-                   help="admin DSN; a fresh database is created beside it and dropped")
+    add_store_args(p)
     p.add_argument("--no-uncapped", action="store_true",
                    help="skip the run with the caps lifted (the slowest and largest)")
     args = p.parse_args(argv)
-    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = set(args.backends) - {"sqlite", "postgresql"}
-    if unknown or not args.backends:
-        p.error(f"unknown backend(s) {sorted(unknown)}; choose from sqlite, postgresql")
+    args.backends = parse_backends(p, args.backends)
     if args.traces < TRACES_PER_RECORD or args.traces % TRACES_PER_RECORD:
         p.error(f"--traces must be a positive multiple of {TRACES_PER_RECORD}")
     if args.flood_spans < 1 or args.partitions < 1 or args.span_bytes < 0:
@@ -266,8 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="tc-bench-") as tmp:
             for backend in args.backends:
                 for name, topic, extra in plan:
-                    r = run_worker(backend, name, args, bootstrap, topic, extra, flood_id,
-                                   Path(tmp))
+                    r = run(backend, name, args, bootstrap, topic, extra, flood_id, Path(tmp))
                     runs.append(r)
                     print(f"{backend} {name}: busy_s={r.busy_s:.2f} peak_rss_mb="
                           f"{r.peak_rss_mb:.1f} ordinary={r.ordinary_stored} flood_spans="
