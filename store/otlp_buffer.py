@@ -131,15 +131,16 @@ def buffer_spans(conn: Connection, spans: Sequence[tuple[OtlpSpan, Provenance]],
     for key, (s, p) in first.items():
         if key in held:
             continue
-        text = span_json(s)
         row = rows.get(s.trace_id)
         if row is None:
             old = state.get(s.trace_id)
             row = rows[s.trace_id] = list(old) if old else [
                 s.trace_id, now_ms, now_ms, False, 0, 0, False, None, p.topic, p.partition,
                 p.offset, 0]
-        if (row[4] >= max_spans or row[5] + len(text) > max_bytes) \
-                and not (s.root and not row[3]):  # a trace's first root is always kept
+        bound = not (s.root and not row[3])  # the caps apply; a trace's first root is kept
+        # A span past the count cap is not even serialized: a flood costs its decoding only.
+        text = None if bound and row[4] >= max_spans else span_json(s)
+        if text is None or (bound and row[5] + len(text) > max_bytes):
             row[11] += 1
             dropped += 1
             continue
@@ -150,7 +151,7 @@ def buffer_spans(conn: Connection, spans: Sequence[tuple[OtlpSpan, Provenance]],
         row[5] += len(text)
         row[6] = True
         row[8:11] = [p.topic, p.partition, p.offset]
-    capped = [tid for tid, r in rows.items() if r[11] > (state[tid][11] if tid in state else 0)]
+    over = [tid for tid, r in rows.items() if r[11] > (state[tid][11] if tid in state else 0)]
     # A trace the buffer did not know, all of whose spans were dropped (each over the byte
     # cap), gets no state row: it holds nothing to assemble.
     inserts = [tuple(r) for tid, r in rows.items() if tid not in state and r[4]]
@@ -164,7 +165,7 @@ def buffer_spans(conn: Connection, spans: Sequence[tuple[OtlpSpan, Provenance]],
         pass
     dialect.bulk_upsert(conn, OTLP_TRACES, ("trace_id",), TRACE_COLUMNS,
                         [tuple(r) for tid, r in rows.items() if tid in state])
-    return Buffered(len(new), dropped, capped)
+    return Buffered(len(new), dropped, over)
 
 
 # ---------------------------------------------------------------------------------------------
