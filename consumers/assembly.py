@@ -36,6 +36,7 @@ TOKEN_USAGE_KEY = "mlflow.trace.tokenUsage"  # noqa: S105 - a metadata key, not 
 TRACE_NAME_TAG = "mlflow.traceName"
 
 
+_new_tuple = tuple.__new__  # a named tuple from its fields in order, without argument parsing
 _START_THEN_ID = operator.itemgetter(OtlpSpan._fields.index("start_ns"),
                                      OtlpSpan._fields.index("span_id"))
 
@@ -107,8 +108,8 @@ def _scan(ordered: Sequence[OtlpSpan], root: OtlpSpan
         if s.end_ns is not None:
             if end_ns is None or s.end_ns > end_ns:
                 end_ns = s.end_ns
-            summaries.append(SpanSummary(s.name, s.span_type, (s.end_ns - s.start_ns) / 1e6,
-                                         s.status))
+            summaries.append(_new_tuple(SpanSummary, (s.name, s.span_type,
+                                                      (s.end_ns - s.start_ns) / 1e6, s.status)))
         if session is None and s.session_id:
             session = s.session_id
         if user is None and s.user_id:

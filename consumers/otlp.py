@@ -262,7 +262,7 @@ def span_of(s: ProtoSpan) -> OtlpSpan:
     session = attrs.get(_SESSION_ID) or attrs.get(_CONVERSATION_ID)
     user = attrs.get(_USER_ID)
     experiment = attrs.get(_MLFLOW_EXPERIMENT)
-    return OtlpSpan(
+    return _new_tuple(OtlpSpan, (  # OtlpSpan(...) without the constructor's frame (hot path)
         TRACE_ID_PREFIX + trace_id, span_id, parent_id,
         parent_id is None or flags & _REMOTE_FLAGS == _REMOTE_FLAGS, clean(s.name),
         t.span_type, start_ns, end_ns, _STATUS.get(s.status.code, "UNSET"), t.inputs,
@@ -270,7 +270,7 @@ def span_of(s: ProtoSpan) -> OtlpSpan:
         _text(experiment) if experiment is not None else None,
         _trace_tags(attrs) if tagged else (),
         t.has_usage, _bounded_text(session) if session is not None else None,
-        _bounded_text(user) if user is not None else None)
+        _bounded_text(user) if user is not None else None))
 
 
 def _bounded_text(raw: str | None) -> str | None:
@@ -301,6 +301,7 @@ _json_str_memo: dict[str, str | None] = {}
 _MISSING = object()
 _ZERO_TRACE_ID = bytes(16)
 _ZERO_SPAN_ID = bytes(8)
+_new_tuple = tuple.__new__  # a named tuple from its fields in order, without argument parsing
 
 
 def _id(b: bytes, n: int, field: str) -> str:
@@ -490,12 +491,12 @@ def _own_translated(attrs: dict[str, str]) -> _Translated:
     usage = _usage(raw) if raw is not None else None
     raw = attrs.get(_MLFLOW_MODEL)
     model = _json_str(raw) if raw is not None else _OWN_ONLY.model(attrs, inputs, outputs)
-    return _Translated(
+    return _new_tuple(_Translated, (
         _span_type(attrs, _OWN_ONLY), inputs, outputs,
         _count(usage.get("input_tokens")) if usage else None,
         _count(usage.get("output_tokens")) if usage else None,
         _count(usage.get("total_tokens")) if usage else None,
-        clean(model) if isinstance(model, str) else None, usage is not None)
+        clean(model) if isinstance(model, str) else None, usage is not None))
 
 
 def _usage(raw: str) -> Mapping[str, Any] | None:

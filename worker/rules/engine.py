@@ -104,6 +104,7 @@ class Rule:
     sample_rate: float
     position: int  # 1-based, in the file; breaks precedence ties
     no_match_reason: str = field(init=False, repr=False, compare=False)
+    no_feedback_reason: str = field(init=False, repr=False, compare=False)  # none at all
     sample_threshold: int = field(init=False, repr=False, compare=False)  # of 2**64
 
     def __post_init__(self) -> None:
@@ -111,6 +112,7 @@ class Rule:
         if len(self.filters) == 1:
             no_match = f"{self.filters[0].text} did not match"
         object.__setattr__(self, "no_match_reason", no_match)
+        object.__setattr__(self, "no_feedback_reason", _no_valid_feedback(self, ""))
         object.__setattr__(self, "sample_threshold", int(self.sample_rate * 2**64))
 
     def match_filters(self, info: TraceInfoView) -> str | None:
@@ -141,6 +143,12 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _no_valid_feedback(rule: Rule, ignored_text: str) -> str:
+    names = {c.name for c in rule.feedback}
+    wanted = "" if None in names else " " + " or ".join(sorted(repr(n) for n in names))
+    return f"no valid feedback{wanted}{ignored_text}"
+
+
 def _judge_feedback(
     rule: Rule, valid: Sequence[AssessmentView], every: Sequence[AssessmentView]
 ) -> tuple[bool | None, str]:
@@ -167,8 +175,7 @@ def _judge_feedback(
     )
     ignored_text = f"; {ignored} invalid (overridden) ignored" if ignored else ""
     if not seen:
-        wanted = "" if None in names else " " + " or ".join(sorted(repr(n) for n in names))
-        return None, f"no valid feedback{wanted}{ignored_text}"
+        return None, _no_valid_feedback(rule, ignored_text)
     last = max(seen, key=lambda a: (a.last_update_time_ms, a.assessment_id))
     wanted = " or ".join(f"{c.name or 'value'} {c.text}" for c in rule.feedback)
     return False, (
@@ -276,6 +283,8 @@ class RuleSet:
             if reason is None:
                 return "no_match", rule.no_match_reason
         if rule.feedback:
+            if not every:  # no assessment at all (most traces): what _judge_feedback says
+                return "not_applicable", rule.no_feedback_reason
             matched, why = _judge_feedback(rule, valid, every)
             if matched is None:
                 return "not_applicable", why
