@@ -33,6 +33,7 @@ the buffer lives in the store, so whichever worker reads a span, every worker se
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -66,15 +67,30 @@ class OtlpConfig(NamedTuple):
     max_trace_bytes: int = 32 * 1024 * 1024  # bytes of spans kept per trace
     emit_batch: int = 2_000  # traces per emission transaction
     emit_bytes: int = 64 * 1024 * 1024  # span bytes per emission transaction (one trace always)
+    cache_bytes: int = 64 * 1024 * 1024  # span texts kept in memory for assembly (0: none)
 
 
 DEFAULT_CONFIG = OtlpConfig()
+
+
+Snapshot = tuple[int, int, int]  # a trace's state row as buffering left it: (first_ms,
+# span_count, span_bytes); any span stored moves the count, a row made anew has its own first_ms
+
+
+class CacheUpdate(NamedTuple):
+    """What one buffering transaction did to one trace, for ``SpanCache.add`` once committed."""
+
+    trace_id: str
+    before: Snapshot | None  # None: the transaction made the trace's state row
+    after: Snapshot
+    texts: list[str]  # the spans it stored, as stored
 
 
 class Buffered(NamedTuple):
     new: int  # spans stored
     dropped: int  # spans refused past their trace's caps
     capped: list[str]  # the traces those were of
+    updates: list[CacheUpdate] = []  # noqa: RUF012 - a NamedTuple default, never mutated
 
 
 class Due(NamedTuple):
@@ -103,6 +119,112 @@ def span_from_json(text: str) -> OtlpSpan:
 
 
 # ---------------------------------------------------------------------------------------------
+# The span texts this process buffered
+
+
+class _Entry:
+    __slots__ = ("added_ms", "size", "state", "texts")
+
+    def __init__(self, state: Snapshot, texts: list[str], added_ms: int) -> None:
+        self.state, self.texts, self.added_ms = state, texts, added_ms
+        self.size = _size(texts)
+
+
+_TEXT_OVERHEAD = 64  # bytes a text costs in memory besides its characters (object, list slot)
+
+
+def _size(texts: list[str]) -> int:
+    return sum(map(len, texts)) + _TEXT_OVERHEAD * len(texts)
+
+
+class SpanCache:
+    """The span texts this process buffered, per trace, so that assembling a trace whose spans
+    all came through this process does not read them back from the store.
+
+    An entry holds a trace's stored span texts and its state row as this process's last
+    buffering of it left it (``Snapshot``). It is added to only after that transaction commits
+    (``add``), so it holds committed spans only, and only while the row it saw is the one it
+    left: a span that another worker stored in between, or a row made anew, drops the entry.
+    ``take`` (assembly) hands the texts out only if the row still says what the entry says,
+    and forgets the entry either way; the caller reads the spans from the store otherwise.
+    Bounded by ``max_bytes`` (texts and their overhead): past it a trace new to the cache is
+    not cached, and entries older than ``stale_ms`` (traces assembled elsewhere) are dropped.
+    Thread-safe: the loop adds while the assembler takes.
+    """
+
+    def __init__(self, max_bytes: int, stale_ms: int) -> None:
+        self.max_bytes, self.stale_ms = max_bytes, stale_ms
+        self._entries: dict[str, _Entry] = {}  # insertion order: oldest first
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0  # traces assembled from the cache / read from the store
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size(self) -> int:
+        return self._bytes
+
+    def add(self, updates: Sequence[CacheUpdate], now_ms: int) -> None:
+        """A committed buffering transaction's spans."""
+        if self.max_bytes <= 0:
+            return
+        with self._lock:
+            for u in updates:
+                entry = self._entries.get(u.trace_id)
+                if entry is not None and (u.before is None or entry.state != u.before):
+                    self._drop(u.trace_id)  # stale: the row changed elsewhere, or anew
+                    entry = None
+                if entry is None:
+                    if u.before is None and u.texts:  # every span of the trace is here
+                        self._put(u.trace_id, _Entry(u.after, u.texts, now_ms), now_ms)
+                    continue
+                if u.texts:
+                    grown = _size(u.texts)
+                    if self._bytes + grown > self.max_bytes:
+                        self._drop(u.trace_id)
+                        continue
+                    entry.texts.extend(u.texts)
+                    entry.size += grown
+                    self._bytes += grown
+                entry.state = u.after
+
+    def take(self, trace_id: str, state: Snapshot) -> list[str] | None:
+        """The trace's span texts if its row is still ``state`` as the entry says; forgotten."""
+        with self._lock:
+            entry = self._entries.get(trace_id)
+            if entry is not None:
+                self._drop(trace_id)
+                if entry.state == state:
+                    self.hits += 1
+                    return entry.texts
+            self.misses += 1
+            return None
+
+    def _put(self, trace_id: str, entry: _Entry, now_ms: int) -> None:
+        if self._bytes + entry.size > self.max_bytes:
+            self._sweep(now_ms)
+            if self._bytes + entry.size > self.max_bytes:
+                return
+        self._entries[trace_id] = entry
+        self._bytes += entry.size
+
+    def _sweep(self, now_ms: int) -> None:
+        """Drop the entries older than ``stale_ms`` (the oldest come first)."""
+        horizon = now_ms - self.stale_ms
+        while self._entries:
+            tid, entry = next(iter(self._entries.items()))
+            if entry.added_ms > horizon:
+                return
+            self._drop(tid)
+
+    def _drop(self, trace_id: str) -> None:
+        entry = self._entries.pop(trace_id)
+        self._bytes -= entry.size
+
+
+# ---------------------------------------------------------------------------------------------
 # Buffering, in the batch's transaction
 
 
@@ -127,6 +249,7 @@ def buffer_spans(conn: Connection, spans: Sequence[tuple[OtlpSpan, Provenance]],
     max_spans, max_bytes = cfg.max_trace_spans, cfg.max_trace_bytes
     rows: dict[str, list[Any]] = {}  # TRACE_COLUMNS of each touched trace, as they become
     new: list[tuple[str, str, str, int]] = []
+    texts: dict[str, list[str]] = {}  # the stored texts of each touched trace
     dropped = 0
     for key, (s, p) in first.items():
         if key in held:
@@ -145,6 +268,7 @@ def buffer_spans(conn: Connection, spans: Sequence[tuple[OtlpSpan, Provenance]],
             dropped += 1
             continue
         new.append((s.trace_id, s.span_id, text, now_ms))
+        texts.setdefault(s.trace_id, []).append(text)
         row[2] = now_ms
         row[3] = row[3] or s.root
         row[4] += 1
@@ -165,7 +289,14 @@ def buffer_spans(conn: Connection, spans: Sequence[tuple[OtlpSpan, Provenance]],
         pass
     dialect.bulk_upsert(conn, OTLP_TRACES, ("trace_id",), TRACE_COLUMNS,
                         [tuple(r) for tid, r in rows.items() if tid in state])
-    return Buffered(len(new), dropped, over)
+    updates = [CacheUpdate(tid, _snapshot(state[tid]) if tid in state else None, _snapshot(r),
+                           texts.get(tid, [])) for tid, r in rows.items()]
+    return Buffered(len(new), dropped, over, updates)
+
+
+def _snapshot(row: Sequence[Any]) -> Snapshot:
+    """A ``TRACE_COLUMNS`` row's ``Snapshot``."""
+    return int(row[1]), int(row[4]), int(row[5])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,10 +351,10 @@ def due_traces(conn: Connection, now_ms: int, cfg: OtlpConfig) -> Due:
 
 
 def emit_due(conn: Connection, now_ms: int, cfg: OtlpConfig, *,
-             only: str | None = None) -> Emitted:
+             only: str | None = None, cache: SpanCache | None = None) -> Emitted:
     """Assemble the due traces (under their trace locks; still pending once locked), or just
     the trace ``only`` if it is due, and clear their ``pending``. The caller writes the events
-    in this same transaction."""
+    in this same transaction. A trace's spans come from ``cache`` where it holds them all."""
     due = due_traces(conn, now_ms, cfg)
     candidates, forced = due.ids, due.forced
     if only is not None:
@@ -232,19 +363,27 @@ def emit_due(conn: Connection, now_ms: int, cfg: OtlpConfig, *,
         return Emitted([], 0, False)
     locks.lock_traces(conn, candidates)
     state = {r[0]: r for r in dialect.select_in(
-        conn, "SELECT trace_id, pending, src_topic, src_partition, src_offset, spans_dropped "
-              "FROM otlp_traces WHERE trace_id {ids}", candidates) if r[1]}
+        conn, "SELECT trace_id, pending, src_topic, src_partition, src_offset, spans_dropped, "
+              "first_ms, span_count, span_bytes FROM otlp_traces WHERE trace_id {ids}",
+        candidates) if r[1]}
     ids = sorted(state)
     if not ids:
         return Emitted([], 0, due.more and only is None)
-    spans: dict[str, list[OtlpSpan]] = {tid: [] for tid in ids}
+    texts: dict[str, list[str]] = {}
+    for tid in ids:
+        row = state[tid]
+        got = cache.take(tid, (row[6], row[7], row[8])) if cache is not None else None
+        if got is not None:
+            texts[tid] = got
     for tid, text in dialect.select_in(
-            conn, "SELECT trace_id, span FROM otlp_spans WHERE trace_id {ids}", ids):
-        spans[tid].append(span_from_json(text))
+            conn, "SELECT trace_id, span FROM otlp_spans WHERE trace_id {ids}",
+            [tid for tid in ids if tid not in texts]):
+        texts.setdefault(tid, []).append(text)
     events = []
     for tid in ids:
-        _, _, topic, partition, offset, dropped = state[tid]
-        e = assemble(spans[tid], Provenance(topic, partition, offset))
+        _, _, topic, partition, offset, dropped = state[tid][:6]
+        e = assemble([span_from_json(t) for t in texts.get(tid, ())],
+                     Provenance(topic, partition, offset))
         if tid in forced or dropped:
             marks = dict(e.metadata)
             if tid in forced:

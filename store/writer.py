@@ -142,10 +142,17 @@ class SqlWriter:
         self.metrics_config = metrics_config
         self.outbox = outbox
         self.otlp = otlp
+        # Spans this process buffered, for assembly without reading them back (the loop adds
+        # after each commit, the assembler takes).
+        self.span_cache = otlp_buffer.SpanCache(otlp.cache_bytes,
+                                                stale_ms=otlp.max_wait_ms + otlp.quiet_ms)
 
     def write(self, batch: Batch, now_ms: int) -> BatchResult:
-        return write_batch(self.engine, batch, now_ms, self.decider, self.metrics_config,
-                           outbox=self.outbox, otlp=self.otlp)
+        result = write_batch(self.engine, batch, now_ms, self.decider, self.metrics_config,
+                             outbox=self.outbox, otlp=self.otlp)
+        if result.span_updates:  # committed: the spans are the store's now
+            self.span_cache.add(result.span_updates, now_ms)
+        return result
 
     def emit_otlp(self, now_ms: int, cfg: OtlpConfig) -> EmitResult:
         """One transaction: assemble the due OpenTelemetry traces and write them as a batch
@@ -186,7 +193,7 @@ class SqlWriter:
     def _emit(self, now_ms: int, cfg: OtlpConfig, only: str | None) -> EmitResult:
         batch = Batch()
         with store_errors(self.engine, batch), self.engine.begin() as conn:
-            emitted = otlp_buffer.emit_due(conn, now_ms, cfg, only=only)
+            emitted = otlp_buffer.emit_due(conn, now_ms, cfg, only=only, cache=self.span_cache)
             batch.traces = emitted.events
             # emit_due holds the trace locks of the traces it assembled.
             written = apply_batch(conn, batch, now_ms, self.decider, self.metrics_config,

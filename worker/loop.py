@@ -608,7 +608,8 @@ def otlp_config(settings: Settings) -> OtlpConfig:
         max_buffer_bytes=settings.otlp_max_buffer_bytes,
         keep_ms=round(settings.otlp_keep_s * 1000),
         max_trace_spans=settings.otlp_max_trace_spans,
-        max_trace_bytes=settings.otlp_max_trace_bytes)
+        max_trace_bytes=settings.otlp_max_trace_bytes,
+        cache_bytes=settings.otlp_span_cache_bytes)
 
 
 def next_offsets(records: list[RawRecord]) -> dict[tuple[str, int], int]:
