@@ -362,17 +362,14 @@ def emit_due(conn: Connection, now_ms: int, cfg: OtlpConfig, *,
     if not candidates:
         return Emitted([], 0, False)
     locks.lock_traces(conn, candidates)
-    state = {r[0]: r for r in dialect.select_in(
-        conn, "SELECT trace_id, pending, src_topic, src_partition, src_offset, spans_dropped, "
-              "first_ms, span_count, span_bytes FROM otlp_traces WHERE trace_id {ids}",
-        candidates) if r[1]}
+    state = _claim(conn, candidates, now_ms)
     ids = sorted(state)
     if not ids:
         return Emitted([], 0, due.more and only is None)
     texts: dict[str, list[str]] = {}
     for tid in ids:
         row = state[tid]
-        got = cache.take(tid, (row[6], row[7], row[8])) if cache is not None else None
+        got = cache.take(tid, (row[5], row[6], row[7])) if cache is not None else None
         if got is not None:
             texts[tid] = got
     for tid, text in dialect.select_in(
@@ -381,7 +378,7 @@ def emit_due(conn: Connection, now_ms: int, cfg: OtlpConfig, *,
         texts.setdefault(tid, []).append(text)
     events = []
     for tid in ids:
-        _, _, topic, partition, offset, dropped = state[tid][:6]
+        _, topic, partition, offset, dropped = state[tid][:5]
         e = assemble([span_from_json(t) for t in texts.get(tid, ())],
                      Provenance(topic, partition, offset))
         if tid in forced or dropped:
@@ -392,9 +389,25 @@ def emit_due(conn: Connection, now_ms: int, cfg: OtlpConfig, *,
                 marks[SPANS_DROPPED_KEY] = str(dropped)
             e = e._replace(metadata=marks)
         events.append(e)
-    dialect.execute_in(conn, f"UPDATE otlp_traces SET pending = false, emitted_ms = "
-                             f"{int(now_ms)} WHERE trace_id {{ids}}", ids)
     return Emitted(events, len(forced & set(ids)), due.more and only is None)
+
+
+_CLAIMED = ("trace_id, src_topic, src_partition, src_offset, spans_dropped, first_ms, "
+            "span_count, span_bytes")
+
+
+def _claim(conn: Connection, ids: Sequence[str], now_ms: int) -> dict[str, tuple[Any, ...]]:
+    """Of the (locked) traces ``ids``, those still pending: their state (``_CLAIMED``), with
+    ``pending`` cleared and ``emitted_ms`` set. One statement on PostgreSQL (``RETURNING``)."""
+    emitted = f"UPDATE otlp_traces SET pending = false, emitted_ms = {int(now_ms)} WHERE "
+    if conn.dialect.name == "postgresql":
+        rows = dialect.select_in(conn, f"{emitted}pending AND trace_id {{ids}} "
+                                       f"RETURNING {_CLAIMED}", ids)
+    else:
+        rows = dialect.select_in(conn, f"SELECT {_CLAIMED} FROM otlp_traces WHERE pending AND "
+                                       "trace_id {ids}", ids)
+        dialect.execute_in(conn, emitted + "trace_id {ids}", [r[0] for r in rows])
+    return {r[0]: r for r in rows}
 
 
 def pending(conn: Connection) -> int:
@@ -411,7 +424,10 @@ def give_up(conn: Connection, trace_id: str, now_ms: int) -> None:
                  .values(pending=False, emitted_ms=now_ms))
 
 
-def prune(conn: Connection, now_ms: int, keep_ms: int, limit: int = 5_000) -> int:
+PRUNE_LIMIT = 5_000  # traces one ``prune`` drops at most
+
+
+def prune(conn: Connection, now_ms: int, keep_ms: int, limit: int = PRUNE_LIMIT) -> int:
     """Drop up to ``limit`` traces emitted over ``keep_ms`` ago with nothing pending, and their
     spans. Returns the traces dropped."""
     t = OTLP_TRACES.c

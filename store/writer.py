@@ -34,6 +34,7 @@ from store.upserts import Batch, BatchResult, apply_batch, assessment_version
 # ValueError, and sqlite3 raises OverflowError for an int beyond int64.
 _ENCODING_ERRORS = (TypeError, ValueError, OverflowError)
 _JSON_FIELDS = frozenset({"value", "tags", "metadata"})  # the event fields stored as JSON
+PRUNE_EVERY_MS = 10_000  # emission prunes the span buffer at most this often (store clock)
 _SQLITE_ERROR = 1  # SQLite's generic result code: bad SQL, a missing table or column
 
 
@@ -144,6 +145,7 @@ class SqlWriter:
         self.otlp = otlp
         # Spans this process buffered, for assembly without reading them back (the loop adds
         # after each commit, the assembler takes).
+        self._pruned_ms = -PRUNE_EVERY_MS  # when emission last pruned the span buffer
         self.span_cache = otlp_buffer.SpanCache(otlp.cache_bytes,
                                                 stale_ms=otlp.max_wait_ms + otlp.quiet_ms)
 
@@ -156,9 +158,10 @@ class SqlWriter:
 
     def emit_otlp(self, now_ms: int, cfg: OtlpConfig) -> EmitResult:
         """One transaction: assemble the due OpenTelemetry traces and write them as a batch
-        (rules, metrics), then drop spans kept past ``cfg.keep_ms``. A trace the store refuses
-        is emitted on its own and, refused again, given up (``EmitResult.refused``): it is not
-        pending any more, so it cannot block the others. Raises TransientError."""
+        (rules, metrics), then (every ``PRUNE_EVERY_MS`` at most) drop spans kept past
+        ``cfg.keep_ms``. A trace the store refuses is emitted on its own and, refused again,
+        given up (``EmitResult.refused``): it is not pending any more, so it cannot block the
+        others. Raises TransientError."""
         try:
             return self._emit(now_ms, cfg, only=None)
         except StoreRejectedError:
@@ -192,14 +195,21 @@ class SqlWriter:
 
     def _emit(self, now_ms: int, cfg: OtlpConfig, only: str | None) -> EmitResult:
         batch = Batch()
+        prune_now = only is None and now_ms >= self._pruned_ms + min(cfg.keep_ms, PRUNE_EVERY_MS)
         with store_errors(self.engine, batch), self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Lost in a database crash, this transaction is lost whole, spans still
+                # pending: they are assembled again. Buffering (offsets follow) stays durable.
+                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
             emitted = otlp_buffer.emit_due(conn, now_ms, cfg, only=only, cache=self.span_cache)
             batch.traces = emitted.events
             # emit_due holds the trace locks of the traces it assembled.
             written = apply_batch(conn, batch, now_ms, self.decider, self.metrics_config,
                                   outbox=self.outbox, traces_locked=True) \
                 if emitted.events else None
-            pruned = otlp_buffer.prune(conn, now_ms, cfg.keep_ms) if only is None else 0
+            pruned = otlp_buffer.prune(conn, now_ms, cfg.keep_ms) if prune_now else 0
+        if prune_now and pruned < otlp_buffer.PRUNE_LIMIT:  # else more are due: again next time
+            self._pruned_ms = now_ms
         return EmitResult(len(emitted.events), emitted.forced,
                           written.tags_changed if written else 0, pruned, [], emitted.more)
 
