@@ -231,9 +231,12 @@ class SpanCache:
 def buffer_spans(conn: Connection, spans: Sequence[tuple[OtlpSpan, Provenance]],
                  now_ms: int, cfg: OtlpConfig = DEFAULT_CONFIG) -> Buffered:
     """Store the spans not held yet, up to their trace's caps, and move their traces' state."""
-    first: dict[tuple[str, str], tuple[OtlpSpan, Provenance]] = {}
-    for s, p in spans:
-        first.setdefault((s.trace_id, s.span_id), (s, p))
+    # Each span once, its first delivery in the batch, in batch order (the caps keep the first).
+    first = dict(zip([(s.trace_id, s.span_id) for s, _ in spans], spans, strict=True))
+    if len(first) < len(spans):  # a span twice in the batch (rare): keep its first delivery
+        first = {}
+        for s, p in spans:
+            first.setdefault((s.trace_id, s.span_id), (s, p))
     if not first:
         return Buffered(0, 0, [])
     ids = sorted({tid for tid, _ in first})
@@ -251,6 +254,7 @@ def buffer_spans(conn: Connection, spans: Sequence[tuple[OtlpSpan, Provenance]],
     new: list[tuple[str, str, str, int]] = []
     texts: dict[str, list[str]] = {}  # the stored texts of each touched trace
     dropped = 0
+    dumps = orjson.dumps
     for key, (s, p) in first.items():
         if key in held:
             continue
@@ -262,7 +266,7 @@ def buffer_spans(conn: Connection, spans: Sequence[tuple[OtlpSpan, Provenance]],
                 p.offset, 0]
         bound = not (s.root and not row[3])  # the caps apply; a trace's first root is kept
         # A span past the count cap is not even serialized: a flood costs its decoding only.
-        text = None if bound and row[4] >= max_spans else span_json(s)
+        text = None if bound and row[4] >= max_spans else dumps(list(s)).decode()  # span_json
         if text is None or (bound and row[5] + len(text) > max_bytes):
             row[11] += 1
             dropped += 1
