@@ -11,8 +11,10 @@ the buffer lives in the store, so whichever worker reads a span, every worker se
   (the lock a buffering batch holds, so the two never interleave on a trace), re-reads their
   state, assembles each from all its buffered spans (``consumers.assembly``) and writes the
   events through ``apply_batch`` (rules, metrics) while clearing ``pending`` in the same
-  transaction: a crash before the commit emits them again, after it never twice. Two workers
-  may pick the same trace: the second finds it no longer pending once the first commits.
+  transaction: a crash before the commit emits them again, after it never twice (so the
+  writer may commit it without waiting for the WAL flush: a database crash loses it whole,
+  the traces still pending). Two workers may pick the same trace: the second finds it no longer
+  pending once the first commits.
 - A trace is due once its root came and no span came for ``quiet_ms``, or ``max_wait_ms``
   after its first span without a root (the topmost span stands in). Past ``max_open_traces``
   pending traces or ``max_buffer_bytes`` of their spans, the oldest are due at once and are
@@ -67,7 +69,7 @@ class OtlpConfig(NamedTuple):
     max_trace_bytes: int = 32 * 1024 * 1024  # bytes of spans kept per trace
     emit_batch: int = 2_000  # traces per emission transaction
     emit_bytes: int = 64 * 1024 * 1024  # span bytes per emission transaction (one trace always)
-    cache_bytes: int = 64 * 1024 * 1024  # span texts kept in memory for assembly (0: none)
+    cache_bytes: int = 16 * 1024 * 1024  # span texts kept in memory for assembly (0: none)
 
 
 DEFAULT_CONFIG = OtlpConfig()

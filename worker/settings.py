@@ -86,7 +86,7 @@ class Settings(BaseSettings):
         32 * 1024 * 1024, ge=1024, description="Bytes of spans kept of one trace; its later "
                                                "spans are dropped (as above).")
     otlp_span_cache_bytes: int = Field(
-        64 * 1024 * 1024, ge=0, description="Bytes of span text kept in memory, so that a "
+        16 * 1024 * 1024, ge=0, description="Bytes of span text kept in memory, so that a "
                                             "trace whose spans all came to this worker is "
                                             "assembled without reading them back; 0: off.")
     otlp_keep_s: float = Field(
