@@ -143,9 +143,9 @@ class SqlWriter:
         self.metrics_config = metrics_config
         self.outbox = outbox
         self.otlp = otlp
+        self._pruned_ms = -PRUNE_EVERY_MS  # when emission last pruned the span buffer
         # Spans this process buffered, for assembly without reading them back (the loop adds
         # after each commit, the assembler takes).
-        self._pruned_ms = -PRUNE_EVERY_MS  # when emission last pruned the span buffer
         self.span_cache = otlp_buffer.SpanCache(otlp.cache_bytes,
                                                 stale_ms=otlp.max_wait_ms + otlp.quiet_ms)
 
@@ -197,11 +197,11 @@ class SqlWriter:
         batch = Batch()
         prune_now = only is None and now_ms >= self._pruned_ms + min(cfg.keep_ms, PRUNE_EVERY_MS)
         with store_errors(self.engine, batch), self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
+            emitted = otlp_buffer.emit_due(conn, now_ms, cfg, only=only, cache=self.span_cache)
+            if emitted.events and conn.dialect.name == "postgresql":
                 # Lost in a database crash, this transaction is lost whole, spans still
                 # pending: they are assembled again. Buffering (offsets follow) stays durable.
                 conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
-            emitted = otlp_buffer.emit_due(conn, now_ms, cfg, only=only, cache=self.span_cache)
             batch.traces = emitted.events
             # emit_due holds the trace locks of the traces it assembled.
             written = apply_batch(conn, batch, now_ms, self.decider, self.metrics_config,
