@@ -354,7 +354,9 @@ def _stored(value: AnyValue) -> str:
     MLflow dumps every decoded value to JSON (``dump_span_attribute_value``) and, on storing,
     strips one layer where a string value was itself JSON text of a string, object or array
     (``sanitize_attributes``): MLflow's own attributes are JSON text already."""
-    v = value.string_value if value.WhichOneof("value") == "string_value" else any_value(value)
+    v: Any = value.string_value  # a non-empty one is the value: no WhichOneof (hot path)
+    if not v and value.WhichOneof("value") != "string_value":
+        v = any_value(value)
     if type(v) is str and len(v) <= _MEMO_CHARS:
         stored = _stored_memo.get(v)
         if stored is None:
@@ -393,7 +395,8 @@ def _loads(text: str) -> Any:
 
 
 def _dump(v: Any) -> str:
-    """``json.dumps(v, ensure_ascii=False)`` as MLflow dumps attribute values (bytes as text)."""
+    """``json.dumps(v, ensure_ascii=False)`` as MLflow dumps attribute values
+    (``dump_span_attribute_value``: a bytes value becomes the text of its ``str``, ``"b'..'"``)."""
     try:
         return json.dumps(v, ensure_ascii=False, default=_bytes_text)
     except (ValueError, TypeError, RecursionError):
@@ -402,7 +405,7 @@ def _dump(v: Any) -> str:
 
 def _bytes_text(v: Any) -> Any:
     if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
+        return str(v)  # as MLflow's TraceJSONEncoder, whose json.JSONEncoder refuses bytes
     raise TypeError(type(v).__name__)
 
 

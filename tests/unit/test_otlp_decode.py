@@ -160,7 +160,8 @@ def test_any_bytes_give_spans_or_a_decode_error_and_nothing_else(payload: bytes,
 # Differential: our translation against MLflow's own
 
 _SCALARS = st.one_of(st.text(max_size=8), st.integers(-5, 10_000), st.booleans(),
-                     st.floats(allow_nan=False, allow_infinity=False, width=32))
+                     st.floats(allow_nan=False, allow_infinity=False, width=32),
+                     st.binary(max_size=4))
 _JSON_TEXT = st.sampled_from(['{"model": "m-in"}', '[{"role": "user", "content": "x"}]',
                               '"quoted"', '{}', '[]', 'null', '""', '12', 'not json',
                               '{"model": 5}', '{"model": "m-nan", "x": NaN}',
@@ -328,3 +329,23 @@ def test_the_record_json_is_what_the_collector_writes() -> None:
     s = doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
     assert s["traceId"] == TRACE_A.hex() and s["startTimeUnixNano"] == str(T0)
     assert decode_otlp(orjson.dumps(doc), "otlp_json", MAX).spans[0].start_ns == T0
+
+
+@pytest.mark.parametrize(("value", "stored"), [
+    (AnyValue(string_value="x"), '"x"'),
+    (AnyValue(string_value=""), '""'),  # an empty string is a string, not a missing value
+    (AnyValue(), "null"),
+    (AnyValue(int_value=0), "0"),
+    (AnyValue(bool_value=False), "false"),
+    (AnyValue(double_value=0.0), "0.0"),
+    (AnyValue(bytes_value=b""), '"b\'\'"'),  # MLflow dumps bytes as their str
+    (AnyValue(bytes_value=b"\xffa"), '"b\'\\\\xffa\'"'),
+])
+def test_an_attributes_default_looking_value_keeps_its_kind(value: AnyValue, stored: str) -> None:
+    """``_stored`` reads a non-empty string without asking for the value's kind; an empty one
+    (or none) asks, so a zero, a false or a missing value is not taken for an empty string."""
+    from mlflow.tracing.utils import dump_span_attribute_value
+    from mlflow.tracing.utils.otlp import _decode_otel_proto_anyvalue
+
+    assert otlp._stored(value) == stored
+    assert stored == dump_span_attribute_value(_decode_otel_proto_anyvalue(value))
