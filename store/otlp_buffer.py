@@ -105,6 +105,7 @@ class Emitted(NamedTuple):
     events: list[TraceEvent]
     forced: int  # of them, emitted early past a bound
     more: bool  # more traces are due already
+    from_cache: int = 0  # of them, assembled from the span cache (the rest read back)
 
 
 def span_json(s: OtlpSpan) -> str:
@@ -378,6 +379,7 @@ def emit_due(conn: Connection, now_ms: int, cfg: OtlpConfig, *,
         got = cache.take(tid, (row[5], row[6], row[7])) if cache is not None else None
         if got is not None:
             texts[tid] = got
+    cached = len(texts)
     for tid, text in dialect.select_in(
             conn, "SELECT trace_id, span FROM otlp_spans WHERE trace_id {ids}",
             [tid for tid in ids if tid not in texts]):
@@ -395,7 +397,7 @@ def emit_due(conn: Connection, now_ms: int, cfg: OtlpConfig, *,
                 marks[SPANS_DROPPED_KEY] = str(dropped)
             e = e._replace(metadata=marks)
         events.append(e)
-    return Emitted(events, len(forced & set(ids)), due.more and only is None)
+    return Emitted(events, len(forced & set(ids)), due.more and only is None, cached)
 
 
 _CLAIMED = ("trace_id, src_topic, src_partition, src_offset, spans_dropped, first_ms, "

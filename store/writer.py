@@ -128,6 +128,7 @@ class EmitResult(NamedTuple):
     pruned: int  # emitted traces whose spans were dropped (kept past otlp_keep_s)
     refused: list[tuple[str, str]]  # (trace id, why): traces the store refused, given up
     more: bool = False  # more traces were due than one transaction takes
+    from_cache: int = 0  # traces assembled from the span cache (the rest read back)
 
 
 class SqlWriter:
@@ -180,6 +181,7 @@ class SqlWriter:
                 continue
             result = result._replace(traces=result.traces + one.traces,
                                      forced=result.forced + one.forced,
+                                     from_cache=result.from_cache + one.from_cache,
                                      tags_changed=result.tags_changed + one.tags_changed)
         return result
 
@@ -211,7 +213,8 @@ class SqlWriter:
         if prune_now and pruned < otlp_buffer.PRUNE_LIMIT:  # else more are due: again next time
             self._pruned_ms = now_ms
         return EmitResult(len(emitted.events), emitted.forced,
-                          written.tags_changed if written else 0, pruned, [], emitted.more)
+                          written.tags_changed if written else 0, pruned, [], emitted.more,
+                          emitted.from_cache)
 
     def close(self) -> None:
         self.engine.dispose()

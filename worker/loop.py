@@ -132,6 +132,7 @@ class RunStats:
     otlp_forced: int = 0  # of them, assembled early: the buffer was past a bound
     otlp_refused: int = 0  # assembled traces the store refused, given up
     otlp_dropped: int = 0  # spans refused past their trace's caps (a redelivered one again)
+    otlp_from_cache: int = 0  # of otlp_traces, assembled from the span cache, not read back
     started_s: float = field(default_factory=time.monotonic)
     first_record_s: float | None = None  # monotonic time the first records arrived
     last_checkpoint_s: float | None = None  # monotonic time of the last completed checkpoint
@@ -538,6 +539,7 @@ class Worker:
             self.stats.otlp_traces += result.traces
             self.stats.otlp_forced += result.forced
             self.stats.otlp_refused += len(result.refused)
+            self.stats.otlp_from_cache += result.from_cache
             self.stats.tags_changed += result.tags_changed
         for trace_id, why in result.refused:
             logger.warning("assembled trace refused by the store, given up trace_id=%s "

@@ -179,9 +179,15 @@ def test_the_worker_applies_the_caps_it_is_given_and_counts_the_dropped_spans(
     assert t6.span_count == 3 and SPANS_DROPPED_KEY not in t6.trace_metadata
     assert stats.otlp_dropped == 25
     stopped = SimpleNamespace(is_set=lambda: True)
-    scraped = {x.name: x.value
+    scraped = {(x.name, tuple(x.labels.values())): x.value
                for m in WorkerCollector(SimpleNamespace(stats=stats, tag_writer=None,
                                                         curator=None, stop=stopped),
                                         None).collect()
                for x in m.samples}
-    assert scraped["trace_curator_otlp_spans_dropped_total"] == 25
+    assert scraped["trace_curator_otlp_spans_dropped_total", ()] == 25
+    # One worker read every span: each trace's first assembly took them from its span cache
+    # (a version assembled again, after a later batch, reads them back).
+    from_cache = scraped["trace_curator_otlp_traces_assembled_from_total", ("cache",)]
+    assert from_cache >= 2 and from_cache == stats.otlp_from_cache
+    assert from_cache + scraped["trace_curator_otlp_traces_assembled_from_total", ("store",)] \
+        == stats.otlp_traces

@@ -109,3 +109,13 @@ def test_past_the_cache_bound_traces_are_read_from_the_store(engine: Any) -> Non
     assert [len(e.spans) for e in events] == [5, 5, 5]
     assert (writer.span_cache.hits, writer.span_cache.misses) == (1, 2)
     assert events == due(engine, NOW_MS + 1_000, None)
+
+
+def test_assembly_reports_the_traces_it_took_from_the_cache(engine: Any) -> None:
+    writer = SqlWriter(engine, load_rules(None), None, otlp=CFG)
+    writer.write(batch(root(9), *children(9, 2, 3), root(10)), NOW_MS)
+    first = writer.emit_otlp(NOW_MS + 1_000, CFG)
+    assert (first.traces, first.from_cache) == (2, 2)
+    writer.write(batch(*children(9, 4, 4)), NOW_MS + 2_000)  # late: the trace is the store's
+    late = writer.emit_otlp(NOW_MS + 3_000, CFG)
+    assert (late.traces, late.from_cache) == (1, 0)

@@ -73,6 +73,13 @@ class WorkerCollector(Collector):
         otlp.add_metric(["early"], s.otlp_forced)
         otlp.add_metric(["refused"], s.otlp_refused)
         yield otlp
+        spans_from = CounterMetricFamily(
+            f"{PREFIX}_otlp_traces_assembled_from",
+            "OpenTelemetry traces assembled, by where their spans came from: the worker's span "
+            "cache (otlp_span_cache_bytes), or read back from the store.", labels=["source"])
+        spans_from.add_metric(["cache"], s.otlp_from_cache)
+        spans_from.add_metric(["store"], max(s.otlp_traces - s.otlp_from_cache, 0))
+        yield spans_from
         yield _counter("batches", "Batches stored and checkpointed.", s.batches)
         yield _counter("retries", "Retries of a failing poll or store step.", s.retries)
         yield _counter("offset_commit_failures",
