@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
+from sqlalchemy import Engine
 
 from consumers.embedded_broker import EmbeddedBroker
 from consumers.producer import make_producer
@@ -96,6 +97,14 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
         schema.upgrade(engine)
         engine.dispose()
         yield url
+
+
+@pytest.fixture
+def engine(store_url: str) -> Iterator[Engine]:
+    """An engine on ``store_url`` (migrated already), disposed afterwards."""
+    e = make_engine(store_url)
+    yield e
+    e.dispose()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ and a value that still reaches the store unencodable is refused by the store's s
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -243,13 +242,6 @@ def _batch(bad: TraceEvent | AssessmentEvent) -> Batch:
     assessments = [_assessment_event(i) for i in (0, 1, 3)]
     (traces if isinstance(bad, TraceEvent) else assessments).insert(2, bad)
     return Batch(traces=traces, assessments=assessments)
-
-
-@pytest.fixture
-def engine(store_url: str) -> Iterator[Engine]:
-    e = make_engine(store_url)
-    yield e
-    e.dispose()
 
 
 def _counts(engine: Engine) -> list[int]:

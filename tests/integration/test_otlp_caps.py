@@ -18,7 +18,6 @@ from sqlalchemy import func, select
 from consumers.assembly import ROOT_MISSING_KEY
 from consumers.events import Provenance
 from consumers.otlp import decode_otlp
-from store import schema
 from store.engine import make_engine
 from store.models import OtlpSpan, OtlpTrace, Trace
 from store.otlp_buffer import SPANS_DROPPED_KEY, OtlpConfig, span_json
@@ -63,14 +62,6 @@ def stored(url: str) -> dict[str, Any]:
             }
     finally:
         engine.dispose()
-
-
-@pytest.fixture
-def engine(store_url: str) -> Any:
-    engine = make_engine(store_url)
-    schema.upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 def test_a_trace_past_its_span_cap_keeps_its_first_spans_and_is_marked(

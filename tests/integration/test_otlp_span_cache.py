@@ -11,8 +11,6 @@ import pytest
 
 from consumers.assembly import ROOT_MISSING_KEY
 from consumers.events import TraceEvent
-from store import schema
-from store.engine import make_engine
 from store.otlp_buffer import OtlpConfig, emit_due, span_json
 from store.writer import SqlWriter
 from tests.integration.test_otlp_caps import NOW_MS, batch, children, root, stored
@@ -22,14 +20,6 @@ from worker.rules.engine import load_rules
 pytestmark = pytest.mark.integration
 
 CFG = OtlpConfig(quiet_ms=200)
-
-
-@pytest.fixture
-def engine(store_url: str) -> Any:
-    engine = make_engine(store_url)
-    schema.upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 def due(engine: Any, now_ms: int, writer: SqlWriter | None) -> list[TraceEvent]:
