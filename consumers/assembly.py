@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 import orjson
 
 from consumers.events import Provenance, SpanSummary, TraceEvent
+from consumers.fields import new_tuple
 from consumers.otlp import OtlpSpan
 
 SOURCE_FORMAT = "otlp"
@@ -36,7 +37,6 @@ TOKEN_USAGE_KEY = "mlflow.trace.tokenUsage"  # noqa: S105 - a metadata key, not 
 TRACE_NAME_TAG = "mlflow.traceName"
 
 
-_new_tuple = tuple.__new__  # a named tuple from its fields in order, without argument parsing
 _START_THEN_ID = operator.itemgetter(OtlpSpan._fields.index("start_ns"),
                                      OtlpSpan._fields.index("span_id"))
 
@@ -108,7 +108,7 @@ def _scan(ordered: Sequence[OtlpSpan], root: OtlpSpan
         if s.end_ns is not None:
             if end_ns is None or s.end_ns > end_ns:
                 end_ns = s.end_ns
-            summaries.append(_new_tuple(SpanSummary, (s.name, s.span_type,
+            summaries.append(new_tuple(SpanSummary, (s.name, s.span_type,
                                                       (s.end_ns - s.start_ns) / 1e6, s.status)))
         if session is None and s.session_id:
             session = s.session_id

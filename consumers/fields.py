@@ -61,6 +61,11 @@ def str_field(d: Mapping[str, Any], key: str, path: str, *, required: bool = Tru
     return clean(v)
 
 
+# A named tuple from its fields in order: ``new_tuple(Cls, (a, b, ...))`` is ``Cls(a, b, ...)``
+# without the generated constructor's frame and argument parsing (hot paths only).
+new_tuple = tuple.__new__
+
+
 def clean(v: str) -> str:
     """PostgreSQL text cannot hold NUL; a stray NUL in a name or message becomes U+FFFD."""
     return v.replace("\x00", "\ufffd") if "\x00" in v else v

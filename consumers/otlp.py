@@ -38,7 +38,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 from opentelemetry.proto.trace.v1.trace_pb2 import Status as ProtoStatus
 
 from consumers.errors import DecodeError
-from consumers.fields import INT64_MAX, clean
+from consumers.fields import INT64_MAX, clean, new_tuple
 
 OtlpEncoding = Literal["otlp_proto", "otlp_json"]
 READ_ENCODINGS: tuple[str, ...] = ("otlp_proto", "otlp_json")
@@ -262,7 +262,7 @@ def span_of(s: ProtoSpan) -> OtlpSpan:
     session = attrs.get(_SESSION_ID) or attrs.get(_CONVERSATION_ID)
     user = attrs.get(_USER_ID)
     experiment = attrs.get(_MLFLOW_EXPERIMENT)
-    return _new_tuple(OtlpSpan, (  # OtlpSpan(...) without the constructor's frame (hot path)
+    return new_tuple(OtlpSpan, (  # OtlpSpan(...) without the constructor's frame (hot path)
         TRACE_ID_PREFIX + trace_id, span_id, parent_id,
         parent_id is None or flags & _REMOTE_FLAGS == _REMOTE_FLAGS, clean(s.name),
         t.span_type, start_ns, end_ns, _STATUS.get(s.status.code, "UNSET"), t.inputs,
@@ -301,7 +301,6 @@ _json_str_memo: dict[str, str | None] = {}
 _MISSING = object()
 _ZERO_TRACE_ID = bytes(16)
 _ZERO_SPAN_ID = bytes(8)
-_new_tuple = tuple.__new__  # a named tuple from its fields in order, without argument parsing
 
 
 def _id(b: bytes, n: int, field: str) -> str:
@@ -494,7 +493,7 @@ def _own_translated(attrs: dict[str, str]) -> _Translated:
     usage = _usage(raw) if raw is not None else None
     raw = attrs.get(_MLFLOW_MODEL)
     model = _json_str(raw) if raw is not None else _OWN_ONLY.model(attrs, inputs, outputs)
-    return _new_tuple(_Translated, (
+    return new_tuple(_Translated, (
         _span_type(attrs, _OWN_ONLY), inputs, outputs,
         _count(usage.get("input_tokens")) if usage else None,
         _count(usage.get("output_tokens")) if usage else None,

@@ -44,6 +44,7 @@ from sqlalchemy import Connection, and_, delete, false, func, or_, select, updat
 
 from consumers.assembly import assemble
 from consumers.events import Provenance, TraceEvent
+from consumers.fields import new_tuple
 from consumers.otlp import OtlpSpan
 from store import dialect, locks
 from store.models import OTLP_SPANS, OTLP_TRACES
@@ -56,7 +57,6 @@ TRACE_COLUMNS = ("trace_id", "first_ms", "last_ms", "has_root", "span_count", "s
                  "spans_dropped")
 _TAGS = OtlpSpan._fields.index("trace_tags")
 _FIELDS = len(OtlpSpan._fields)
-_new_tuple = tuple.__new__
 
 
 class OtlpConfig(NamedTuple):
@@ -92,7 +92,7 @@ class Buffered(NamedTuple):
     new: int  # spans stored
     dropped: int  # spans refused past their trace's caps
     capped: list[str]  # the traces those were of
-    updates: list[CacheUpdate] = []  # noqa: RUF012 - a NamedTuple default, never mutated
+    updates: tuple[CacheUpdate, ...] = ()  # for the span cache, once committed
 
 
 class Due(NamedTuple):
@@ -118,7 +118,7 @@ def span_from_json(text: str) -> OtlpSpan:
     v[_TAGS] = tuple(map(tuple, tags)) if tags else ()
     if len(v) != _FIELDS:
         return OtlpSpan(*v)  # raises, naming what is missing or extra
-    return _new_tuple(OtlpSpan, v)  # the fields in order: no argument parsing
+    return new_tuple(OtlpSpan, v)  # the fields in order: no argument parsing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,6 +267,7 @@ def buffer_spans(conn: Connection, spans: Sequence[tuple[OtlpSpan, Provenance]],
             row = rows[s.trace_id] = list(old) if old else [
                 s.trace_id, now_ms, now_ms, False, 0, 0, False, None, p.topic, p.partition,
                 p.offset, 0]
+            texts[s.trace_id] = []
         bound = not (s.root and not row[3])  # the caps apply; a trace's first root is kept
         # A span past the count cap is not even serialized: a flood costs its decoding only.
         text = None if bound and row[4] >= max_spans else dumps(list(s)).decode()  # span_json
@@ -275,7 +276,7 @@ def buffer_spans(conn: Connection, spans: Sequence[tuple[OtlpSpan, Provenance]],
             dropped += 1
             continue
         new.append((s.trace_id, s.span_id, text, now_ms))
-        texts.setdefault(s.trace_id, []).append(text)
+        texts[s.trace_id].append(text)
         row[2] = now_ms
         row[3] = row[3] or s.root
         row[4] += 1
@@ -296,8 +297,8 @@ def buffer_spans(conn: Connection, spans: Sequence[tuple[OtlpSpan, Provenance]],
         pass
     dialect.bulk_upsert(conn, OTLP_TRACES, ("trace_id",), TRACE_COLUMNS,
                         [tuple(r) for tid, r in rows.items() if tid in state])
-    updates = [CacheUpdate(tid, _snapshot(state[tid]) if tid in state else None, _snapshot(r),
-                           texts.get(tid, [])) for tid, r in rows.items()]
+    updates = tuple(CacheUpdate(tid, _snapshot(state[tid]) if tid in state else None,
+                                _snapshot(r), texts.get(tid, [])) for tid, r in rows.items())
     return Buffered(len(new), dropped, over, updates)
 
 

@@ -300,7 +300,7 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
     buffered = _write_records(conn, batch, now_ms, otlp)
     if not read:
         return BatchResult(len(traces), len(assessments), len(batch.dead_letters), 0,
-                           buffered.dropped, tuple(buffered.capped), tuple(buffered.updates))
+                           buffered.dropped, tuple(buffered.capped), buffered.updates)
     if inputs is None:
         inputs = _read_inputs(conn, decider, metrics_config, traces, assessments, touched,
                               before)
@@ -313,7 +313,7 @@ def apply_batch(conn: Connection, batch: Batch, now_ms: int,
     if moves is not None:
         metrics.apply_deltas(conn, moves, now_ms)
     return BatchResult(len(traces), len(assessments), len(batch.dead_letters), len(changed),
-                       buffered.dropped, tuple(buffered.capped), tuple(buffered.updates))
+                       buffered.dropped, tuple(buffered.capped), buffered.updates)
 
 
 def _write_records(conn: Connection, batch: Batch, now_ms: int,
